@@ -1,0 +1,106 @@
+"""The invertible-layer interface, and the combinators ``Chain`` and ``Invert``.
+
+A bijector maps data to latent (``forward``) and back (``inverse``) and reports the
+log-absolute-determinant of the Jacobian of the map it applies, one value per example
+(shape ``x.shape[:1]``). Every method takes a keyword ``context`` (conditioning features
+of shape ``(batch, context_features)``) that a layer may ignore. Bijectors hold no
+randomness: noise is always passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+
+class Buffer(nnx.Variable):
+    """A fixed array that is part of a layer's state but not trained (a permutation, a mask).
+
+    Optimizers are built with ``wrt=nnx.Param``, so buffers are never updated by gradients.
+    """
+
+
+def sum_except_batch(x: Array) -> Array:
+    """Sum over every axis but the first: per-example totals, shape ``x.shape[:1]``."""
+    return jnp.sum(x.reshape(x.shape[0], -1), axis=1)
+
+
+def num_positions(x: Array) -> int:
+    """Number of positions a channel-wise layer is applied at: product of the axes between
+    batch and channels (``H * W`` for images, 1 for vectors)."""
+    n = 1
+    for d in x.shape[1:-1]:
+        n *= d
+    return n
+
+
+class Bijector(nnx.Module):
+    """Base class. Subclasses implement the two fused ``*_and_log_det`` methods."""
+
+    def forward_and_log_det(self, x: Array, *, context: Array | None = None):
+        """Data -> latent. Returns ``(z, log|det dz/dx|)`` with the log-det of shape ``(batch,)``."""
+        raise NotImplementedError
+
+    def inverse_and_log_det(self, z: Array, *, context: Array | None = None):
+        """Latent -> data. Returns ``(x, log|det dx/dz|)`` (minus the forward log-det at x)."""
+        raise NotImplementedError
+
+    def forward(self, x: Array, *, context: Array | None = None) -> Array:
+        return self.forward_and_log_det(x, context=context)[0]
+
+    def inverse(self, z: Array, *, context: Array | None = None) -> Array:
+        return self.inverse_and_log_det(z, context=context)[0]
+
+    def initialize(self, x: Array, *, context: Array | None = None) -> Array:
+        """Data-dependent initialisation on a batch; returns ``forward(x)`` after it.
+
+        Layers without data-dependent parameters just apply themselves.
+        """
+        return self.forward(x, context=context)
+
+
+class Chain(Bijector):
+    """Composition applied left to right: ``Chain([f1, f2]).forward(x) = f2(f1(x))``.
+
+    log|det| of the composition is the sum of the parts' log-dets.
+    """
+
+    def __init__(self, bijectors: Sequence[Bijector]):
+        self.bijectors = nnx.List(list(bijectors))
+
+    def forward_and_log_det(self, x, *, context=None):
+        log_det = jnp.zeros(x.shape[:1], x.dtype)
+        for b in self.bijectors:
+            x, ld = b.forward_and_log_det(x, context=context)
+            log_det = log_det + ld
+        return x, log_det
+
+    def inverse_and_log_det(self, z, *, context=None):
+        log_det = jnp.zeros(z.shape[:1], z.dtype)
+        for b in reversed(self.bijectors):
+            z, ld = b.inverse_and_log_det(z, context=context)
+            log_det = log_det + ld
+        return z, log_det
+
+    def initialize(self, x, *, context=None):
+        for b in self.bijectors:
+            x = b.initialize(x, context=context)
+        return x
+
+
+class Invert(Bijector):
+    """The inverse of a bijector: its forward is the wrapped layer's inverse and vice versa."""
+
+    def __init__(self, bijector: Bijector):
+        self.bijector = bijector
+
+    def forward_and_log_det(self, x, *, context=None):
+        return self.bijector.inverse_and_log_det(x, context=context)
+
+    def inverse_and_log_det(self, z, *, context=None):
+        return self.bijector.forward_and_log_det(z, context=context)

@@ -1,0 +1,68 @@
+"""Preprocessing as bijectors, so that its Jacobian is counted like every other layer's.
+
+* ``Shift(offset)``: ``y = x + offset``; log|det| = 0 (Glow maps [0, 1) to [-0.5, 0.5)).
+* ``Scale(factor)``: ``y = factor * x``; log|det| = D log|factor|, D the event size.
+* ``Logit(alpha)`` (RealNVP): ``p = alpha + (1 - 2 alpha) x``, ``y = log p - log(1 - p)``;
+  log|det| = sum [log(1 - 2 alpha) - log p - log(1 - p)]. Maps [0, 1) to the real line.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from flows.bijectors.base import Bijector, sum_except_batch
+
+
+def _event_size(x):
+    return math.prod(x.shape[1:])
+
+
+class Shift(Bijector):
+    def __init__(self, offset: float):
+        self.offset = offset
+
+    def forward_and_log_det(self, x, *, context=None):
+        return x + self.offset, jnp.zeros(x.shape[:1], x.dtype)
+
+    def inverse_and_log_det(self, z, *, context=None):
+        return z - self.offset, jnp.zeros(z.shape[:1], z.dtype)
+
+
+class Scale(Bijector):
+    def __init__(self, factor: float):
+        if factor == 0:
+            raise ValueError("Scale factor must be non-zero")
+        self.factor = factor
+
+    def _log_det(self, x):
+        return jnp.full(x.shape[:1], _event_size(x) * math.log(abs(self.factor)), x.dtype)
+
+    def forward_and_log_det(self, x, *, context=None):
+        return x * self.factor, self._log_det(x)
+
+    def inverse_and_log_det(self, z, *, context=None):
+        return z / self.factor, -self._log_det(z)
+
+
+class Logit(Bijector):
+    def __init__(self, alpha: float = 0.05):
+        if not 0 <= alpha < 0.5:
+            raise ValueError(f"Logit alpha must be in [0, 0.5), got {alpha}")
+        self.alpha = alpha
+
+    def forward_and_log_det(self, x, *, context=None):
+        a = self.alpha
+        p = a + (1 - 2 * a) * x
+        log_p, log_1mp = jnp.log(p), jnp.log1p(-p)
+        ld = sum_except_batch(math.log(1 - 2 * a) - log_p - log_1mp)
+        return log_p - log_1mp, ld
+
+    def inverse_and_log_det(self, z, *, context=None):
+        a = self.alpha
+        x = (jax.nn.sigmoid(z) - a) / (1 - 2 * a)
+        # log p + log(1-p) = log_sigmoid(z) + log_sigmoid(-z)
+        ld = sum_except_batch(jax.nn.log_sigmoid(z) + jax.nn.log_sigmoid(-z) - math.log(1 - 2 * a))
+        return x, ld

@@ -1,0 +1,1 @@
+"""Flow models built from ``flows.bijectors``."""

@@ -1,0 +1,254 @@
+"""Glow (Kingma & Dhariwal 2018): a multi-scale flow of L levels with K steps each.
+
+Level l: ``Squeeze -> K x [ActNorm -> permutation -> coupling] -> GaussianSplit`` (the last
+level ends in a ``LearnedPrior`` instead of a split). Each split factors half of the channels
+out; every factored-out part, and the top latent, is standardised by its learned (optionally
+label-conditional) Gaussian prior, so the whole model is one bijection onto independent
+standard normals and
+
+    log p(x | y) = sum_i log N(eps_i; 0, I) + log|det d eps / d x|.
+
+Input ``x`` is a dequantized image on the unit scale, ``x = (v + u) / K`` in [0, 1)^D (see
+``flows.metrics``); it is shifted to [-0.5, 0.5) (unit Jacobian) or, with ``logit_alpha``,
+logit-transformed (Jacobian counted). ``log_prob`` is therefore the density of ``x`` on the
+unit scale, and bits/dim follow from ``flows.metrics.bits_per_dim``.
+
+Image sizes must be divisible by ``2**num_levels``; other sizes are rejected with a clear
+error (pad them in the data pipeline, ``config.data.pad_to``, as openai/glow does for MNIST).
+
+Class conditioning (``num_classes=N``): the label enters as a one-hot context. ``condition_on``
+chooses where: ``'top'`` (Glow: the top prior only), ``'priors'`` (every split prior and the
+top prior), ``'all'`` (priors and every coupling network, through a learned class embedding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from flows.bijectors import Bijector, GaussianSplit, LearnedPrior, Logit, Shift, Squeeze
+from flows.models.steps import StepStack, glow_step
+
+CONDITION_ON = ("top", "priors", "all")
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def standard_normal_log_prob(eps: jax.Array) -> jax.Array:
+    """Per-example log N(eps; 0, I), summed over every axis but the first."""
+    flat = eps.reshape(eps.shape[0], -1)
+    return -0.5 * jnp.sum(flat**2 + _LOG_2PI, axis=1)
+
+
+class GlowLevel(Bijector):
+    """Squeeze, K steps of flow, then a split prior (or the top prior on the last level).
+
+    A bijection of the (H, W, C) input onto (H/2, W/2, 4C); on split levels the last
+    ``4C - 4C//2`` channels of the output are standard-normal latents.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_steps: int,
+        hidden_channels: int,
+        *,
+        coupling: str,
+        permutation: str,
+        is_top: bool,
+        coupling_context: int | None,
+        prior_context: int | None,
+        remat: bool,
+        rngs: nnx.Rngs,
+    ):
+        channels = 4 * in_channels
+        self.squeeze = Squeeze()
+        self.steps = StepStack(
+            lambda r: glow_step(
+                channels,
+                hidden_channels,
+                coupling=coupling,
+                permutation=permutation,
+                context_features=coupling_context,
+                rngs=r,
+            ),
+            num_steps,
+            rngs=rngs,
+            remat=remat,
+        )
+        if is_top:
+            self.prior = LearnedPrior(channels, context_features=prior_context, rngs=rngs)
+        else:
+            self.prior = GaussianSplit(channels, context_features=prior_context, rngs=rngs)
+        self.out_channels = channels
+        self.kept_channels = channels if is_top else channels // 2
+
+    def forward_and_log_det(self, x, *, context=None):
+        x, _ = self.squeeze.forward_and_log_det(x)
+        x, ld_steps = self.steps.forward_and_log_det(x, context=context)
+        x, ld_prior = self.prior.forward_and_log_det(x, context=context)
+        return x, ld_steps + ld_prior
+
+    def inverse_and_log_det(self, z, *, context=None):
+        z, ld_prior = self.prior.inverse_and_log_det(z, context=context)
+        z, ld_steps = self.steps.inverse_and_log_det(z, context=context)
+        z, _ = self.squeeze.inverse_and_log_det(z)
+        return z, ld_steps + ld_prior
+
+    def initialize(self, x, *, context=None):
+        x = self.squeeze.forward(x)
+        x = self.steps.initialize(x, context=context)
+        return self.prior.initialize(x, context=context)
+
+
+class Glow(nnx.Module):
+    """Multi-scale Glow over images of shape ``image_shape = (H, W, C)``.
+
+    Args:
+      image_shape: (H, W, C); H and W divisible by ``2**num_levels``.
+      num_levels: L, the number of scales.
+      num_steps: K, steps of flow per level.
+      hidden_channels: width of the coupling networks.
+      coupling: ``'affine'`` or ``'additive'``.
+      permutation: ``'conv1x1_lu'``, ``'conv1x1'``, ``'shuffle'`` or ``'reverse'``.
+      num_classes: None for p(x); N for a label-conditioned p(x | y).
+      condition_on: where the label enters (``'top'``, ``'priors'``, ``'all'``).
+      logit_alpha: None to shift x to [-0.5, 0.5); a float for RealNVP's logit transform.
+      remat: recompute step activations in the backward pass (memory flat in K).
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        *,
+        num_levels: int = 3,
+        num_steps: int = 8,
+        hidden_channels: int = 128,
+        coupling: str = "affine",
+        permutation: str = "conv1x1_lu",
+        num_classes: int | None = None,
+        condition_on: str = "top",
+        logit_alpha: float | None = None,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        image_shape = tuple(int(d) for d in image_shape)
+        if len(image_shape) != 3:
+            raise ValueError(f"image_shape must be (H, W, C), got {image_shape}")
+        h, w, c = image_shape
+        if num_levels < 1:
+            raise ValueError(f"num_levels must be >= 1, got {num_levels}")
+        factor = 2**num_levels
+        if h % factor or w % factor:
+            raise ValueError(
+                f"image size {h}x{w} is not divisible by 2**num_levels = {factor}; "
+                f"pad the images (config.data.pad_to) or use fewer levels"
+            )
+        if condition_on not in CONDITION_ON:
+            raise ValueError(f"condition_on must be one of {CONDITION_ON}, got {condition_on!r}")
+        self.image_shape = image_shape
+        self.num_classes = num_classes
+        self.condition_on = condition_on
+        self.preprocess = Shift(-0.5) if logit_alpha is None else Logit(logit_alpha)
+
+        levels, shapes = [], []
+        for level in range(num_levels):
+            is_top = level == num_levels - 1
+            prior_ctx = num_classes if (is_top or condition_on != "top") else None
+            coupling_ctx = num_classes if condition_on == "all" else None
+            lvl = GlowLevel(
+                c,
+                num_steps,
+                hidden_channels,
+                coupling=coupling,
+                permutation=permutation,
+                is_top=is_top,
+                coupling_context=coupling_ctx,
+                prior_context=prior_ctx,
+                remat=remat,
+                rngs=rngs,
+            )
+            levels.append(lvl)
+            h, w = h // 2, w // 2
+            shapes.append((h, w, lvl.out_channels - lvl.kept_channels) if not is_top else None)
+            if is_top:
+                shapes[-1] = (h, w, lvl.out_channels)
+            c = lvl.kept_channels
+        self.levels = nnx.List(levels)
+        self.latent_shapes = tuple(shapes)
+
+    # -- conditioning -------------------------------------------------------------------
+    def _context(self, labels):
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError("this Glow is unconditional; do not pass context")
+            return None
+        if labels is None:
+            raise ValueError("this Glow is class-conditional: pass context=labels")
+        labels = jnp.asarray(labels)
+        if jnp.issubdtype(labels.dtype, jnp.integer):
+            return jax.nn.one_hot(labels, self.num_classes)
+        return labels  # already a (batch, num_classes) vector, e.g. soft labels
+
+    def _check_images(self, x):
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"expected images of shape (batch, {', '.join(map(str, self.image_shape))}), "
+                f"got {tuple(x.shape)}"
+            )
+
+    # -- the bijection --------------------------------------------------------------------
+    def forward_and_log_det(self, x, *, context=None):
+        """x in [0, 1)^D -> (list of standard-normal latents, one per level; log|det|)."""
+        self._check_images(x)
+        ctx = self._context(context)
+        h, log_det = self.preprocess.forward_and_log_det(x)
+        latents = []
+        for level in self.levels:
+            h, ld = level.forward_and_log_det(h, context=ctx)
+            log_det = log_det + ld
+            latents.append(h[..., level.kept_channels :] if level is not self.levels[-1] else h)
+            h = h[..., : level.kept_channels]
+        return latents, log_det
+
+    def inverse_and_log_det(self, latents, *, context=None):
+        ctx = self._context(context)
+        log_det = jnp.zeros(latents[0].shape[:1], latents[0].dtype)
+        h = None
+        for level, eps in zip(reversed(self.levels), reversed(latents), strict=True):
+            z = eps if h is None else jnp.concatenate([h, eps], axis=-1)
+            h, ld = level.inverse_and_log_det(z, context=ctx)
+            log_det = log_det + ld
+        x, ld = self.preprocess.inverse_and_log_det(h)
+        return x, log_det + ld
+
+    def inverse(self, latents, *, context=None):
+        return self.inverse_and_log_det(latents, context=context)[0]
+
+    def initialize(self, x, *, context=None):
+        """Data-dependent initialisation (ActNorm statistics) on a batch of dequantized data."""
+        self._check_images(x)
+        ctx = self._context(context)
+        h = self.preprocess.forward(x)
+        for level in self.levels:
+            h = level.initialize(h, context=ctx)
+            h = h[..., : level.kept_channels]
+
+    # -- densities and samples ----------------------------------------------------------
+    def log_prob(self, x, *, context=None):
+        """Per-example log density of x on the unit scale, in nats (log p(x|y) if conditional)."""
+        latents, log_det = self.forward_and_log_det(x, context=context)
+        return sum(standard_normal_log_prob(e) for e in latents) + log_det
+
+    def sample_latents(self, key, num: int, temperature: float = 1.0):
+        keys = jax.random.split(key, len(self.latent_shapes))
+        return [
+            temperature * jax.random.normal(k, (num, *shape))
+            for k, shape in zip(keys, self.latent_shapes, strict=True)
+        ]
+
+    def sample(self, num: int, key: jax.Array, *, temperature: float = 1.0, context=None):
+        """``num`` images in [0, 1) (continuous; quantize with ``flows.metrics.quantize``)."""
+        return self.inverse(self.sample_latents(key, num, temperature), context=context)

@@ -1,0 +1,1 @@
+"""Neural-network pieces used inside bijectors (conditioners); no bijector logic here."""

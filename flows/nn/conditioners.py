@@ -1,0 +1,95 @@
+"""Conditioner networks: they compute the parameters of coupling and prior layers.
+
+Conditioners need not be invertible. Their last layer is zero-initialised (Glow), so every
+coupling starts as the identity and every learned prior as a standard normal.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from flows.nn.conv import conv2d_same
+
+_kernel_init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+class ContextProjection(nnx.Module):
+    """A linear map of the context features to ``features``, broadcast over positions.
+
+    ``zero_init`` starts it at zero (Glow's ``y -> prior`` layer).
+    """
+
+    def __init__(self, context_features: int, features: int, *, zero_init: bool, rngs):
+        init = nnx.initializers.zeros_init() if zero_init else _kernel_init
+        self.linear = nnx.Linear(context_features, features, kernel_init=init, rngs=rngs)
+
+    def __call__(self, context: jax.Array, ndim: int) -> jax.Array:
+        h = self.linear(context)
+        return h.reshape(h.shape[:1] + (1,) * (ndim - 2) + h.shape[1:])
+
+
+def _require_context(context, projection):
+    if projection is not None and context is None:
+        raise ValueError("this layer is conditional: pass context=(batch, context_features)")
+
+
+class ConvConditioner(nnx.Module):
+    """3x3 conv -> ReLU -> 1x1 conv -> ReLU -> zero-initialised 3x3 conv (Glow's NN()).
+
+    With ``context_features``, a learned projection of the context is added to the first
+    hidden features (a class embedding when the context is a one-hot label).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden_channels: int,
+        *,
+        context_features: int | None = None,
+        rngs: nnx.Rngs,
+    ):
+        h = hidden_channels
+        self.w1 = nnx.Param(_kernel_init(rngs.params(), (3, 3, in_channels, h)))
+        self.b1 = nnx.Param(jnp.zeros((h,)))
+        self.w2 = nnx.Param(_kernel_init(rngs.params(), (h, h)))
+        self.b2 = nnx.Param(jnp.zeros((h,)))
+        self.w3 = nnx.Param(jnp.zeros((3, 3, h, out_channels)))
+        self.b3 = nnx.Param(jnp.zeros((out_channels,)))
+        self.context_proj = (
+            ContextProjection(context_features, h, zero_init=False, rngs=rngs)
+            if context_features
+            else None
+        )
+
+    def __call__(self, x, context=None):
+        _require_context(context, self.context_proj)
+        h = conv2d_same(x, self.w1[...]) + self.b1[...]
+        if self.context_proj is not None:
+            h = h + self.context_proj(context, h.ndim)
+        h = jax.nn.relu(h)
+        h = jax.nn.relu(h @ self.w2[...] + self.b2[...])
+        return conv2d_same(h, self.w3[...]) + self.b3[...]
+
+
+class ZeroConvConditioner(nnx.Module):
+    """A single zero-initialised 3x3 conv (Glow's ``Conv2dZeros`` for split priors), plus an
+    optional zero-initialised projection of the context."""
+
+    def __init__(self, in_channels, out_channels, *, context_features=None, rngs: nnx.Rngs):
+        self.w = nnx.Param(jnp.zeros((3, 3, in_channels, out_channels)))
+        self.b = nnx.Param(jnp.zeros((out_channels,)))
+        self.context_proj = (
+            ContextProjection(context_features, out_channels, zero_init=True, rngs=rngs)
+            if context_features
+            else None
+        )
+
+    def __call__(self, x, context=None):
+        _require_context(context, self.context_proj)
+        h = conv2d_same(x, self.w[...]) + self.b[...]
+        if self.context_proj is not None:
+            h = h + self.context_proj(context, h.ndim)
+        return h
