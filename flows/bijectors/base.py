@@ -43,7 +43,7 @@ class Bijector(nnx.Module):
     """Base class. Subclasses implement the two fused ``*_and_log_det`` methods."""
 
     def forward_and_log_det(self, x: Array, *, context: Array | None = None):
-        """Data -> latent. Returns ``(z, log|det dz/dx|)`` with the log-det of shape ``(batch,)``."""
+        """Data -> latent: ``(z, log|det dz/dx|)``, the log-det of shape ``(batch,)``."""
         raise NotImplementedError
 
     def inverse_and_log_det(self, z: Array, *, context: Array | None = None):
