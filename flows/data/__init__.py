@@ -1,0 +1,44 @@
+"""Datasets through tensorflow-datasets (TFDS), read without TensorFlow.
+
+Importing this package registers the offline ``digits`` builder with TFDS (so
+``tfds.builder('digits')`` finds it) and applies the TFDS settings of ``_tfds_compat``.
+
+Public API:
+  load_split(name, split, *, data_dir, n_bits, pad_to, download) -> ImageData
+  load_datasets(data_config) -> {'train', 'validation', 'test'}: ImageData (validation may be None)
+  ImageData, DatasetError, DATA_CONFIG_DEFAULTS, default_data_dir
+  reduce_bits, pad_images, split_validation
+  epoch_permutation, batch_indices, steps_per_epoch   (stateless deterministic batching)
+  Digits (the TFDS builder)
+"""
+
+from flows.data import _tfds_compat  # noqa: F401  (first: TFDS shim)
+from flows.data.batching import batch_indices, epoch_permutation, steps_per_epoch
+from flows.data.digits import Digits
+from flows.data.loading import (
+    DATA_CONFIG_DEFAULTS,
+    DatasetError,
+    ImageData,
+    default_data_dir,
+    load_datasets,
+    load_split,
+    pad_images,
+    reduce_bits,
+    split_validation,
+)
+
+__all__ = [
+    "DATA_CONFIG_DEFAULTS",
+    "DatasetError",
+    "Digits",
+    "ImageData",
+    "batch_indices",
+    "default_data_dir",
+    "epoch_permutation",
+    "load_datasets",
+    "load_split",
+    "pad_images",
+    "reduce_bits",
+    "split_validation",
+    "steps_per_epoch",
+]

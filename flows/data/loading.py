@@ -1,0 +1,410 @@
+"""Image datasets through TFDS's no-TensorFlow path, as in-memory NumPy arrays.
+
+Every dataset, the offline ``digits`` and catalog ones (``mnist``, ``cifar10``, ...), goes
+through the same calls, the ones ``tfds.data_source`` makes::
+
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record", try_gcs=False)
+    builder.download_and_prepare(file_format="array_record", ...)  # if download=True
+    source = builder.as_data_source(split)                         # array_record, PIL decoding
+
+and the split is read with ``source.__getitems__`` in chunks into one ``(N, H, W, C)`` array
+(batched: reading ``source[i]`` one at a time took 3x as long for 60k images). Cost, one CPU
+core: digits train (1497) about 0.2 s; 60k 28x28 PNG images about 5 s, spent in TFDS's
+per-example protobuf parsing and PIL decoding (TFDS decodes with OpenCV instead when installed).
+
+Levels. ``num_levels`` is the dataset's own count: ``info.metadata['num_levels']`` when the
+builder records it (17 for ``digits``), else ``2**bits`` of the image dtype (256 for uint8).
+``n_bits`` reduces a ``2**b``-level dataset as Glow does: ``v // 2**(b - n_bits)``, leaving
+``2**n_bits`` levels. Padding (``pad_to``) adds zeros symmetrically, as openai/glow pads MNIST
+28x28 to 32x32; bits/dim is then per *padded* dimension (32*32*1), not comparable with numbers
+per 28*28 dimension.
+
+Preparing a catalog image dataset needs internet and TensorFlow (TFDS encodes its images with
+``tf.image.encode_png``); reading a prepared ``array_record`` copy needs neither. Download
+attempts fail fast (few retries, socket timeout) and become a one-line ``DatasetError`` that
+says how to fix it.
+"""
+
+import contextlib
+import dataclasses
+import difflib
+import os
+import socket
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from flows.data import _tfds_compat
+from flows.data import digits as _digits  # noqa: F401  (registers the `digits` builder)
+
+# Fields of `config.data` read by `load_datasets`, with their defaults.
+DATA_CONFIG_DEFAULTS: dict[str, Any] = {
+    "name": None,  # required: TFDS name, e.g. 'digits', 'mnist', 'cifar10'
+    "data_dir": None,  # None: $TFDS_DATA_DIR, else ~/tensorflow_datasets
+    "n_bits": None,  # None: the dataset's own levels; else reduce 2**b levels to 2**n_bits
+    "pad_to": None,  # None or (H, W): zero-pad symmetrically (bits/dim per padded dim)
+    "validation_size": 0,  # examples carved from the train split; 0: no validation split
+    "split_seed": 0,  # seed of the shuffle the validation examples are carved from
+    "train_split": "train",
+    "test_split": "test",
+    "download": True,  # False: never call download_and_prepare
+}
+
+_READ_CHUNK = 4096  # examples per `__getitems__` call
+_DOWNLOAD_RETRIES = 1  # TFDS retries each URL 10 times with backoff (~200 s offline)
+_DOWNLOAD_SOCKET_TIMEOUT_S = 20.0
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be loaded as asked; the message (one line) says what to do."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageData:
+    """One split, all in memory.
+
+    Attributes:
+      images: (N, H, W, C) uint8 (uint16 for 16-bit data), integer levels 0..num_levels-1.
+      labels: (N,) int32 class labels (all 0 when the dataset has no class label).
+      num_levels: K, the number of levels per value (17 for digits, 2**n_bits after reduction).
+      num_classes: number of classes (1 when the dataset has no class label).
+      name: provenance, dataset and split, e.g. ``"digits:train"``.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    num_levels: int
+    num_classes: int
+    name: str
+
+    def __post_init__(self):
+        if self.images.ndim != 4 or self.labels.shape != self.images.shape[:1]:
+            raise ValueError(
+                f"{self.name}: expected images (N, H, W, C) and labels (N,), got "
+                f"{self.images.shape} and {self.labels.shape}"
+            )
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.images.shape[1:])
+
+
+def default_data_dir() -> str:
+    """``$TFDS_DATA_DIR`` if set, else ``~/tensorflow_datasets`` (TFDS's own default)."""
+    return os.path.expanduser(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
+
+
+def reduce_bits(
+    images: np.ndarray, num_levels: int, n_bits: int | None, *, name: str = "dataset"
+) -> tuple[np.ndarray, int]:
+    """Glow's reduction of ``2**b`` levels to ``2**n_bits``: ``v // 2**(b - n_bits)``.
+
+    Returns ``(images, num_levels)``; unchanged when ``n_bits`` is None.
+    """
+    if n_bits is None:
+        return images, num_levels
+    source_bits = int(num_levels).bit_length() - 1
+    if 2**source_bits != num_levels:
+        raise DatasetError(
+            f"n_bits={n_bits} needs a dataset with 2**b levels, but {name} has {num_levels} "
+            "levels: set n_bits=None to use them as they are"
+        )
+    if not 1 <= n_bits <= source_bits:
+        raise DatasetError(
+            f"n_bits must be in 1..{source_bits} for {name} ({num_levels} levels), got {n_bits}"
+        )
+    return images // np.asarray(2 ** (source_bits - n_bits), images.dtype), 2**n_bits
+
+
+def _check_pad_to(image_hw: tuple[int, int], pad_to, name: str) -> tuple[int, int]:
+    if len(pad_to) != 2:
+        raise DatasetError(f"pad_to must be (height, width), got {pad_to!r}")
+    target = (int(pad_to[0]), int(pad_to[1]))
+    if target[0] < image_hw[0] or target[1] < image_hw[1]:
+        raise DatasetError(
+            f"pad_to={target} is smaller than the {image_hw[0]}x{image_hw[1]} images of {name}: "
+            "use pad_to=None or a size at least as large"
+        )
+    return target
+
+
+def pad_images(images: np.ndarray, pad_to, *, name: str = "dataset") -> np.ndarray:
+    """Zero-pads (N, H, W, C) images symmetrically to ``pad_to = (H', W')``.
+
+    An odd difference puts the extra row/column at the bottom/right (28 -> 31: 1 top, 2 bottom).
+    """
+    height, width = _check_pad_to(images.shape[1:3], pad_to, name)
+    dh, dw = height - images.shape[1], width - images.shape[2]
+    if dh == dw == 0:
+        return images
+    pads = ((0, 0), (dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2), (0, 0))
+    return np.pad(images, pads)
+
+
+def split_validation(
+    data: ImageData, validation_size: int, seed: int = 0
+) -> tuple[ImageData, ImageData | None]:
+    """Carves ``validation_size`` examples from the END of a seeded shuffle of ``data``.
+
+    ``perm = np.random.RandomState(seed).permutation(N)``; validation is ``perm[N - v:]``, train
+    the rest. Both keep the record order of ``data`` (indices sorted), so they are disjoint and
+    the same on every run. ``validation_size == 0`` returns ``(data, None)``.
+    """
+    n = data.num_examples
+    if validation_size == 0:
+        return data, None
+    if not 0 < validation_size < n:
+        raise DatasetError(
+            f"validation_size must be in 0..{n - 1} for {data.name} ({n} examples), "
+            f"got {validation_size}"
+        )
+    perm = np.random.RandomState(seed).permutation(n)
+    keep = n - validation_size
+    parts = []
+    for idx, piece in ((perm[:keep], f"[:{keep}]"), (perm[keep:], f"[{keep}:]")):
+        idx = np.sort(idx)
+        parts.append(
+            dataclasses.replace(
+                data,
+                images=data.images[idx],
+                labels=data.labels[idx],
+                name=f"{data.name}[shuffle(seed={seed})]{piece}",
+            )
+        )
+    return parts[0], parts[1]
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _get_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
+    try:
+        return tfds.builder(name, data_dir=data_dir, file_format="array_record", try_gcs=False)
+    except tfds.core.registered.DatasetNotFoundError:
+        close = difflib.get_close_matches(
+            name, tfds.list_builders(with_community_datasets=False), n=3
+        )
+        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+        raise DatasetError(
+            f"unknown dataset {name!r}: it is not in the TFDS registry; {hint}"
+            "for the offline 8x8 handwritten digits use name='digits'"
+        ) from None
+    except (ValueError, AssertionError) as e:
+        raise DatasetError(f"cannot build TFDS dataset {name!r}: {_first_line(e)}") from e
+
+
+def _fix_hint(name: str, data_dir: str, builder: tfds.core.DatasetBuilder) -> str:
+    needs = "internet" if _tfds_compat.tensorflow_available() else "internet and TensorFlow"
+    return (
+        f"fix: on a machine with {needs} run `tfds build {name} --data_dir={data_dir} "
+        f"--file_format=array_record` and copy the prepared folder {builder.data_dir} to this "
+        "machine (or set data_dir to where it is prepared)"
+    )
+
+
+def _cause(exc: BaseException) -> str:
+    chain, e = [], exc
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    if any(isinstance(c, ModuleNotFoundError) and "tensorflow" in str(c) for c in chain):
+        return "preparing it needs TensorFlow, which is not installed"
+    if any(isinstance(c, OSError) for c in chain):  # requests errors are OSErrors
+        return f"download failed, no network? {_first_line(exc, limit=160)}"
+    return f"preparation failed: {_first_line(exc, limit=160)}"
+
+
+@contextlib.contextmanager
+def _fail_fast_downloads() -> Iterator[None]:
+    """Few download retries and a socket timeout, so an offline download fails in seconds.
+
+    TFDS retries each URL 10 times with exponential backoff (about 200 s with no network) and
+    sets no socket timeout. Both are restored on exit.
+    """
+    from tensorflow_datasets.core.download import downloader
+
+    old_retries, old_timeout = downloader.MAX_RETRIES, socket.getdefaulttimeout()
+    downloader.MAX_RETRIES = min(old_retries, _DOWNLOAD_RETRIES)
+    if old_timeout is None:
+        socket.setdefaulttimeout(_DOWNLOAD_SOCKET_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        downloader.MAX_RETRIES = old_retries
+        socket.setdefaulttimeout(old_timeout)
+
+
+def _prepare(builder: tfds.core.DatasetBuilder, name: str, data_dir: str) -> None:
+    """``download_and_prepare`` in array_record; a no-op when the data is already there."""
+    try:
+        with _fail_fast_downloads():
+            builder.download_and_prepare(
+                file_format="array_record",
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+            )
+    except Exception as e:
+        if builder.is_prepared():  # another process prepared it at the same time
+            return
+        raise DatasetError(
+            f"dataset {name!r} is not prepared in {data_dir} and cannot be prepared here "
+            f"({_cause(e)}); {_fix_hint(name, data_dir, builder)}"
+        ) from e
+
+
+def _as_data_source(builder: tfds.core.DatasetBuilder, name: str, split: str, data_dir: str):
+    try:
+        return builder.as_data_source(split=split)
+    except NotImplementedError as e:  # prepared, but in a format without random access
+        raise DatasetError(
+            f"dataset {name!r} in {builder.data_dir} is stored as "
+            f"{builder.info.file_format}, which cannot be read without TensorFlow; "
+            f"{_fix_hint(name, data_dir, builder)}"
+        ) from e
+    except Exception as e:
+        if not builder.is_prepared():
+            raise DatasetError(
+                f"dataset {name!r} is not prepared in {data_dir} (download=False); "
+                f"{_fix_hint(name, data_dir, builder)}"
+            ) from e
+        splits = ", ".join(sorted(builder.info.splits)) or "none"
+        raise DatasetError(
+            f"cannot read split {split!r} of {name!r} from {builder.data_dir} "
+            f"(splits: {splits}): {_first_line(e)}"
+        ) from e
+
+
+def _feature_keys(info: tfds.core.DatasetInfo, name: str) -> tuple[str, str | None]:
+    """(image key, label key or None) from the supervised keys, else 'image' / 'label'."""
+    features = info.features
+    keys = info.supervised_keys
+    if isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys):
+        image_key, label_key = keys
+    else:
+        image_key, label_key = "image", "label"
+    if image_key not in features or not isinstance(features[image_key], tfds.features.Image):
+        raise DatasetError(f"dataset {name!r} has no image feature {image_key!r}")
+    if label_key not in features or not isinstance(features[label_key], tfds.features.ClassLabel):
+        label_key = None
+    return image_key, label_key
+
+
+def _dataset_levels(info: tfds.core.DatasetInfo, dtype: np.dtype, name: str) -> int:
+    metadata = info.metadata
+    if isinstance(metadata, Mapping) and "num_levels" in metadata:
+        return int(metadata["num_levels"])
+    if np.issubdtype(dtype, np.unsignedinteger):
+        return 2 ** (8 * np.dtype(dtype).itemsize)
+    raise DatasetError(f"dataset {name!r} has {dtype} images; integer levels are required")
+
+
+def _read_all(source, image_key: str, label_key: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Reads a data source into (N, H, W, C) images and (N,) int32 labels."""
+    n = len(source)
+    if n == 0:
+        raise DatasetError("the split is empty")
+    first = source[0][image_key]
+    images = np.empty((n, *first.shape), first.dtype)
+    labels = np.zeros((n,), np.int32)
+    for start in range(0, n, _READ_CHUNK):
+        stop = min(n, start + _READ_CHUNK)
+        examples = source.__getitems__(list(range(start, stop)))
+        try:
+            images[start:stop] = np.stack([ex[image_key] for ex in examples])
+        except ValueError as e:
+            raise DatasetError(f"images of different shapes are not supported: {e}") from e
+        if label_key is not None:
+            labels[start:stop] = [ex[label_key] for ex in examples]
+    return images, labels
+
+
+def load_split(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    n_bits: int | None = None,
+    pad_to: tuple[int, int] | None = None,
+    download: bool = True,
+) -> ImageData:
+    """Loads split ``split`` of TFDS dataset ``name`` into memory.
+
+    Args:
+      name: TFDS name ('digits', 'mnist', 'cifar10', ...; a version or config may follow,
+        as in ``tfds.builder``).
+      split: TFDS split string ('train', 'test', 'train[:1000]', ...).
+      data_dir: where prepared datasets live; default ``default_data_dir()``.
+      n_bits: None keeps the dataset's levels; else reduce ``2**b`` levels to ``2**n_bits``.
+      pad_to: None or (H, W): zero-pad symmetrically to that spatial size.
+      download: call ``download_and_prepare`` first (``digits`` prepares itself offline;
+        catalog datasets need internet and TensorFlow); False only reads.
+
+    Raises:
+      DatasetError: unknown dataset, not prepared and not preparable, bad n_bits or pad_to.
+    """
+    data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir else default_data_dir()
+    builder = _get_builder(name, data_dir)
+    image_key, label_key = _feature_keys(builder.info, name)
+    image_shape = builder.info.features[image_key].shape
+    if pad_to is not None and None not in image_shape[:2]:
+        _check_pad_to(image_shape[:2], pad_to, name)  # fail before reading anything
+    if download:
+        _prepare(builder, name, data_dir)
+    source = _as_data_source(builder, name, split, data_dir)
+    images, labels = _read_all(source, image_key, label_key)
+    num_levels = _dataset_levels(builder.info, images.dtype, name)
+    images, num_levels = reduce_bits(images, num_levels, n_bits, name=name)
+    if pad_to is not None:
+        images = pad_images(images, pad_to, name=name)
+    num_classes = builder.info.features[label_key].num_classes if label_key else 1
+    return ImageData(images, labels, num_levels, int(num_classes), f"{name}:{split}")
+
+
+def load_datasets(data_config) -> dict[str, ImageData | None]:
+    """Loads 'train', 'validation' (None when ``validation_size == 0``) and 'test'.
+
+    ``data_config`` (an ml_collections ConfigDict or a mapping) has the fields of
+    ``DATA_CONFIG_DEFAULTS``; only ``name`` is required:
+
+      name (str): TFDS dataset name: 'digits', 'mnist', 'cifar10', ...
+      data_dir (str | None = None): None means $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+      n_bits (int | None = None): None keeps the dataset's levels (17 for digits, 256 for
+        8-bit data); else Glow's reduction ``v // 2**(8 - n_bits)``, ``2**n_bits`` levels.
+      pad_to ((int, int) | None = None): zero-pad symmetrically to (H, W), e.g. (32, 32) for
+        MNIST as openai/glow does; bits/dim is then per padded dimension.
+      validation_size (int = 0): examples carved from the END of a shuffle (seed
+        ``split_seed``) of the train split; 0 means no validation split.
+      split_seed (int = 0): seed of that shuffle.
+      train_split (str = 'train'), test_split (str = 'test'): TFDS split names.
+      download (bool = True): False never calls download_and_prepare.
+
+    Unknown fields raise ``DatasetError`` (a misspelt key must not be silently ignored).
+    """
+    given = {k: data_config[k] for k in data_config.keys()}
+    unknown = sorted(set(given) - set(DATA_CONFIG_DEFAULTS))
+    if unknown:
+        raise DatasetError(
+            f"unknown data config field(s) {unknown}; known: {sorted(DATA_CONFIG_DEFAULTS)}"
+        )
+    cfg = {**DATA_CONFIG_DEFAULTS, **given}
+    if not cfg["name"]:
+        raise DatasetError("data config needs a dataset name, e.g. name='digits'")
+    pad_to = tuple(cfg["pad_to"]) if cfg["pad_to"] is not None else None
+    kwargs = dict(
+        data_dir=cfg["data_dir"], n_bits=cfg["n_bits"], pad_to=pad_to, download=cfg["download"]
+    )
+    train = load_split(cfg["name"], cfg["train_split"], **kwargs)
+    train, validation = split_validation(train, int(cfg["validation_size"]), cfg["split_seed"])
+    test = load_split(cfg["name"], cfg["test_split"], **kwargs)
+    return {"train": train, "validation": validation, "test": test}

@@ -1,0 +1,326 @@
+"""Tests of flows.data: the offline digits builder, load_split/load_datasets, batching, errors.
+
+All offline: data_dir is a pytest tmp dir, and tests that could reach a download block the
+network (socket.getaddrinfo raises) so they behave the same with or without internet.
+"""
+
+import importlib.util
+import socket
+import sys
+import time
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import flows.data as fd
+from flows.data import batching
+from flows.data import digits as digits_lib
+from flows.data import testing as data_testing
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    """A data_dir with digits prepared once (through load_split) for the module."""
+    data_dir = tmp_path_factory.mktemp("tfds")
+    fd.load_split("digits", "test", data_dir=str(data_dir))
+    return str(data_dir)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Makes every host name lookup fail at once, as on a machine without network."""
+
+    def fail(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "network disabled in tests")
+
+    monkeypatch.setattr(socket, "getaddrinfo", fail)
+
+
+@pytest.fixture
+def without_tensorflow():
+    """Runs the test only where TensorFlow is not installed, and checks it stays unimported."""
+    if importlib.util.find_spec("tensorflow") is not None:
+        pytest.skip("TensorFlow is installed; this test checks the TensorFlow-free path")
+    yield
+    assert "tensorflow" not in sys.modules
+
+
+def _sklearn_digits():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images.astype(np.uint8)[..., None], bunch.target
+
+
+def _one_line(error: Exception) -> str:
+    message = str(error)
+    assert "\n" not in message and message.strip() == message and message
+    return message
+
+
+# ----------------------------------------------------------------------------- digits builder
+
+
+def test_digits_prepares_and_reads_through_tfds_builder_without_tensorflow(
+    tmp_path, without_tensorflow
+):
+    builder = tfds.builder("digits", data_dir=str(tmp_path))
+    assert isinstance(builder, fd.Digits)
+    start = time.perf_counter()
+    builder.download_and_prepare(file_format="array_record")
+    assert time.perf_counter() - start < 10
+    assert builder.is_prepared()
+    assert sorted(p.name for p in tmp_path.glob("digits/1.0.0/*.array_record*")) == [
+        "digits-test.array_record-00000-of-00001",
+        "digits-train.array_record-00000-of-00001",
+    ]
+    assert builder.info.splits["train"].num_examples == 1497
+    assert builder.info.splits["test"].num_examples == 300
+    assert builder.info.metadata["num_levels"] == 17
+    source = builder.as_data_source("test")
+    example = source[0]
+    assert example["image"].shape == (8, 8, 1) and example["image"].dtype == np.uint8
+    assert 0 <= example["label"] < 10
+    # tfds.data_source, the catalog datasets' one-call path, reads it too.
+    assert len(tfds.data_source("digits", split="train", data_dir=str(tmp_path))) == 1497
+
+
+def test_digits_splits_are_the_documented_seeded_permutation(digits_dir):
+    images, targets = _sklearn_digits()
+    perm = np.random.RandomState(0).permutation(1797)
+    indices = digits_lib.split_indices()
+    np.testing.assert_array_equal(indices["train"], perm[:1497])
+    np.testing.assert_array_equal(indices["test"], perm[1497:])
+    for split in ("train", "test"):
+        data = fd.load_split("digits", split, data_dir=digits_dir)
+        np.testing.assert_array_equal(data.images, images[indices[split]])
+        np.testing.assert_array_equal(data.labels, targets[indices[split]])
+
+
+def test_load_split_digits_shapes_dtypes_levels(digits_dir):
+    sizes = {"train": 1497, "test": 300}
+    for split, size in sizes.items():
+        data = fd.load_split("digits", split, data_dir=digits_dir)
+        assert data.images.shape == (size, 8, 8, 1) and data.images.dtype == np.uint8
+        assert data.labels.shape == (size,) and data.labels.dtype == np.int32
+        assert data.images.min() == 0 and data.images.max() == 16
+        assert set(np.unique(data.labels)) == set(range(10))
+        assert (data.num_levels, data.num_classes) == (17, 10)
+        assert data.name == f"digits:{split}"
+        assert data.num_examples == size and data.image_shape == (8, 8, 1)
+
+
+def test_load_split_accepts_tfds_split_slices(digits_dir):
+    full = fd.load_split("digits", "train", data_dir=digits_dir)
+    part = fd.load_split("digits", "train[:100]", data_dir=digits_dir)
+    assert part.name == "digits:train[:100]"
+    np.testing.assert_array_equal(part.images, full.images[:100])
+
+
+def test_load_split_digits_is_quick(digits_dir):
+    start = time.perf_counter()
+    fd.load_split("digits", "train", data_dir=digits_dir)
+    assert time.perf_counter() - start < 5
+
+
+# ----------------------------------------------------------------------------- load_datasets
+
+
+def _config(digits_dir, **overrides):
+    config = ml_collections.ConfigDict(
+        {"name": "digits", "data_dir": digits_dir, "validation_size": 150, "split_seed": 0}
+    )
+    config.update(overrides)
+    return config
+
+
+def test_load_datasets_carves_a_disjoint_deterministic_validation_split(digits_dir):
+    first = fd.load_datasets(_config(digits_dir))
+    second = fd.load_datasets(_config(digits_dir))
+    assert first["train"].num_examples == 1347
+    assert first["validation"].num_examples == 150
+    assert first["test"].num_examples == 300
+    assert first["train"].name == "digits:train[shuffle(seed=0)][:1347]"
+    assert first["validation"].name == "digits:train[shuffle(seed=0)][1347:]"
+    for key in ("train", "validation", "test"):
+        np.testing.assert_array_equal(first[key].images, second[key].images)
+        np.testing.assert_array_equal(first[key].labels, second[key].labels)
+    other_seed = fd.load_datasets(_config(digits_dir, split_seed=1))
+    assert not np.array_equal(other_seed["validation"].images, first["validation"].images)
+
+
+def test_load_datasets_without_validation(digits_dir):
+    datasets = fd.load_datasets(_config(digits_dir, validation_size=0))
+    assert datasets["validation"] is None
+    assert datasets["train"].num_examples == 1497 and datasets["train"].name == "digits:train"
+
+
+def test_load_datasets_rejects_unknown_fields(digits_dir):
+    with pytest.raises(fd.DatasetError, match="validaton_size") as info:
+        fd.load_datasets(_config(digits_dir, validaton_size=10))
+    _one_line(info.value)
+
+
+def test_split_validation_partitions_the_examples():
+    n = 50
+    data = fd.ImageData(
+        images=np.zeros((n, 2, 2, 1), np.uint8),
+        labels=np.arange(n, dtype=np.int32),
+        num_levels=2,
+        num_classes=n,
+        name="fake:train",
+    )
+    train, validation = fd.split_validation(data, 12, seed=3)
+    assert validation.num_examples == 12 and train.num_examples == 38
+    assert not set(train.labels) & set(validation.labels)
+    assert sorted({*train.labels, *validation.labels}) == list(range(n))
+    perm = np.random.RandomState(3).permutation(n)
+    np.testing.assert_array_equal(validation.labels, np.sort(perm[-12:]))
+    same, none = fd.split_validation(data, 0, seed=3)
+    assert same is data and none is None
+    with pytest.raises(fd.DatasetError):
+        fd.split_validation(data, n, seed=3)
+
+
+# ----------------------------------------------------------------------------- levels, padding
+
+
+def test_reduce_bits_like_glow():
+    images = np.array([0, 1, 7, 8, 100, 255], np.uint8).reshape(1, 6, 1, 1)
+    reduced, levels = fd.reduce_bits(images, 256, 5)
+    assert levels == 32 and reduced.dtype == np.uint8
+    np.testing.assert_array_equal(reduced.ravel(), [0, 0, 0, 1, 12, 31])
+    same, levels = fd.reduce_bits(images, 256, 8)
+    assert levels == 256 and np.array_equal(same, images)
+    assert fd.reduce_bits(images, 256, None) == (images, 256)
+    for bad in (0, 9):
+        with pytest.raises(fd.DatasetError):
+            fd.reduce_bits(images, 256, bad)
+    with pytest.raises(fd.DatasetError, match="17 levels") as info:
+        fd.reduce_bits(images, 17, 4, name="digits")
+    _one_line(info.value)
+
+
+def test_pad_images_symmetric_zero_padding():
+    images = np.full((2, 28, 28, 1), 7, np.uint8)
+    padded = fd.pad_images(images, (32, 32))
+    assert padded.shape == (2, 32, 32, 1) and padded.dtype == np.uint8
+    np.testing.assert_array_equal(padded[:, 2:30, 2:30], images)
+    assert padded.sum() == images.sum()
+    odd = fd.pad_images(images, (31, 28))
+    np.testing.assert_array_equal(odd[:, 1:29], images)  # 1 row on top, 2 at the bottom
+    assert fd.pad_images(images, (28, 28)) is images
+
+
+def test_pad_to_smaller_than_the_images_is_one_line_error(digits_dir):
+    with pytest.raises(fd.DatasetError, match="smaller") as info:
+        fd.pad_images(np.zeros((1, 8, 8, 1), np.uint8), (4, 8))
+    _one_line(info.value)
+    with pytest.raises(fd.DatasetError, match="smaller") as info:
+        fd.load_split("digits", "test", data_dir=digits_dir, pad_to=(6, 6))
+    _one_line(info.value)
+
+
+def test_load_split_pads_and_keeps_levels(digits_dir):
+    data = fd.load_split("digits", "test", data_dir=digits_dir, pad_to=(10, 12))
+    plain = fd.load_split("digits", "test", data_dir=digits_dir)
+    assert data.images.shape == (300, 10, 12, 1) and data.num_levels == 17
+    np.testing.assert_array_equal(data.images[:, 1:9, 2:10], plain.images)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_unknown_dataset_is_one_line_error_suggesting_digits(tmp_path):
+    with pytest.raises(fd.DatasetError) as info:
+        fd.load_split("mnsit", "train", data_dir=str(tmp_path))
+    message = _one_line(info.value)
+    assert "'mnsit'" in message and "'digits'" in message and "'mnist'" in message
+    assert isinstance(info.value, ValueError)
+
+
+def test_unprepared_catalog_dataset_fails_fast_offline(tmp_path, no_network):
+    start = time.perf_counter()
+    with pytest.raises(fd.DatasetError) as info:
+        fd.load_split("mnist", "train", data_dir=str(tmp_path))
+    assert time.perf_counter() - start < 20
+    message = _one_line(info.value)
+    assert "'mnist'" in message and str(tmp_path) in message
+    assert f"tfds build mnist --data_dir={tmp_path} --file_format=array_record" in message
+
+
+def test_unprepared_catalog_dataset_without_download(tmp_path, no_network):
+    with pytest.raises(fd.DatasetError, match="download=False") as info:
+        fd.load_split("mnist", "test", data_dir=str(tmp_path), download=False)
+    assert str(tmp_path) in _one_line(info.value)
+
+
+def test_unknown_split_is_one_line_error(digits_dir):
+    with pytest.raises(fd.DatasetError, match="'validation'") as info:
+        fd.load_split("digits", "validation", data_dir=digits_dir)
+    _one_line(info.value)
+
+
+def test_default_data_dir_follows_tfds(monkeypatch, tmp_path):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    assert fd.default_data_dir() == str(tmp_path)
+    monkeypatch.delenv("TFDS_DATA_DIR")
+    assert fd.default_data_dir().endswith("tensorflow_datasets")
+
+
+# ----------------------------------------------------------------------------- catalog (mocked)
+
+
+def test_catalog_dataset_loads_through_load_split_under_mock_data(tmp_path, no_network):
+    with data_testing.mock_data(num_examples=12):
+        data = fd.load_split("mnist", "train", data_dir=str(tmp_path))
+        reduced = fd.load_split("mnist", "test", data_dir=str(tmp_path), n_bits=5, pad_to=(32, 32))
+        cifar = fd.load_datasets(
+            ml_collections.ConfigDict({"name": "cifar10", "validation_size": 2})
+        )
+    assert data.images.shape == (12, 28, 28, 1) and data.images.dtype == np.uint8
+    assert (data.num_levels, data.num_classes, data.name) == (256, 10, "mnist:train")
+    assert data.labels.dtype == np.int32 and data.labels.max() < 10
+    assert reduced.images.shape == (12, 32, 32, 1) and reduced.num_levels == 32
+    assert reduced.images.max() < 32
+    assert cifar["train"].images.shape == (10, 32, 32, 3)
+    assert cifar["validation"].num_examples == 2 and cifar["test"].num_examples == 12
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def test_batch_indices_cover_each_example_once_per_epoch():
+    n, batch_size, seed = 10, 3, 7
+    per_epoch = fd.steps_per_epoch(n, batch_size)
+    assert per_epoch == 3
+    epochs = []
+    for epoch in range(3):
+        steps = range(epoch * per_epoch, (epoch + 1) * per_epoch)
+        batches = [fd.batch_indices(n, batch_size, seed, step) for step in steps]
+        seen = np.concatenate(batches)
+        assert all(b.shape == (batch_size,) for b in batches)
+        assert len(set(seen)) == per_epoch * batch_size  # each example at most once
+        np.testing.assert_array_equal(seen, fd.epoch_permutation(n, seed, epoch)[:9])
+        epochs.append(seen)
+    assert not np.array_equal(epochs[0], epochs[1])  # a fresh permutation each epoch
+    assert sorted(fd.epoch_permutation(n, seed, 0)) == list(range(n))
+
+
+def test_batch_indices_are_deterministic_and_stateless():
+    steps = (0, 5, 31, 31, 500)
+    a = [fd.batch_indices(1000, 32, 0, step) for step in steps]
+    batching._cached_permutation.cache_clear()  # nothing carried between calls
+    b = [fd.batch_indices(1000, 32, 0, step) for step in reversed(steps)][::-1]
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(a[2], a[3])
+    assert not np.array_equal(fd.batch_indices(1000, 32, 1, 0), a[0])  # the seed matters
+    # Pinned values: the permutation stream must not change between NumPy versions.
+    np.testing.assert_array_equal(fd.epoch_permutation(8, 0, 0), [7, 3, 6, 0, 5, 1, 2, 4])
+    np.testing.assert_array_equal(fd.epoch_permutation(8, 0, 1), [1, 0, 7, 5, 6, 3, 2, 4])
+    np.testing.assert_array_equal(fd.batch_indices(8, 4, 0, 3), [6, 3, 2, 4])  # epoch 1, 2nd
+    with pytest.raises(ValueError):
+        fd.batch_indices(10, 11, 0, 0)
