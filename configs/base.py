@@ -1,0 +1,61 @@
+"""Every config field, with its default. Config files start from ``base_config()`` and set
+what differs; the returned ConfigDict is locked, so a misspelt key (in a file or in a
+``--config.a.b=`` override) fails at once with the key named.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from flows.data import DATA_CONFIG_DEFAULTS
+from flows.models.build import GLOW_CONFIG_DEFAULTS
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.data = ml_collections.ConfigDict(dict(DATA_CONFIG_DEFAULTS))
+    c.data.name = "digits"
+    c.model = ml_collections.ConfigDict(dict(GLOW_CONFIG_DEFAULTS))
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamax"  # Glow's released code; 'adam' also available
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 500
+    c.optim.schedule = "constant"  # or 'cosine'
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.grad_clip_norm = 0.0  # 0 disables global-norm clipping
+    c.optim.max_consecutive_nonfinite = 50  # abort after that many skipped steps in a row
+
+    c.train = ml_collections.ConfigDict()
+    c.train.seed = 0
+    c.train.batch_size = 64  # global batch, split over all devices
+    c.train.init_batch_size = 256  # data-dependent ActNorm init batch
+    c.train.num_steps = 10_000
+    c.train.ema_decay = 0.0  # 0 disables the EMA of parameters
+    c.train.log_every = 100
+    c.train.eval_every = 1000  # validation bits/dim (model selection)
+    c.train.checkpoint_every = 1000
+    c.train.sample_every = 0  # 0: only the final sample grid
+    c.train.num_grid_samples = 64
+    c.train.sample_temperature = 0.7
+    c.train.progress = True
+    c.train.distributed = ml_collections.ConfigDict()
+    c.train.distributed.enabled = False  # jax.distributed.initialize for multi-host
+    c.train.distributed.coordinator_address = ""
+    c.train.distributed.num_processes = 0
+    c.train.distributed.process_id = -1
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 500
+    c.eval.num_samples = 1  # importance samples of the dequantization noise (1 = ELBO)
+    c.eval.use_ema = True  # evaluate EMA parameters when the run keeps an EMA
+    c.eval.seed = 1234
+    return c
+
+
+def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Lock the structure: existing fields can change, new (misspelt) ones are rejected."""
+    c.lock()
+    return c

@@ -1,0 +1,62 @@
+"""Pictures: image grids (PNG) and learning curves (PNG). Matplotlib's Agg backend only."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+
+def image_grid(images: np.ndarray, num_levels: int, *, ncols: int | None = None, pad: int = 1):
+    """(N, H, W, C) integer levels -> one uint8 (rows*H, cols*W, C) grid, values scaled to 0..255."""
+    images = np.asarray(images)
+    n, h, w, c = images.shape
+    ncols = ncols or math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+    scaled = (images.astype(np.float64) * (255.0 / max(num_levels - 1, 1))).round()
+    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 255, np.uint8)
+    for i in range(n):
+        r, k = divmod(i, ncols)
+        y, x = pad + r * (h + pad), pad + k * (w + pad)
+        grid[y : y + h, x : x + w] = np.clip(scaled[i], 0, 255).astype(np.uint8)
+    return grid
+
+
+def save_image_grid(path, images, num_levels, *, ncols=None, upscale: int | None = None):
+    """Writes a PNG grid; small images are upscaled (nearest) to be visible."""
+    grid = image_grid(images, num_levels, ncols=ncols)
+    if upscale is None:
+        upscale = max(1, 256 // max(grid.shape[:2]))
+    if grid.shape[-1] == 1:
+        grid = grid[..., 0]
+    img = Image.fromarray(grid)
+    if upscale > 1:
+        img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
+    img.save(path)
+
+
+def plot_learning_curves(path, runs: dict[str, list[dict]], *, title: str = "") -> None:
+    """Train and validation bits/dim against step, one colour per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, records) in enumerate(runs.items()):
+        colour = f"C{i % 10}"
+        train = [(r["step"], r["train_bpd"]) for r in records if "train_bpd" in r]
+        val = [(r["step"], r["val_bpd"]) for r in records if "val_bpd" in r]
+        if train:
+            ax.plot(*zip(*train, strict=True), color=colour, alpha=0.6, label=f"{name} train")
+        if val:
+            ax.plot(*zip(*val, strict=True), "o-", color=colour, ms=3, label=f"{name} validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits/dim")
+    ax.set_title(title or "learning curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,75 @@
+"""Checkpoints with orbax: the whole ``TrainState`` (params, optimizer state, EMA, step, RNG)
+plus a JSON record of the loop's own state (best validation so far). The step count is the
+data position (batches are a pure function of it, ``flows.data.batch_indices``).
+
+Orbax writes each checkpoint to a temporary directory and renames it when complete, so a run
+killed mid-save (even by SIGKILL) leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be restored; the message is one line."""
+
+
+class Checkpointer:
+    """Saves and restores ``(TrainState, meta)`` under ``directory`` (keeps ``max_to_keep``)."""
+
+    def __init__(self, directory: str, *, max_to_keep: int = 2):
+        self.directory = os.path.abspath(directory)
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state, meta: dict) -> None:
+        self._manager.save(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+        )
+
+    def restore(self, abstract_state, step: int | None = None):
+        """``(state, meta)`` of ``step`` (default: latest), shaped and sharded like
+        ``abstract_state`` (a pytree of ``jax.ShapeDtypeStruct``)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as e:  # orbax raises many types for damaged files
+            cause = " ".join(str(e).split())[:200] or type(e).__name__
+            raise CheckpointError(
+                f"checkpoint {self.directory}/{step} is unreadable ({type(e).__name__}: {cause}); "
+                f"move it away to resume from an earlier one, or use a fresh --workdir"
+            ) from None
+        return restored.state, dict(restored.meta)
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def abstract_like(tree, sharding=None):
+    """Shape/dtype (and sharding) skeleton of a pytree, the restore target for orbax."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or x.sharding), tree
+    )

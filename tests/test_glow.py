@@ -1,0 +1,126 @@
+"""Whole-model tests of Glow."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from flows import Glow
+from flows.bijectors import ActNorm, Conv1x1LU, LearnedPrior, conv_coupling
+from flows.bijectors.base import Chain
+from flows.models.glow import standard_normal_log_prob
+
+
+def _perturb(module, scale, seed=0):
+    keys = iter(jax.random.split(jax.random.key(seed), 1000))
+    params = nnx.state(module, nnx.Param)
+    nnx.update(
+        module, jax.tree.map(lambda v: v + scale * jax.random.normal(next(keys), v.shape), params)
+    )
+
+
+def _flat_latents(latents):
+    return jnp.concatenate([z.reshape(z.shape[0], -1) for z in latents], axis=1)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_glow_log_det_matches_autodiff_jacobian(conditional):
+    with jax.enable_x64(True):
+        model = Glow(
+            (4, 4, 2),
+            num_levels=2,
+            num_steps=2,
+            hidden_channels=8,
+            num_classes=3 if conditional else None,
+            condition_on="all",
+            rngs=nnx.Rngs(0),
+        )
+        x = jax.random.uniform(jax.random.key(1), (2, 4, 4, 2), jnp.float64)
+        labels = jnp.array([0, 2]) if conditional else None
+        model.initialize(x, context=labels)
+        _perturb(model, 0.05)
+        latents, log_det = model.forward_and_log_det(x, context=labels)
+        np.testing.assert_allclose(model.inverse(latents, context=labels), x, atol=1e-10)
+        for i in range(2):
+            ctx = None if labels is None else labels[i : i + 1]
+
+            def f(flat, ctx=ctx):
+                zs, _ = model.forward_and_log_det(flat.reshape(1, 4, 4, 2), context=ctx)
+                return _flat_latents(zs)[0]
+
+            jac = jax.jacrev(f)(x[i].reshape(-1))
+            assert jac.shape == (32, 32)
+            np.testing.assert_allclose(log_det[i], jnp.linalg.slogdet(jac)[1], rtol=1e-8)
+
+
+def test_sample_has_finite_log_prob_and_right_shape():
+    model = Glow((8, 8, 1), num_levels=3, num_steps=2, hidden_channels=16, rngs=nnx.Rngs(0))
+    model.initialize(jax.random.uniform(jax.random.key(0), (16, 8, 8, 1)))
+    x = model.sample(6, jax.random.key(1), temperature=0.7)
+    assert x.shape == (6, 8, 8, 1)
+    assert bool(jnp.all(jnp.isfinite(model.log_prob(x))))
+
+
+def test_actnorm_initialize_standardises_per_channel():
+    x = 3.0 + 2.5 * jax.random.normal(jax.random.key(0), (64, 4, 4, 3)) * jnp.array([1, 2, 0.5])
+    layer = ActNorm(3)
+    y = layer.initialize(x)
+    np.testing.assert_allclose(jnp.mean(y, axis=(0, 1, 2)), 0.0, atol=1e-3)
+    np.testing.assert_allclose(jnp.std(y, axis=(0, 1, 2)), 1.0, atol=1e-3)
+
+
+def test_first_actnorm_of_glow_standardises_its_input():
+    model = Glow((8, 8, 1), num_levels=2, num_steps=2, hidden_channels=8, rngs=nnx.Rngs(0))
+    x = jax.random.uniform(jax.random.key(0), (128, 8, 8, 1)) ** 2
+    model.initialize(x)
+    # Level 0, step 0: ActNorm sees the squeezed, shifted input.
+    squeezed = model.levels[0].squeeze.forward(model.preprocess.forward(x))
+    graphdef, state = nnx.split(model.levels[0].steps.steps)
+    first_step = nnx.merge(graphdef, jax.tree.map(lambda v: v[0], state))
+    y = first_step.bijectors[0].forward(squeezed)
+    np.testing.assert_allclose(jnp.mean(y, axis=(0, 1, 2)), 0.0, atol=1e-3)
+    np.testing.assert_allclose(jnp.std(y, axis=(0, 1, 2)), 1.0, atol=1e-3)
+
+
+def test_two_dimensional_flow_density_integrates_to_one():
+    # A 2-D flow (one 1x1 "image" with 2 channels) with non-trivial random parameters.
+    flow = Chain(
+        [
+            ActNorm(2),
+            Conv1x1LU(2, rngs=nnx.Rngs(1)),
+            conv_coupling("affine", 2, 8, rngs=nnx.Rngs(2)),
+            Conv1x1LU(2, rngs=nnx.Rngs(3)),
+            conv_coupling("affine", 2, 8, rngs=nnx.Rngs(4)),
+            LearnedPrior(2, rngs=nnx.Rngs(5)),
+        ]
+    )
+    flow.initialize(0.5 * jax.random.normal(jax.random.key(0), (256, 1, 1, 2)))
+    _perturb(flow, 0.3, seed=1)
+    n, half = 801, 8.0
+    g = jnp.linspace(-half, half, n)
+    xx, yy = jnp.meshgrid(g, g, indexing="ij")
+    pts = jnp.stack([xx.ravel(), yy.ravel()], -1).reshape(-1, 1, 1, 2)
+    z, log_det = jax.jit(lambda p: flow.forward_and_log_det(p))(pts)
+    density = jnp.exp(standard_normal_log_prob(z) + log_det)
+    mass = float(jnp.sum(density) * (g[1] - g[0]) ** 2)
+    assert abs(1.0 - mass) < 1e-2, mass
+
+
+def test_rejects_indivisible_image_size_and_wrong_shapes():
+    with pytest.raises(ValueError, match="not divisible by 2\\*\\*num_levels = 8"):
+        Glow((28, 28, 1), num_levels=3, num_steps=1, hidden_channels=4, rngs=nnx.Rngs(0))
+    model = Glow((8, 8, 1), num_levels=1, num_steps=1, hidden_channels=4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="expected images of shape"):
+        model.log_prob(jnp.zeros((2, 8, 8, 3)))
+
+
+def test_conditioning_changes_samples():
+    model = Glow(
+        (4, 4, 1), num_levels=1, num_steps=1, hidden_channels=4, num_classes=2, rngs=nnx.Rngs(0)
+    )
+    _perturb(model, 0.5)
+    key = jax.random.key(3)
+    a = model.sample(4, key, context=jnp.zeros(4, jnp.int32))
+    b = model.sample(4, key, context=jnp.ones(4, jnp.int32))
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-3

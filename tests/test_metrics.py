@@ -1,0 +1,48 @@
+"""bits/dim and dequantization against hand-computed values."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flows.metrics import (
+    bits_per_dim,
+    dequantize,
+    importance_weighted_log_prob,
+    mean_and_standard_error,
+    quantize,
+)
+
+
+@pytest.mark.parametrize("num_levels,expected", [(256, 8.0), (32, 5.0), (17, math.log2(17))])
+def test_uniform_density_gives_log2_levels_bits_per_dim(num_levels, expected):
+    # A uniform density on [0, 1)^D has log p = 0 everywhere.
+    assert bits_per_dim(0.0, num_dims=3072, num_levels=num_levels) == pytest.approx(expected)
+
+
+def test_bits_per_dim_hand_computed():
+    # D = 2, K = 4: (-(-1.0) + 2 log 4) / (2 log 2) = (1 + 2.7726) / 1.3863
+    value = bits_per_dim(jnp.array([-1.0]), num_dims=2, num_levels=4)
+    np.testing.assert_allclose(value, (1 + 2 * math.log(4)) / (2 * math.log(2)), rtol=1e-6)
+    assert float(value[0]) == pytest.approx(2.7213475, rel=1e-6)
+
+
+def test_dequantize_stays_in_its_cell_and_quantize_inverts_it():
+    values = jnp.arange(17).reshape(1, 17)
+    x = dequantize(jax.random.key(0), jnp.tile(values, (50, 1)), 17)
+    assert float(x.min()) >= 0 and float(x.max()) < 1
+    np.testing.assert_array_equal(quantize(x, 17), jnp.tile(values, (50, 1)))
+    # Cell i is [i/17, (i+1)/17).
+    assert bool(jnp.all(x * 17 - values >= 0)) and bool(jnp.all(x * 17 - values < 1))
+
+
+def test_importance_weighted_bound():
+    lp = jnp.log(jnp.array([[0.2], [0.6]]))
+    np.testing.assert_allclose(importance_weighted_log_prob(lp), [math.log(0.4)], rtol=1e-6)
+
+
+def test_mean_and_standard_error():
+    mean, se = mean_and_standard_error([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5 and se == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
