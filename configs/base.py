@@ -6,16 +6,31 @@ what differs; the returned ConfigDict is locked, so a misspelt key (in a file or
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from flows.data import DATA_CONFIG_DEFAULTS
 from flows.models.build import GLOW_CONFIG_DEFAULTS
 
+# Fields whose default is None, with the type an override must have (so that
+# ``--config.model.logit_alpha=0.05`` works on a None default).
+_OPTIONAL_TYPES = {"data_dir": str, "n_bits": int, "pad_to": tuple, "logit_alpha": float}
+
+
+def _section(defaults: dict) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            k: config_dict.placeholder(_OPTIONAL_TYPES[k]) if v is None else v
+            for k, v in defaults.items()
+            if v is not None or k in _OPTIONAL_TYPES
+        }
+    )
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.data = ml_collections.ConfigDict(dict(DATA_CONFIG_DEFAULTS))
+    c.data = _section(DATA_CONFIG_DEFAULTS)
     c.data.name = "digits"
-    c.model = ml_collections.ConfigDict(dict(GLOW_CONFIG_DEFAULTS))
+    c.model = _section(GLOW_CONFIG_DEFAULTS)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamax"  # Glow's released code; 'adam' also available

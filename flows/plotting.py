@@ -9,7 +9,7 @@ from PIL import Image
 
 
 def image_grid(images: np.ndarray, num_levels: int, *, ncols: int | None = None, pad: int = 1):
-    """(N, H, W, C) integer levels -> one uint8 (rows*H, cols*W, C) grid, values scaled to 0..255."""
+    """(N, H, W, C) integer levels -> one uint8 grid image, values scaled to 0..255."""
     images = np.asarray(images)
     n, h, w, c = images.shape
     ncols = ncols or math.ceil(math.sqrt(n))

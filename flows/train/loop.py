@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from flows import data as data_lib
 from flows import plotting
-from flows.evaluation import evaluate_bits_per_dim
+from flows.evaluation import evaluate, evaluate_bits_per_dim
 from flows.metrics import dequantize, quantize
 from flows.models.build import build_model
 from flows.train import sharding
@@ -71,12 +71,22 @@ def _truncate_metrics(workdir, last_step):
 
 
 def make_model_and_state(
-    config, image_shape, num_levels, num_classes, tx, init_images, init_labels, mesh
+    config,
+    image_shape,
+    num_levels,
+    num_classes,
+    tx,
+    init_images,
+    init_labels,
+    mesh,
+    label_counts=None,
 ):
     """Builds the model, runs data-dependent init on ``init_images`` (a sharded global batch),
     and returns ``(graphdef, TrainState)`` replicated over the mesh."""
     seed = config.train.seed
     model = build_model(config.model, image_shape, num_classes, rngs=nnx.Rngs(seed))
+    if label_counts is not None and is_conditional(model):
+        model.set_label_prior(label_counts)  # p(y) for the marginal and Bayes' rule
     graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
 
     @jax.jit
@@ -122,6 +132,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json(indent=2))
+        with open(os.path.join(workdir, "data_info.json"), "w") as f:
+            info = {
+                "image_shape": list(image_shape),
+                "num_levels": num_levels,
+                "num_classes": num_classes,
+                "train": train.name,
+                "num_train": train.num_examples,
+            }
+            json.dump(info, f, indent=2)
 
     tc = config.train
     mesh = sharding.data_mesh()
@@ -138,6 +157,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         init_sharded["image"],
         init_sharded["label"],
         mesh,
+        label_counts=np.bincount(train.labels, minlength=num_classes),
     )
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
 
@@ -244,7 +264,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         selected, _ = best_ckpt.restore(abstract_like(state, sharding.replicated(mesh)))
         selected_step = int(selected.step)
     model = selected.model(graphdef, use_ema=use_ema)
-    record = evaluate_bits_per_dim(
+    record = evaluate(
         model,
         test,
         batch_size=config.eval.batch_size,
