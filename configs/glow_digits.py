@@ -17,13 +17,16 @@ def get_config(arg: str | None = None):
     c.data.validation_size = 150
     c.model.num_levels = 2
     c.model.num_steps = 8
-    c.model.hidden_channels = 128
+    c.model.hidden_channels = 64
+    # Most digit pixels are exactly 0: the logit map (Jacobian counted) moves the hard edge
+    # of [0, 1) to infinity, worth ~0.4 bits/dim here over the plain shift.
+    c.model.logit_alpha = 1e-3
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 200
     c.optim.schedule = "cosine"
     c.train.batch_size = 64
-    c.train.num_steps = 4000
-    c.train.ema_decay = 0.999
+    c.train.num_steps = 3000
+    c.train.ema_decay = 0.99
     c.train.log_every = 50
     c.train.eval_every = 250
     c.train.checkpoint_every = 500

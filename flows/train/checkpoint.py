@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 
@@ -58,7 +59,11 @@ class Checkpointer:
                 f"checkpoint {self.directory}/{step} is unreadable ({type(e).__name__}: {cause}); "
                 f"move it away to resume from an earlier one, or use a fresh --workdir"
             ) from None
-        return restored.state, dict(restored.meta)
+        # Copy into buffers XLA allocates itself: restored host buffers may be aligned
+        # differently, and XLA:CPU's vectorised reductions can round differently on them,
+        # which would break bitwise-exact resumption.
+        state = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))(restored.state)
+        return state, dict(restored.meta)
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
