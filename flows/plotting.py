@@ -27,7 +27,7 @@ def save_image_grid(path, images, num_levels, *, ncols=None, upscale: int | None
     """Writes a PNG grid; small images are upscaled (nearest) to be visible."""
     grid = image_grid(images, num_levels, ncols=ncols)
     if upscale is None:
-        upscale = max(1, 256 // max(grid.shape[:2]))
+        upscale = max(1, 512 // max(grid.shape[:2]))
     if grid.shape[-1] == 1:
         grid = grid[..., 0]
     img = Image.fromarray(grid)

@@ -25,6 +25,7 @@ such as MNIST need TensorFlow, and internet, to be *prepared*; they can be read 
 import importlib.resources
 import importlib.resources.abc
 import importlib.util
+import logging
 import sys
 
 
@@ -42,3 +43,14 @@ def tensorflow_available() -> bool:
 
 
 install_importlib_resources_shim()
+
+
+class _DropOpenCVAdvice(logging.Filter):
+    """TFDS warns on every image decode setup that OpenCV would be faster; PIL is what we
+    use on purpose (no extra dependency), so the warning is noise in every run's output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "OpenCV is not installed" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_DropOpenCVAdvice())
