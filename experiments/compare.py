@@ -1,0 +1,37 @@
+"""Compare training runs from their workdirs alone (nothing is re-evaluated).
+
+    python -m experiments.compare runs/a runs/b runs/c [--out=compare_out] \
+        [--eval=eval_test.json]
+
+Prints a table of every run (data, model, parameters, steps, wall time, test bits/dim ± SE,
+and for label-conditioned runs the conditional bits/dim and Bayes accuracy) and writes
+``comparison.csv``, ``comparison.md`` and ``learning_curves.png`` into ``--out``.
+``--eval=eval_test_k8.json`` compares the records of ``experiments.evaluate`` instead.
+
+Runs that measured bits/dim differently (dataset, split, number of examples, levels, image
+shape, dequantization, importance samples) are put in separate groups with a note naming the
+difference, and ranked only within their group. Conditional runs are ranked by their marginal
+bits/dim, the number comparable with unconditional models. A missing workdir is an error; a
+workdir without the record is listed as "not evaluated" (an error if no run has one).
+See ``flows.compare``.
+"""
+
+from absl import flags
+
+from experiments import cli
+from flows import compare
+
+_OUT = flags.DEFINE_string("out", "compare_out", "Directory for the CSV, Markdown and plot.")
+_EVAL = flags.DEFINE_string("eval", compare.EVAL_FILE, "Evaluation record to read in each run.")
+
+
+def main(argv):
+    runs = compare.load_runs(argv[1:], eval_file=_EVAL.value)
+    comparison = compare.compare(runs)
+    print(compare.format_table(comparison), end="")
+    paths = compare.write_outputs(comparison, _OUT.value)
+    print(f"\nwrote {', '.join(paths.values())}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

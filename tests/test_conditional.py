@@ -1,0 +1,222 @@
+"""Class-conditional Glow: marginal, Bayes' rule, conditioning of samples, auxiliary
+classifier, and ``flows.evaluation.evaluate_conditional`` on a tiny fake split."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from flows.data import ImageData
+from flows.evaluation import evaluate_conditional
+from flows.metrics import bits_per_dim, dequantize
+from flows.models.glow import Glow
+
+NUM_CLASSES = 3
+SHAPE = (4, 4, 1)
+COUNTS = np.array([1.0, 2.0, 3.0])
+
+# Everything runs under nnx.jit: eager Glow calls compile each scan separately (slow on CPU).
+
+
+@nnx.jit
+def _initialize(model, x, labels):
+    model.initialize(x, context=labels)
+
+
+def _perturb(model, scale, seed):
+    """Adds N(0, scale^2) noise to every parameter (numpy noise: jax.random would compile a
+    sampler per parameter shape, seconds on a busy CPU)."""
+    rng = np.random.default_rng(seed)
+    params = nnx.state(model, nnx.Param)
+    noisy = jax.tree.map(
+        lambda v: jnp.asarray(np.asarray(v) + scale * rng.standard_normal(v.shape), v.dtype),
+        params,
+    )
+    nnx.update(model, noisy)
+
+
+@nnx.jit
+def _log_prob(model, x, labels):
+    return model.log_prob(x, context=labels)
+
+
+@nnx.jit
+def _bayes(model, x):
+    return model.marginal_log_prob(x), model.classify(x)
+
+
+@nnx.jit(static_argnums=1)
+def _sample(model, num, key, labels):
+    return model.sample(num, key, temperature=0.7, context=labels)
+
+
+def perturbed_glow(condition_on="priors", *, num_levels=2, seed=0, **kwargs):
+    """A small conditional Glow, initialised on noise, with every parameter nudged off its
+    (often zero) initial value so that the label actually matters."""
+    model = Glow(
+        SHAPE,
+        num_levels=num_levels,
+        num_steps=1,
+        hidden_channels=4,
+        num_classes=NUM_CLASSES,
+        condition_on=condition_on,
+        rngs=nnx.Rngs(seed),
+        **kwargs,
+    )
+    x = jax.random.uniform(jax.random.key(seed), (12, *SHAPE))
+    _initialize(model, x, jnp.arange(12) % NUM_CLASSES)
+    _perturb(model, 0.2, seed)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    """condition_on='priors' with two levels: the label enters the split and the top prior."""
+    m = perturbed_glow("priors")
+    m.set_label_prior(COUNTS)
+    return m
+
+
+@pytest.fixture(scope="module")
+def images():
+    return jax.random.uniform(jax.random.key(7), (5, *SHAPE))
+
+
+@pytest.fixture(scope="module")
+def brute_force_joint(model, images):
+    """log p(x|y) + log p(y) for every class, one log_prob call per class: (B, N)."""
+    log_prior = np.log(COUNTS / COUNTS.sum())
+    columns = [
+        _log_prob(model, images, jnp.full((len(images),), y)) + log_prior[y]
+        for y in range(NUM_CLASSES)
+    ]
+    return jnp.stack(columns, axis=1)
+
+
+def test_label_prior_is_set(model):
+    np.testing.assert_allclose(np.exp(model.log_label_prior[...]), COUNTS / COUNTS.sum(), rtol=1e-6)
+
+
+def test_marginal_and_bayes_posterior_match_brute_force(model, images, brute_force_joint):
+    marginal, posterior = _bayes(model, images)
+    expected = jax.scipy.special.logsumexp(brute_force_joint, axis=1)
+    np.testing.assert_allclose(marginal, expected, rtol=1e-5, atol=1e-4)
+    assert posterior.shape == (5, NUM_CLASSES)
+    np.testing.assert_allclose(jnp.sum(posterior, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(
+        posterior, jax.nn.softmax(brute_force_joint, axis=1), rtol=1e-4, atol=1e-6
+    )
+    # Not vacuous: the label changes log p(x|y).
+    log_likelihoods = brute_force_joint - np.log(COUNTS / COUNTS.sum())
+    assert float(jnp.max(jnp.std(log_likelihoods, axis=1))) > 1e-3
+
+
+def _cut_label(model, where):
+    """Zeroes the label projections whose graph path satisfies ``where``, so the label can
+    only act through the rest of the model."""
+    from flows.nn.conditioners import ContextProjection
+
+    cut = 0
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, ContextProjection) and where(path):
+            for p in (node.linear.kernel, node.linear.bias):
+                p[...] = jnp.zeros_like(p[...])
+            cut += 1
+    assert cut, "no label projection matched"
+
+
+@pytest.mark.parametrize("condition_on", ["top", "priors", "all"])
+def test_conditioning_changes_samples(model, condition_on):
+    if condition_on == "top":
+        m = perturbed_glow("top", num_levels=1, seed=3)
+    elif condition_on == "priors":
+        # Two levels; with the top prior's label projection cut, the split prior alone
+        # must carry the label.
+        m = nnx.clone(model)
+        _cut_label(m, lambda path: path[:3] == ("levels", 1, "prior"))
+    else:
+        # With every prior's label projection cut, the couplings alone must carry it.
+        m = perturbed_glow("all", num_levels=1, seed=3)
+        _cut_label(m, lambda path: "prior" in path)
+    key = jax.random.key(11)
+    a = _sample(m, 4, key, jnp.zeros((4,), jnp.int32))
+    again = _sample(m, 4, key, jnp.zeros((4,), jnp.int32))
+    b = _sample(m, 4, key, jnp.full((4,), 2, jnp.int32))
+    np.testing.assert_array_equal(a, again)
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-3
+    assert bool(jnp.all(jnp.isfinite(a))) and bool(jnp.all(jnp.isfinite(b)))
+
+
+def test_auxiliary_classifier_logits(images):
+    m = perturbed_glow("top", num_levels=1, auxiliary_classifier=True)
+    labels = jnp.array([0, 1, 2, 0, 1])
+    log_prob, logits = nnx.jit(lambda m, x, y: m.log_prob_and_aux_logits(x, context=y))(
+        m, images, labels
+    )
+    assert logits.shape == (5, NUM_CLASSES)
+    assert bool(jnp.all(jnp.isfinite(logits)))
+    np.testing.assert_allclose(log_prob, _log_prob(m, images, labels), rtol=1e-5)
+
+
+def test_evaluate_conditional_record(model):
+    num_levels, n = 4, 10
+    rng = np.random.default_rng(0)
+    data = ImageData(
+        images=rng.integers(0, num_levels, (n, *SHAPE)).astype(np.uint8),
+        labels=(np.arange(n) % NUM_CLASSES).astype(np.int32),
+        num_levels=num_levels,
+        num_classes=NUM_CLASSES,
+        name="fake:test",
+    )
+    key = jax.random.key(5)
+    record = evaluate_conditional(model, data, batch_size=4, key=key, num_samples=2)
+    for field in (
+        "bits_per_dim",
+        "marginal_bits_per_dim",
+        "accuracy",
+        "label_nll_nats",
+        "chance_accuracy",
+    ):
+        assert np.isfinite(record[field]), field
+        if field != "chance_accuracy":
+            assert np.isfinite(record[f"{field}_se"]), field
+    assert record["conditional"] is True
+    assert record["split"] == "fake:test" and record["num_examples"] == n
+    assert record["num_levels"] == num_levels and record["image_shape"] == list(SHAPE)
+    assert record["importance_samples"] == 2 and record["dequantization"] == "uniform"
+    assert 0.0 <= record["accuracy"] <= 1.0 and record["label_nll_nats"] >= 0.0
+    assert record["chance_accuracy"] == pytest.approx(4 / 10)
+    # log p(x) >= log p(x|y) + log p(y) example by example (same noise for every class), so
+    # marginal bpd <= conditional bpd - mean_i log2 p(y_i) / D.
+    num_dims = math.prod(SHAPE)
+    log2_prior = np.log2(COUNTS / COUNTS.sum())[data.labels]
+    bound = record["bits_per_dim"] - np.mean(log2_prior) / num_dims
+    assert record["marginal_bits_per_dim"] <= bound + 1e-6
+
+
+def test_evaluate_conditional_marginal_matches_model(model):
+    """With one batch and k = 1 the evaluation's noise is ``dequantize(split(fold_in(key, 0),
+    1)[0], ...)`` (flows.evaluation); the marginal must then equal marginal_log_prob."""
+    num_levels, n = 4, 5  # 5 images, as in the other tests: _bayes compiles once
+    rng = np.random.default_rng(1)
+    data = ImageData(
+        images=rng.integers(0, num_levels, (n, *SHAPE)).astype(np.uint8),
+        labels=(np.arange(n) % NUM_CLASSES).astype(np.int32),
+        num_levels=num_levels,
+        num_classes=NUM_CLASSES,
+        name="fake:test",
+    )
+    key = jax.random.key(9)
+    record = evaluate_conditional(model, data, batch_size=n, key=key, num_samples=1)
+    noise_key = jax.random.split(jax.random.fold_in(key, 0), 1)[0]
+    x = dequantize(noise_key, jnp.asarray(data.images), num_levels)
+    marginal, posterior = _bayes(model, x)
+    direct = bits_per_dim(marginal, math.prod(SHAPE), num_levels)
+    assert record["marginal_bits_per_dim"] == pytest.approx(float(jnp.mean(direct)), abs=1e-4)
+    accuracy = np.mean(np.argmax(np.asarray(posterior), axis=1) == data.labels)
+    assert record["accuracy"] == pytest.approx(accuracy)
