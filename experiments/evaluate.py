@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from experiments import cli
 from flows import data as data_lib
-from flows.evaluation import evaluate
+from flows.evaluation import evaluate, summary_line
 from flows.train.restore import load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
@@ -26,7 +26,9 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Importance samples of the
 _PARAMS = flags.DEFINE_enum("params", "auto", ["auto", "ema", "raw"], "Parameters to use.")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint.")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Eval batch size (0: the config's).")
-_SEED = flags.DEFINE_integer("seed", 1234, "Seed of the dequantization noise.")
+_SEED = flags.DEFINE_integer(
+    "seed", None, "Seed of the dequantization noise (default: the training run's test noise)."
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -44,7 +46,9 @@ def main(argv):
             model,
             data,
             batch_size=_BATCH.value or config.eval.batch_size,
-            key=jax.random.key(_SEED.value),
+            key=jax.random.key(_SEED.value)
+            if _SEED.value is not None
+            else jax.random.fold_in(jax.random.key(config.eval.seed), 1),
             num_samples=_NUM_SAMPLES.value,
             progress=bar.update,
         )
@@ -54,19 +58,7 @@ def main(argv):
     path = os.path.join(_WORKDIR.value, f"eval_{_SPLIT.value}_k{_NUM_SAMPLES.value}.json")
     with open(path, "w") as f:
         json.dump(record, f, indent=2)
-    line = f"{record['bits_per_dim']:.4f} ± {record['bits_per_dim_se']:.4f} bits/dim"
-    if record.get("conditional"):
-        line = (
-            f"conditional {line}; marginal {record['marginal_bits_per_dim']:.4f} ± "
-            f"{record['marginal_bits_per_dim_se']:.4f} bits/dim; Bayes accuracy "
-            f"{record['accuracy']:.3f} ± {record['accuracy_se']:.3f} (chance "
-            f"{record['chance_accuracy']:.3f}); label NLL {record['label_nll_nats']:.3f} nats"
-        )
-    print(
-        f"{data.name} ({record['num_examples']} examples, {record['num_levels']} levels, "
-        f"k={record['importance_samples']}, {info['parameters']} params, step {info['step']}): "
-        f"{line} -> {path}"
-    )
+    print(f"{summary_line(record)} -> {path}")
 
 
 if __name__ == "__main__":

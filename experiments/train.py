@@ -8,6 +8,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
+from flows.evaluation import summary_line
 from flows.train.loop import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with :variant).")
@@ -19,12 +20,7 @@ def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}")
     record = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    print(
-        f"test bits/dim: {record['bits_per_dim']:.4f} ± {record['bits_per_dim_se']:.4f} "
-        f"({record['split']}, {record['num_examples']} examples, {record['num_levels']} levels, "
-        f"{record['parameters']} params, checkpoint step {record['checkpoint_step']}, "
-        f"{record['importance_samples']} importance sample(s)) -> {_WORKDIR.value}/eval_test.json"
-    )
+    print(f"test: {summary_line(record)} -> {_WORKDIR.value}/eval_test.json")
 
 
 if __name__ == "__main__":

@@ -168,3 +168,21 @@ def evaluate(model, data, *, batch_size, key, num_samples=1, progress=None) -> d
     return fn(
         model, data, batch_size=batch_size, key=key, num_samples=num_samples, progress=progress
     )
+
+
+def summary_line(record: dict) -> str:
+    """One human-readable line of an evaluation record, with units and provenance."""
+    bpd = f"{record['bits_per_dim']:.4f} ± {record['bits_per_dim_se']:.4f} bits/dim"
+    if record.get("conditional"):
+        bpd = (
+            f"conditional {bpd}; marginal {record['marginal_bits_per_dim']:.4f} ± "
+            f"{record['marginal_bits_per_dim_se']:.4f} bits/dim; Bayes accuracy "
+            f"{record['accuracy']:.3f} ± {record['accuracy_se']:.3f} (chance "
+            f"{record['chance_accuracy']:.3f}); label NLL {record['label_nll_nats']:.3f} nats"
+        )
+    where = (
+        f"{record['split']}, {record['num_examples']} examples, {record['num_levels']} levels, "
+        f"k={record['importance_samples']} importance sample(s), {record.get('parameters', '?')} "
+        f"params, step {record.get('checkpoint_step', record.get('step', '?'))}"
+    )
+    return f"{bpd} ({where})"
