@@ -13,10 +13,14 @@ from flows.models.glow import standard_normal_log_prob
 
 
 def _perturb(module, scale, seed=0):
-    keys = iter(jax.random.split(jax.random.key(seed), 1000))
+    rng = np.random.default_rng(seed)  # numpy noise: no per-shape XLA compilation
     params = nnx.state(module, nnx.Param)
     nnx.update(
-        module, jax.tree.map(lambda v: v + scale * jax.random.normal(next(keys), v.shape), params)
+        module,
+        jax.tree.map(
+            lambda v: jnp.asarray(np.asarray(v) + scale * rng.standard_normal(v.shape), v.dtype),
+            params,
+        ),
     )
 
 
