@@ -33,6 +33,7 @@ def get_config(arg: str | None = None):
     c.train.num_grid_samples = 100
     c.eval.batch_size = 150
     if arg == "smoke":
+        c.model.num_levels = 1
         c.model.num_steps = 2
         c.model.hidden_channels = 16
         c.train.num_steps = 20

@@ -2,4 +2,8 @@
 # The test command: install what is needed, then run the whole test suite (CPU only).
 source "$(dirname "$0")/setup_env.sh"
 export JAX_PLATFORMS=cpu
+# One compilation cache for the whole run: the end-to-end tests start several training
+# processes that compile the same programs.
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$(mktemp -d)/jax-cache}"
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0.5}"
 python -m pytest -q "$@"

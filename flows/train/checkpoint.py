@@ -8,11 +8,24 @@ killed mid-save (even by SIGKILL) leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class CheckpointError(RuntimeError):
@@ -47,12 +60,14 @@ class Checkpointer:
         if step is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
         try:
-            restored = self._manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-                ),
-            )
+            with _quiet_absl():  # orbax logs its own multi-line error before raising
+                restored = self._manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state),
+                        meta=ocp.args.JsonRestore(),
+                    ),
+                )
         except Exception as e:  # orbax raises many types for damaged files
             cause = " ".join(str(e).split())[:200] or type(e).__name__
             raise CheckpointError(
