@@ -39,6 +39,7 @@ def get_config(arg: str | None = None):
         c.model.weight_y = 0.01
     if "smoke" in variants:
         c.data.validation_size = 8
+        c.model.num_levels = 2
         c.model.num_steps = 1
         c.model.hidden_channels = 8
         c.train.batch_size = 8

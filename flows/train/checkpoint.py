@@ -37,13 +37,15 @@ class Checkpointer:
 
     def __init__(self, directory: str, *, max_to_keep: int = 2):
         self.directory = os.path.abspath(directory)
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-        )
+        with _quiet_absl():  # orbax logs damaged metadata itself; restore() reports it
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            )
 
     def latest_step(self) -> int | None:
-        return self._manager.latest_step()
+        with _quiet_absl():
+            return self._manager.latest_step()
 
     def save(self, step: int, state, meta: dict) -> None:
         self._manager.save(
