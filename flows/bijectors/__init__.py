@@ -7,7 +7,9 @@ from flows.bijectors.coupling import AdditiveCoupling, AffineCoupling, conv_coup
 from flows.bijectors.permutations import Permute, Reverse, Shuffle
 from flows.bijectors.preprocess import Logit, Scale, Shift
 from flows.bijectors.priors import GaussianSplit, LearnedPrior
+from flows.bijectors.spline import RationalQuadraticSpline, SplineCoupling, spline_coupling
 from flows.bijectors.squeeze import Squeeze
+from flows.bijectors.vector import mlp_coupling
 
 __all__ = [
     "ActNorm",
@@ -23,10 +25,14 @@ __all__ = [
     "LearnedPrior",
     "Logit",
     "Permute",
+    "RationalQuadraticSpline",
     "Reverse",
     "Scale",
     "Shift",
     "Shuffle",
+    "SplineCoupling",
     "Squeeze",
     "conv_coupling",
+    "mlp_coupling",
+    "spline_coupling",
 ]
