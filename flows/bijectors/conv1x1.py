@@ -8,7 +8,7 @@ log|det dy/dx| = P * log|det W|, P the number of positions (H * W for images, 1 
   and accurate for the small C of flows; computed in float64 when JAX's x64 mode is on.
 * ``Conv1x1LU``: ``W = P L (U + diag(sign_s * exp(log_s)))`` with P a fixed permutation,
   L unit lower-triangular, U strictly upper-triangular. log|det W| = sum(log_s): exact and
-  O(C); the inverse uses two triangular solves.
+  O(C); the inverse matrix comes from two triangular solves on C x C matrices.
 """
 
 from __future__ import annotations
@@ -47,10 +47,9 @@ class Conv1x1(Bijector):
         w = self.weight[...]
         log_abs_det = jnp.linalg.slogdet(w)[1]
         ld = jnp.broadcast_to(-num_positions(z) * log_abs_det, z.shape[:1]).astype(z.dtype)
-        # x = W^{-1} z for every position: solve W X^T = Z^T.
-        flat = z.reshape(-1, z.shape[-1])
-        x = jnp.linalg.solve(w, flat.T).T.reshape(z.shape)
-        return x, ld
+        # x = W^{-1} z for every position: W^{-1} by one C x C solve, then one product.
+        w_inv = jnp.linalg.solve(w, jnp.eye(w.shape[0], dtype=w.dtype))
+        return _apply(z, w_inv), ld
 
 
 class Conv1x1LU(Bijector):
@@ -82,11 +81,14 @@ class Conv1x1LU(Bijector):
     def forward_and_log_det(self, x, *, context=None):
         return _apply(x, self.weight()), self._log_det(x, 1.0)
 
-    def inverse_and_log_det(self, z, *, context=None):
+    def inverse_weight(self) -> jax.Array:
+        """``W^{-1} = U^{-1} L^{-1} P^T``: two triangular solves on the C x C matrix ``P^T``,
+        once per call; applying it is then one matrix product over all positions (solving
+        for every position instead is ~10x slower on CPU)."""
         p, lower, upper = self._factors()
-        flat = z.reshape(-1, z.shape[-1]).T  # (C, N)
-        # W = P L U  =>  x = U^{-1} L^{-1} P^T z
-        t = p.T @ flat
-        t = jsl.solve_triangular(lower, t, lower=True, unit_diagonal=True)
-        t = jsl.solve_triangular(upper, t, lower=False)
-        return t.T.reshape(z.shape), self._log_det(z, -1.0)
+        t = jsl.solve_triangular(lower, p.T, lower=True, unit_diagonal=True)
+        return jsl.solve_triangular(upper, t, lower=False)
+
+    def inverse_and_log_det(self, z, *, context=None):
+        # W = P L U  =>  x = U^{-1} L^{-1} P^T z at every position.
+        return _apply(z, self.inverse_weight()), self._log_det(z, -1.0)

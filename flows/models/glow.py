@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flows.bijectors import Bijector, GaussianSplit, LearnedPrior, Logit, Shift, Squeeze
-from flows.models.steps import StepStack, glow_step
+from flows.models.steps import StepStack, check_backprop, glow_step
 
 CONDITION_ON = ("top", "priors", "all")
 _LOG_2PI = math.log(2 * math.pi)
@@ -60,7 +60,7 @@ class GlowLevel(Bijector):
         is_top: bool,
         coupling_context: int | None,
         prior_context: int | None,
-        remat: bool,
+        backprop: str = "autodiff",
         rngs: nnx.Rngs,
     ):
         channels = 4 * in_channels
@@ -76,7 +76,7 @@ class GlowLevel(Bijector):
             ),
             num_steps,
             rngs=rngs,
-            remat=remat,
+            backprop=backprop,
         )
         if is_top:
             self.prior = LearnedPrior(channels, context_features=prior_context, rngs=rngs)
@@ -116,7 +116,11 @@ class Glow(nnx.Module):
       num_classes: None for p(x); N for a label-conditioned p(x | y).
       condition_on: where the label enters (``'top'``, ``'priors'``, ``'all'``).
       logit_alpha: None to shift x to [-0.5, 0.5); a float for RealNVP's logit transform.
-      remat: recompute step activations in the backward pass (memory flat in K).
+      backprop: how each level's K steps are differentiated: ``'autodiff'`` (keeps every
+        step's activations), ``'checkpoint'`` (``jax.checkpoint``: keeps each step's input and
+        recomputes its activations) or ``'invertible'`` (keeps only the level's output and
+        reconstructs each step's input with its inverse: training memory flat in K). All
+        three give the same gradients (up to rounding); see ``flows.models.steps``.
     """
 
     def __init__(
@@ -131,9 +135,10 @@ class Glow(nnx.Module):
         num_classes: int | None = None,
         condition_on: str = "top",
         logit_alpha: float | None = None,
-        remat: bool = False,
+        backprop: str = "autodiff",
         rngs: nnx.Rngs,
     ):
+        check_backprop(backprop)
         image_shape = tuple(int(d) for d in image_shape)
         if len(image_shape) != 3:
             raise ValueError(f"image_shape must be (H, W, C), got {image_shape}")
@@ -167,7 +172,7 @@ class Glow(nnx.Module):
                 is_top=is_top,
                 coupling_context=coupling_ctx,
                 prior_context=prior_ctx,
-                remat=remat,
+                backprop=backprop,
                 rngs=rngs,
             )
             levels.append(lvl)

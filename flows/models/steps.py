@@ -3,8 +3,20 @@
 A step is ``ActNorm -> permutation -> coupling`` (Glow, Sec. 3). The K steps of a level are
 created once with ``nnx.vmap`` (parameters stacked on a leading axis of size K) and applied
 with ``lax.scan``, so the compiled program, and the compile time, do not grow with K.
-``remat=True`` recomputes each step's activations in the backward pass (``jax.checkpoint``),
-so training memory does not grow with K either.
+
+``backprop`` chooses how the stack is differentiated:
+
+* ``'autodiff'``: plain reverse-mode autodiff of the scan; it keeps every step's activations
+  for the backward pass, so training memory grows linearly with K.
+* ``'checkpoint'``: ``jax.checkpoint`` on the scan body keeps only each step's input and
+  recomputes the step's activations in the backward pass (memory still grows with K, by
+  one input per step, not by the coupling networks' activations).
+* ``'invertible'``: keeps only the stack's output and, in the backward pass, reconstructs each
+  step's input from its output with the step's inverse (``flows.models.invertible_backprop``);
+  memory does not grow with K. Gradients equal autodiff's up to the round trip's rounding.
+
+Only the forward (data -> latent) direction, the one training differentiates, is affected;
+the inverse (sampling) always runs the plain scan.
 """
 
 from __future__ import annotations
@@ -17,8 +29,16 @@ from flax import nnx
 
 from flows.bijectors import ActNorm, Bijector, Chain, Conv1x1, Conv1x1LU, Reverse, Shuffle
 from flows.bijectors.coupling import conv_coupling
+from flows.models.invertible_backprop import invertible_scan
 
 PERMUTATIONS = ("conv1x1_lu", "conv1x1", "shuffle", "reverse")
+BACKPROP = ("autodiff", "checkpoint", "invertible")
+
+
+def check_backprop(backprop: str) -> str:
+    if backprop not in BACKPROP:
+        raise ValueError(f"unknown backprop {backprop!r}; choose one of {list(BACKPROP)}")
+    return backprop
 
 
 def make_permutation(kind: str, channels: int, *, rngs: nnx.Rngs) -> Bijector:
@@ -57,7 +77,8 @@ def glow_step(
 class StepStack(Bijector):
     """K copies of a step, parameters stacked on axis 0, applied in order with ``lax.scan``.
 
-    Forward applies step 0 first; the inverse runs the scan in reverse.
+    Forward applies step 0 first; the inverse runs the scan in reverse. ``backprop`` is
+    ``'autodiff'``, ``'checkpoint'`` or ``'invertible'`` (see the module docstring).
     """
 
     def __init__(
@@ -66,11 +87,15 @@ class StepStack(Bijector):
         num_steps: int,
         *,
         rngs: nnx.Rngs,
-        remat: bool = False,
+        backprop: str = "autodiff",
     ):
+        check_backprop(backprop)
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
 
+        # Under jit, the K initialisations (QR, LU, ...) compile once as one program instead
+        # of dispatching (and compiling) each small op eagerly.
+        @nnx.jit
         @nnx.split_rngs(splits=num_steps)
         @nnx.vmap(in_axes=(0,), out_axes=0)
         def create(rngs):
@@ -78,7 +103,7 @@ class StepStack(Bijector):
 
         self.steps = create(rngs)
         self.num_steps = num_steps
-        self.remat = remat
+        self.backprop = backprop
 
     def _scan(self, apply, x, context, reverse):
         graphdef, state = nnx.split(self.steps)
@@ -88,13 +113,16 @@ class StepStack(Bijector):
             y, ld = apply(nnx.merge(graphdef, step_state), h, context)
             return (y, log_det + ld), None
 
-        if self.remat:
+        if self.backprop == "checkpoint":
             body = jax.checkpoint(body)
         init = (x, jnp.zeros(x.shape[:1], x.dtype))
         (y, log_det), _ = jax.lax.scan(body, init, state, reverse=reverse)
         return y, log_det
 
     def forward_and_log_det(self, x, *, context=None):
+        if self.backprop == "invertible":
+            graphdef, state = nnx.split(self.steps)
+            return invertible_scan(graphdef, state, x, context)
         return self._scan(lambda s, h, c: s.forward_and_log_det(h, context=c), x, context, False)
 
     def inverse_and_log_det(self, z, *, context=None):

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flows.nn.conv import conv2d_same
+from flows.nn.conv import conv2d_same, dense
 
 _kernel_init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
@@ -70,7 +70,7 @@ class ConvConditioner(nnx.Module):
         if self.context_proj is not None:
             h = h + self.context_proj(context, h.ndim)
         h = jax.nn.relu(h)
-        h = jax.nn.relu(h @ self.w2[...] + self.b2[...])
+        h = jax.nn.relu(dense(h, self.w2[...]) + self.b2[...])
         return conv2d_same(h, self.w3[...]) + self.b3[...]
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print one JSON record each (see bench/README.md)."""

@@ -1,0 +1,395 @@
+"""Throughput, compile time and memory of a jit-compiled Glow (this library), on one device.
+
+Measures, after data-dependent ActNorm initialisation (``model.initialize``, as training does;
+without it deep Glows on random data go NaN at lr 1e-3):
+
+  train_images_per_s   one jit-compiled step: dequantize random uint8 data, log-prob (mean
+                       bits/dim), gradient w.r.t. every ``nnx.Param``, optax Adam update
+  eval_images_per_s    dequantize + log-prob, jit-compiled
+  sample_images_per_s  ``model.sample(batch_size)`` at temperature 1, jit-compiled
+  compile_s            trace + lower + compile of the training step (the first step's cost)
+  peak_rss_mb          the process's peak resident memory (``ru_maxrss``) at the end; run one
+                       configuration per process (``bench/memory.py`` does) since RSS never shrinks
+  train_temp_mb        XLA's own count of the training step's temporary buffers
+                       (``compiled.memory_analysis()``): activations kept for the backward pass
+
+Each throughput is the median over ``--iters`` timed calls (each waits for its result, like
+the PyTorch peer's ``loss.item()``); the block is repeated ``--repeats`` times and the best
+median is reported (all block medians are kept, to show the noise of a shared machine).
+
+GFLOP/s use the analytic convolution count of ``bench/torch_peer.py`` (coupling networks and
+invertible 1x1 convolutions; training = 3x forward), so both sides are counted alike.
+
+The last line printed is the JSON record; ``--out DIR`` also writes ``DIR/jax_<case>.json``.
+
+  python -m bench.throughput --image_shape=32,32,1 --num_levels=3 --num_steps=8 \
+      --hidden_channels=128 --batch_size=64
+
+Diagnostics: ``--conv=lax`` swaps the coupling networks' custom-VJP convolution
+(``flows.nn.conv.conv2d_same``) for plain ``lax.conv_general_dilated`` to show what it buys;
+``--hlo_convs`` prints the training step's compiled convolutions by dimension layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from flows.metrics import bits_per_dim, dequantize
+from flows.models.glow import Glow
+
+N_LEVELS_8BIT = 256
+
+
+def glow_forward_flop_per_image(image_shape, num_levels, num_steps, hidden_channels):
+    """Analytic FLOPs (2 per multiply-add) of one Glow forward pass for one image.
+
+    The same count as ``bench/torch_peer.py``: per step at resolution HxW with C channels, the
+    coupling net costs 2*HW*(9*c_in*h + h*h + 9*h*c_out) and the 1x1 convolution 2*HW*C*C.
+    Split priors, ActNorm and elementwise work are not counted.
+    """
+    height, width, c0 = image_shape
+    h = hidden_channels
+    total = 0
+    for level in range(1, num_levels + 1):
+        hw = (height // 2**level) * (width // 2**level)
+        c = c0 * 2 ** (level + 1)
+        c_in = (c + 1) // 2
+        c_out = 2 * (c // 2)
+        coupling = 2 * hw * (9 * c_in * h + h * h + 9 * h * c_out)
+        conv1x1 = 2 * hw * c * c
+        total += num_steps * (coupling + conv1x1)
+    return total
+
+
+# -- compiled-HLO inspection ------------------------------------------------------------------
+_CONV_RE = re.compile(r"=\s*(\S+)\s+convolution\(.*?dim_labels=([\w>_-]+)")
+FAST_CONV_LAYOUT = "b01f_01io->b01f"  # NHWC x HWIO -> NHWC: XLA:CPU's Eigen/oneDNN kernel
+
+
+def hlo_convolutions(hlo_text: str) -> dict[str, int]:
+    """Count of ``convolution`` instructions in HLO text by their ``dim_labels``.
+
+    On XLA:CPU, ``b01f_01io->b01f`` (NHWC input, HWIO kernel, NHWC output) is lowered to the
+    fast convolution kernel; other layouts take a slow generic loop nest.
+    """
+    counts = collections.Counter()
+    for line in hlo_text.splitlines():
+        m = _CONV_RE.search(line)
+        if m:
+            counts[m.group(2)] += 1
+    return dict(counts)
+
+
+# -- the model and the steps ------------------------------------------------------------------
+def use_lax_conv():
+    """Replace the coupling and prior nets' custom-VJP conv by plain ``lax`` autodiff."""
+    from jax import lax
+
+    import flows.nn.conditioners as conditioners
+    from flows.nn.conv import _same_pads
+
+    def lax_conv(x, w):
+        return lax.conv_general_dilated(
+            x, w, (1, 1), _same_pads(w), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    conditioners.conv2d_same = lax_conv
+
+
+def build(args, image_shape):
+    model = Glow(
+        image_shape,
+        num_levels=args.num_levels,
+        num_steps=args.num_steps,
+        hidden_channels=args.hidden_channels,
+        backprop=args.backprop,
+        rngs=nnx.Rngs(args.seed),
+    )
+    key = jax.random.key(args.seed)
+    k_data, k_init, k_run = jax.random.split(key, 3)
+    data = jax.random.randint(
+        k_data, (args.batch_size, *image_shape), 0, N_LEVELS_8BIT, jnp.int32
+    ).astype(jnp.uint8)
+
+    @nnx.jit
+    def initialize(model, x):
+        model.initialize(x)
+
+    initialize(model, dequantize(k_init, data, N_LEVELS_8BIT))
+    return model, data, k_run
+
+
+def make_steps(model, tx, num_dims, batch_size):
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def mean_bpd(params, key, data):
+        m = nnx.merge(graphdef, params, rest)
+        x = dequantize(key, data, N_LEVELS_8BIT)
+        return jnp.mean(bits_per_dim(m.log_prob(x), num_dims, N_LEVELS_8BIT))
+
+    def train_step(params, opt_state, key, data):
+        key, sub = jax.random.split(key)
+        loss, grads = jax.value_and_grad(mean_bpd)(params, sub, data)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, key, loss
+
+    def eval_step(params, key, data):
+        m = nnx.merge(graphdef, params, rest)
+        return m.log_prob(dequantize(key, data, N_LEVELS_8BIT))
+
+    def sample_step(params, key):
+        m = nnx.merge(graphdef, params, rest)
+        return m.sample(batch_size, key)
+
+    return params, train_step, eval_step, sample_step
+
+
+def compile_timed(fn, *args, donate=()):
+    t0 = time.perf_counter()
+    lowered = jax.jit(fn, donate_argnums=donate).lower(*args)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    return compiled, t2 - t0, t1 - t0
+
+
+def time_block(fn, iters):
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure(fn, batch_size, warmup, iters, repeats):
+    """Best-of-repeats median throughput (images/s) and every block's median throughput."""
+    for _ in range(warmup):
+        fn()
+    blocks = [batch_size / time_block(fn, iters) for _ in range(repeats)]
+    return max(blocks), blocks
+
+
+def _mb(nbytes):
+    return round(nbytes / 2**20, 1)
+
+
+def memory_record(compiled):
+    try:
+        ma = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        return {}
+    if ma is None:
+        return {}
+    return {
+        "temp_mb": _mb(ma.temp_size_in_bytes),
+        "argument_mb": _mb(ma.argument_size_in_bytes),
+        "output_mb": _mb(ma.output_size_in_bytes),
+        "generated_code_mb": _mb(ma.generated_code_size_in_bytes),
+    }
+
+
+def xla_flops(compiled):
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:
+        return None
+    if isinstance(cost, list):
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None
+    return float(cost["flops"])
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--image_shape", default="32,32,1", help="H,W,C")
+    p.add_argument("--num_levels", type=int, default=3, help="L")
+    p.add_argument("--num_steps", type=int, default=8, help="K, steps per level")
+    p.add_argument("--hidden_channels", type=int, default=128)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument(
+        "--backprop",
+        default="autodiff",
+        choices=("autodiff", "checkpoint", "invertible"),
+        help="how the K steps of a level are differentiated (Glow(backprop=...))",
+    )
+    p.add_argument("--conv", default="custom", choices=("custom", "lax"), help="see docstring")
+    p.add_argument(
+        "--only",
+        default="train,eval,sample",
+        help="comma-separated subset of train,eval,sample to run (memory runs use 'train')",
+    )
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10, help="timed iterations per block")
+    p.add_argument("--repeats", type=int, default=2, help="timed blocks; best median kept")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hlo_convs", action="store_true", help="print the compiled convolutions")
+    p.add_argument("--case", default=None, help="name in the output file; derived if omitted")
+    p.add_argument("--out", default=None, help="directory for jax_<case>.json")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    image_shape = tuple(int(s) for s in args.image_shape.split(","))
+    height, width, channels = image_shape
+    only = set(args.only.split(","))
+    if not only <= {"train", "eval", "sample"}:
+        raise ValueError(f"--only takes train,eval,sample; got {args.only!r}")
+    if args.conv == "lax":
+        use_lax_conv()
+    load_before = os.getloadavg()
+    bs = args.batch_size
+    num_dims = height * width * channels
+
+    model, data, key = build(args, image_shape)
+    tx = optax.adam(args.lr)
+    params, train_fn, eval_fn, sample_fn = make_steps(model, tx, num_dims, bs)
+    n_params = sum(p.size for p in jax.tree.leaves(params))
+    opt_state = tx.init(params)
+    record = {"framework": "jax"}
+    t_start = time.perf_counter()
+
+    if "train" in only:
+        train_c, compile_s, lower_s = compile_timed(
+            train_fn, params, opt_state, key, data, donate=(0, 1)
+        )
+        convs = hlo_convolutions(train_c.as_text())
+        if args.hlo_convs:
+            print(json.dumps({"train_step_convolutions": convs}))
+        state = [params, opt_state, key]
+        losses = []
+
+        def train_step():
+            p, o, k, loss = train_c(*state, data)
+            state[:] = [p, o, k]
+            losses.append(float(loss))  # waits for the step, like the peer's loss.item()
+
+        first_loss_t0 = time.perf_counter()
+        train_step()
+        first_step_s = time.perf_counter() - first_loss_t0
+        train, train_blocks = measure(train_step, bs, args.warmup, args.iters, args.repeats)
+        params = state[0]
+        flops = glow_forward_flop_per_image(
+            image_shape, args.num_levels, args.num_steps, args.hidden_channels
+        )
+        gflop_step = 3 * flops * bs / 1e9
+        record.update(
+            train_images_per_s=round(train, 2),
+            compile_s=round(compile_s, 2),
+            trace_lower_s=round(lower_s, 2),
+            first_step_run_s=round(first_step_s, 3),
+            train_gflop_per_step=round(gflop_step, 3),
+            train_gflops=round(gflop_step * train / bs, 2),
+            xla_train_gflop_per_step=(
+                round(xla_flops(train_c) / 1e9, 3) if xla_flops(train_c) else None
+            ),
+            train_images_per_s_blocks=[round(v, 2) for v in train_blocks],
+            train_memory=memory_record(train_c),
+            train_step_convolutions=convs,
+            train_step_all_convs_fast=set(convs) <= {FAST_CONV_LAYOUT},
+            first_loss_bits_per_dim=round(losses[0], 4),
+            last_loss_bits_per_dim=round(losses[-1], 4),
+        )
+        record["train_temp_mb"] = record["train_memory"].get("temp_mb")
+
+    if "eval" in only:
+        eval_c, eval_compile_s, _ = compile_timed(eval_fn, params, key, data)
+
+        def eval_step():
+            eval_c(params, key, data).block_until_ready()
+
+        evals, eval_blocks = measure(eval_step, bs, args.warmup, args.iters, args.repeats)
+        fwd = glow_forward_flop_per_image(
+            image_shape, args.num_levels, args.num_steps, args.hidden_channels
+        )
+        record.update(
+            eval_images_per_s=round(evals, 2),
+            eval_compile_s=round(eval_compile_s, 2),
+            eval_gflops=round(fwd * evals / 1e9, 2),
+            eval_images_per_s_blocks=[round(v, 2) for v in eval_blocks],
+            eval_bits_per_dim=round(
+                float(jnp.mean(bits_per_dim(eval_c(params, key, data), num_dims, 256))), 4
+            ),
+        )
+
+    if "sample" in only:
+        sample_c, sample_compile_s, _ = compile_timed(sample_fn, params, key)
+
+        def sample_step():
+            sample_c(params, key).block_until_ready()
+
+        sample, sample_blocks = measure(sample_step, bs, args.warmup, args.iters, args.repeats)
+        record.update(
+            sample_images_per_s=round(sample, 2),
+            sample_compile_s=round(sample_compile_s, 2),
+            sample_images_per_s_blocks=[round(v, 2) for v in sample_blocks],
+        )
+
+    case = args.case or (
+        f"{height}x{width}x{channels}_L{args.num_levels}_K{args.num_steps}"
+        f"_h{args.hidden_channels}_b{bs}"
+    )
+    record.update(
+        case=case,
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        config={
+            "image_shape": list(image_shape),
+            "num_levels": args.num_levels,
+            "num_steps": args.num_steps,
+            "hidden_channels": args.hidden_channels,
+            "batch_size": bs,
+            "backprop": args.backprop,
+            "conv": args.conv,
+            "coupling": "affine (sigmoid(h + 2) scale)",
+            "conv1x1": "LU",
+            "prior": "learned Gaussian split priors + learned top prior",
+            "optimizer": f"optax.adam(lr={args.lr})",
+            "n_params": int(n_params),
+            "only": sorted(only),
+        },
+        timing={
+            "warmup": args.warmup,
+            "iters": args.iters,
+            "repeats": args.repeats,
+            "statistic": "best of repeats of median over iters",
+            "wall_s": round(time.perf_counter() - t_start, 1),
+        },
+        jax=jax.__version__,
+        backend=jax.default_backend(),
+        device=str(jax.devices()[0].device_kind),
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
+        cpu_count=os.cpu_count(),
+        machine=platform.machine(),
+        loadavg_before=[round(v, 2) for v in load_before],
+        loadavg_after=[round(v, 2) for v in os.getloadavg()],
+        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )
+    line = json.dumps(record)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        path = os.path.join(args.out, f"jax_{case}.json")
+        with open(path + ".tmp", "w") as f:
+            f.write(json.dumps(record, indent=2) + "\n")
+        os.replace(path + ".tmp", path)
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
