@@ -14,8 +14,11 @@ from collections.abc import Callable
 from flax import nnx
 
 from flows import bijectors as B
+from flows.bijectors.spline import RationalQuadraticSpline, spline_coupling
+from flows.bijectors.vector import mlp_coupling
 from flows.models.glow import GlowLevel
 from flows.models.steps import StepStack, glow_step
+from flows.toy.models import Probit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,4 +113,32 @@ REGISTRY: list[Entry] = [
     Entry("glow_level_split", _level(), (4, 4, 2)),
     Entry("glow_level_top_conv1x1", _level(is_top=True, permutation="conv1x1"), (2, 2, 2)),
     Entry("glow_level_cond", _level(context=3), (4, 4, 2), context_features=3),
+    # ---- vector couplings with an MLP conditioner; rational-quadratic splines (issue 5) ----
+    Entry("mlp_additive_coupling", lambda r: mlp_coupling("additive", 5, 16, rngs=r), (5,)),
+    Entry("mlp_affine_coupling", lambda r: mlp_coupling("affine", 4, 16, rngs=r), (4,)),
+    Entry(
+        "mlp_affine_coupling_cond",
+        lambda r: mlp_coupling("affine", 3, 16, context_features=2, rngs=r),
+        (3,),
+        context_features=2,
+    ),
+    Entry("spline_vector", lambda r: RationalQuadraticSpline(4, 5, 2.0), (4,)),
+    Entry(
+        "spline_image_cond",
+        lambda r: RationalQuadraticSpline(3, 4, 2.0, context_features=2, rngs=r),
+        (2, 2, 3),
+        context_features=2,
+    ),
+    Entry(
+        "spline_coupling_mlp_cond",
+        lambda r: spline_coupling(4, 16, num_bins=5, bound=2.0, context_features=3, rngs=r),
+        (4,),
+        context_features=3,
+    ),
+    Entry(  # per-pixel MLP conditioner; the conv one is covered by the conv couplings above
+        "spline_coupling_image",
+        lambda r: spline_coupling(5, 8, num_bins=4, bound=2.0, rngs=r),
+        (2, 2, 5),
+    ),
+    Entry("probit", lambda r: Probit(), (3,), domain="unit"),
 ]
