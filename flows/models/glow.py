@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flows.bijectors import Bijector, GaussianSplit, LearnedPrior, Logit, Shift, Squeeze
+from flows.bijectors import Bijector, Buffer, GaussianSplit, LearnedPrior, Logit, Shift, Squeeze
 from flows.models.steps import StepStack, check_backprop, glow_step
 
 CONDITION_ON = ("top", "priors", "all")
@@ -85,11 +85,16 @@ class GlowLevel(Bijector):
         self.out_channels = channels
         self.kept_channels = channels if is_top else channels // 2
 
-    def forward_and_log_det(self, x, *, context=None):
+    def forward_with_features(self, x, *, context=None):
+        """``(z, log|det|, features)``; features: the steps' output, before the prior."""
         x, _ = self.squeeze.forward_and_log_det(x)
-        x, ld_steps = self.steps.forward_and_log_det(x, context=context)
-        x, ld_prior = self.prior.forward_and_log_det(x, context=context)
-        return x, ld_steps + ld_prior
+        features, ld_steps = self.steps.forward_and_log_det(x, context=context)
+        z, ld_prior = self.prior.forward_and_log_det(features, context=context)
+        return z, ld_steps + ld_prior, features
+
+    def forward_and_log_det(self, x, *, context=None):
+        z, log_det, _ = self.forward_with_features(x, context=context)
+        return z, log_det
 
     def inverse_and_log_det(self, z, *, context=None):
         z, ld_prior = self.prior.inverse_and_log_det(z, context=context)
@@ -121,6 +126,8 @@ class Glow(nnx.Module):
         recomputes its activations) or ``'invertible'`` (keeps only the level's output and
         reconstructs each step's input with its inverse: training memory flat in K). All
         three give the same gradients (up to rounding); see ``flows.models.steps``.
+      auxiliary_classifier: Glow's ``weight_y`` head, a zero-initialised linear classifier of
+        the mean-pooled top features (``log_prob_and_aux_logits``); needs ``num_classes``.
     """
 
     def __init__(
@@ -136,6 +143,7 @@ class Glow(nnx.Module):
         condition_on: str = "top",
         logit_alpha: float | None = None,
         backprop: str = "autodiff",
+        auxiliary_classifier: bool = False,
         rngs: nnx.Rngs,
     ):
         check_backprop(backprop)
@@ -183,6 +191,21 @@ class Glow(nnx.Module):
             c = lvl.kept_channels
         self.levels = nnx.List(levels)
         self.latent_shapes = tuple(shapes)
+        if num_classes is not None:
+            # log p(y) for the marginal and Bayes' rule: uniform until set_label_prior().
+            self.log_label_prior = Buffer(jnp.full((num_classes,), -math.log(num_classes)))
+        aux = None
+        if auxiliary_classifier:
+            if num_classes is None:
+                raise ValueError("auxiliary_classifier needs num_classes")
+            # Glow's weight_y head: mean-pooled top features -> zero-initialised linear.
+            aux = nnx.Linear(
+                levels[-1].out_channels,
+                num_classes,
+                kernel_init=nnx.initializers.zeros_init(),
+                rngs=rngs,
+            )
+        self.aux_classifier = aux if aux is not None else nnx.data(None)
 
     # -- conditioning -------------------------------------------------------------------
     def _context(self, labels):
@@ -195,7 +218,12 @@ class Glow(nnx.Module):
         labels = jnp.asarray(labels)
         if jnp.issubdtype(labels.dtype, jnp.integer):
             return jax.nn.one_hot(labels, self.num_classes)
-        return labels  # already a (batch, num_classes) vector, e.g. soft labels
+        if labels.ndim != 2 or labels.shape[1] != self.num_classes:
+            raise ValueError(
+                f"context must be integer labels (batch,) or class weights (batch, "
+                f"{self.num_classes}), got {labels.dtype} {labels.shape}"
+            )
+        return labels  # (batch, num_classes) class weights, e.g. one-hot or soft labels
 
     def _check_images(self, x):
         if tuple(x.shape[1:]) != self.image_shape:
@@ -205,17 +233,21 @@ class Glow(nnx.Module):
             )
 
     # -- the bijection --------------------------------------------------------------------
-    def forward_and_log_det(self, x, *, context=None):
-        """x in [0, 1)^D -> (list of standard-normal latents, one per level; log|det|)."""
+    def _encode(self, x, context):
         self._check_images(x)
         ctx = self._context(context)
         h, log_det = self.preprocess.forward_and_log_det(x)
         latents = []
         for level in self.levels:
-            h, ld = level.forward_and_log_det(h, context=ctx)
+            h, ld, features = level.forward_with_features(h, context=ctx)
             log_det = log_det + ld
             latents.append(h[..., level.kept_channels :] if level is not self.levels[-1] else h)
             h = h[..., : level.kept_channels]
+        return latents, log_det, features
+
+    def forward_and_log_det(self, x, *, context=None):
+        """x in [0, 1)^D -> (list of standard-normal latents, one per level; log|det|)."""
+        latents, log_det, _ = self._encode(x, context)
         return latents, log_det
 
     def inverse_and_log_det(self, latents, *, context=None):
@@ -244,8 +276,42 @@ class Glow(nnx.Module):
     # -- densities and samples ----------------------------------------------------------
     def log_prob(self, x, *, context=None):
         """Per-example log density of x on the unit scale, in nats (log p(x|y) if conditional)."""
-        latents, log_det = self.forward_and_log_det(x, context=context)
-        return sum(standard_normal_log_prob(e) for e in latents) + log_det
+        return self.log_prob_and_aux_logits(x, context=context)[0]
+
+    def log_prob_and_aux_logits(self, x, *, context=None):
+        """``(log p(x|y), logits of the auxiliary classifier or None)`` in one pass."""
+        latents, log_det, top = self._encode(x, context)
+        log_prob = sum(standard_normal_log_prob(e) for e in latents) + log_det
+        logits = None
+        if self.aux_classifier is not None:
+            logits = self.aux_classifier(jnp.mean(top, axis=(1, 2)))
+        return log_prob, logits
+
+    # -- class-conditional: marginal and Bayes' rule ----------------------------------------
+    def set_label_prior(self, counts) -> None:
+        """Sets p(y) to the normalised ``counts`` (the training label frequencies)."""
+        counts = jnp.asarray(counts, jnp.float32)
+        if self.num_classes is None or counts.shape != (self.num_classes,):
+            raise ValueError(f"expected {self.num_classes} class counts, got {counts.shape}")
+        self.log_label_prior[...] = jnp.log(counts / jnp.sum(counts))
+
+    def class_log_likelihoods(self, x):
+        """``log p(x | y)`` for every class: shape (batch, num_classes)."""
+        if self.num_classes is None:
+            raise ValueError("class_log_likelihoods needs a class-conditional Glow")
+        labels = jnp.broadcast_to(jnp.arange(self.num_classes)[:, None], (self.num_classes, len(x)))
+        per_class = jax.lax.map(lambda y: self.log_prob(x, context=y), labels)
+        return per_class.T
+
+    def marginal_log_prob(self, x):
+        """``log p(x) = logsumexp_y [log p(x|y) + log p(y)]`` (nats, per example)."""
+        joint = self.class_log_likelihoods(x) + self.log_label_prior[...]
+        return jax.scipy.special.logsumexp(joint, axis=1)
+
+    def classify(self, x):
+        """Bayes' rule: ``p(y|x) = p(x|y) p(y) / p(x)``, shape (batch, num_classes)."""
+        joint = self.class_log_likelihoods(x) + self.log_label_prior[...]
+        return jax.nn.softmax(joint, axis=1)
 
     def sample_latents(self, key, num: int, temperature: float = 1.0):
         keys = jax.random.split(key, len(self.latent_shapes))
