@@ -50,6 +50,7 @@ from flax import nnx
 
 from flows.metrics import bits_per_dim, dequantize
 from flows.models.glow import Glow
+from flows.nn.conditioners import set_compute_dtype
 
 N_LEVELS_8BIT = 256
 
@@ -119,6 +120,8 @@ def build(args, image_shape):
         backprop=args.backprop,
         rngs=nnx.Rngs(args.seed),
     )
+    if args.compute_dtype != "float32":
+        set_compute_dtype(model, args.compute_dtype)
     key = jax.random.key(args.seed)
     k_data, k_init, k_run = jax.random.split(key, 3)
     data = jax.random.randint(
@@ -229,6 +232,13 @@ def parse_args(argv=None):
         help="how the K steps of a level are differentiated (Glow(backprop=...))",
     )
     p.add_argument("--conv", default="custom", choices=("custom", "lax"), help="see docstring")
+    p.add_argument(
+        "--compute_dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="matrix-product dtype inside the coupling networks (set_compute_dtype); "
+        "log-dets, priors, ActNorm and 1x1 convolutions stay float32",
+    )
     p.add_argument(
         "--only",
         default="train,eval,sample",
@@ -357,6 +367,7 @@ def main(argv=None):
             "batch_size": bs,
             "backprop": args.backprop,
             "conv": args.conv,
+            "compute_dtype": args.compute_dtype,
             "coupling": "affine (sigmoid(h + 2) scale)",
             "conv1x1": "LU",
             "prior": "learned Gaussian split priors + learned top prior",

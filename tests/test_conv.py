@@ -72,3 +72,40 @@ def test_dense_is_a_matmul_with_its_gradients():
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(vjp(g), vjp_ref(g), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", [(3, 3, 2, 16), (3, 3, 16, 2), (1, 1, 8, 8)])
+def test_bfloat16_products_stay_close_to_float32(kernel):
+    kx, kw, kg = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(kx, (2, 5, 6, kernel[2]))
+    w = jax.random.normal(kw, kernel) / jnp.sqrt(kernel[0] * kernel[1] * kernel[2])
+    g = jax.random.normal(kg, (2, 5, 6, kernel[3]))
+    y, vjp = jax.vjp(lambda x, w: conv2d_same(x, w, jnp.bfloat16), x, w)
+    y_ref, vjp_ref = jax.vjp(conv2d_same, x, w)
+    assert y.dtype == jnp.float32
+    np.testing.assert_allclose(y, y_ref, atol=3e-2 * float(jnp.max(jnp.abs(y_ref))))
+    for a, b in zip(vjp(g), vjp_ref(g), strict=True):
+        assert a.dtype == jnp.float32
+        np.testing.assert_allclose(a, b, atol=3e-2 * float(jnp.max(jnp.abs(b))))
+
+
+def test_set_compute_dtype_keeps_the_flow_exactly_invertible():
+    from flax import nnx
+
+    from flows.models.glow import Glow
+    from flows.nn.conditioners import ConvConditioner, set_compute_dtype
+
+    model = Glow((4, 4, 1), num_levels=1, num_steps=2, hidden_channels=8, rngs=nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    nnx.update(
+        model,
+        jax.tree.map(lambda v: v + 0.05 * jnp.cos(jnp.arange(v.size)).reshape(v.shape), params),
+    )
+    x = jax.random.uniform(jax.random.key(4), (3, 4, 4, 1))
+    lp32 = model.log_prob(x)
+    set_compute_dtype(model, "bfloat16")
+    nets = [n for _, n in nnx.iter_graph(model) if isinstance(n, ConvConditioner)]
+    assert nets and all(n.compute_dtype == "bfloat16" for n in nets)
+    latents, _ = model.forward_and_log_det(x)
+    np.testing.assert_allclose(model.inverse(latents), x, atol=1e-5)
+    np.testing.assert_allclose(model.log_prob(x), lp32, rtol=1e-2)

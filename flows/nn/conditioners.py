@@ -40,7 +40,15 @@ class ConvConditioner(nnx.Module):
 
     With ``context_features``, a learned projection of the context is added to the first
     hidden features (a class embedding when the context is a one-hot label).
+
+    ``compute_dtype`` (None, or a dtype name such as ``'bfloat16'``; see
+    ``set_compute_dtype``) rounds the operands of the three matrix products to that dtype,
+    accumulating in float32: mixed precision inside the network only. The coupling that
+    uses its output, its log-det and the priors stay in full precision, so the density is
+    still exact for the map the model computes.
     """
+
+    compute_dtype: str | None = None
 
     def __init__(
         self,
@@ -66,12 +74,13 @@ class ConvConditioner(nnx.Module):
 
     def __call__(self, x, context=None):
         _require_context(context, self.context_proj)
-        h = conv2d_same(x, self.w1[...]) + self.b1[...]
+        cd = None if self.compute_dtype is None else jnp.dtype(self.compute_dtype)
+        h = conv2d_same(x, self.w1[...], cd) + self.b1[...]
         if self.context_proj is not None:
             h = h + self.context_proj(context, h.ndim)
         h = jax.nn.relu(h)
-        h = jax.nn.relu(dense(h, self.w2[...]) + self.b2[...])
-        return conv2d_same(h, self.w3[...]) + self.b3[...]
+        h = jax.nn.relu(dense(h, self.w2[...], cd) + self.b2[...])
+        return conv2d_same(h, self.w3[...], cd) + self.b3[...]
 
 
 class ZeroConvConditioner(nnx.Module):
@@ -93,3 +102,18 @@ class ZeroConvConditioner(nnx.Module):
         if self.context_proj is not None:
             h = h + self.context_proj(context, h.ndim)
         return h
+
+
+def set_compute_dtype(module: nnx.Module, compute_dtype: str | None) -> nnx.Module:
+    """Sets the matrix-product dtype of every coupling network (``ConvConditioner``) in
+    ``module`` (e.g. a Glow) in place: ``'bfloat16'`` for mixed precision, None for full.
+
+    Split priors, ActNorm, 1x1 convolutions and every log-det stay in full precision.
+    Returns ``module``.
+    """
+    if compute_dtype is not None:
+        compute_dtype = jnp.dtype(compute_dtype).name
+    for _, node in nnx.iter_graph(module):
+        if isinstance(node, ConvConditioner):
+            node.compute_dtype = compute_dtype
+    return module

@@ -25,6 +25,8 @@ Tests compare value and gradients with ``lax.conv_general_dilated`` and its auto
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -77,9 +79,17 @@ def _input_shift(w):
     return w.shape[2] <= w.shape[3]
 
 
-def _matmul(a, b):
-    """``a[..., k] @ b[k, n]`` over the last axis of a."""
-    return jnp.einsum("...k,kn->...n", a, b)
+def _matmul(a, b, compute_dtype=None):
+    """``a[..., k] @ b[k, n]`` over the last axis of a; with ``compute_dtype`` (bfloat16) the
+    operands are rounded to it and the products accumulated and returned in a's dtype."""
+    if compute_dtype is None:
+        return jnp.einsum("...k,kn->...n", a, b)
+    return jnp.einsum(
+        "...k,kn->...n",
+        a.astype(compute_dtype),
+        b.astype(compute_dtype),
+        preferred_element_type=a.dtype,
+    )
 
 
 def _contract_batch(a, b):
@@ -87,54 +97,59 @@ def _contract_batch(a, b):
     return jnp.einsum("...k,...n->kn", a, b)
 
 
-@jax.custom_vjp
-def conv2d_same(x: jax.Array, w: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d_same(x: jax.Array, w: jax.Array, compute_dtype=None) -> jax.Array:
     """``y[b,h,w,o] = sum_{i,j,c} xpad[b,h+i,w+j,c] w[i,j,c,o]`` with SAME zero padding.
 
-    ``x``: (B, H, W, C_in); ``w``: (kh, kw, C_in, C_out), HWIO.
+    ``x``: (B, H, W, C_in); ``w``: (kh, kw, C_in, C_out), HWIO. ``compute_dtype``: None for
+    full precision, or e.g. ``jnp.bfloat16`` to round the operands of the products (forward
+    and input gradient) to it, accumulating in x's dtype; the weight gradient stays in x's
+    dtype (XLA:CPU has no bf16 x bf16 -> f32 kernel for that product's layout).
     """
     kh, kw, c, o = w.shape
     pads = _same_pads(w)
     if kh == kw == 1:
-        return _matmul(x, w.reshape(c, o))
+        return _matmul(x, w.reshape(c, o), compute_dtype)
     if _input_shift(w):
-        return _matmul(_patches(x, _taps(kh, kw), pads), w.reshape(kh * kw * c, o))
-    t = _matmul(x, w.transpose(2, 0, 1, 3).reshape(c, kh * kw * o))
+        patches = _patches(x, _taps(kh, kw), pads)
+        return _matmul(patches, w.reshape(kh * kw * c, o), compute_dtype)
+    t = _matmul(x, w.transpose(2, 0, 1, 3).reshape(c, kh * kw * o), compute_dtype)
     return _shifted_sum(t, _taps(kh, kw), pads, o)
 
 
-def _fwd(x, w):
-    return conv2d_same(x, w), (x, w)
+def _fwd(x, w, compute_dtype):
+    return conv2d_same(x, w, compute_dtype), (x, w)
 
 
-def _bwd(res, g):
+def _bwd(compute_dtype, res, g):
     x, w = res
     kh, kw, c, o = w.shape
     pads = _same_pads(w)
     g = g.astype(x.dtype)
     if kh == kw == 1:
         w2 = w.reshape(c, o)
-        dx = _matmul(g, w2.T)
+        dx = _matmul(g, w2.T, compute_dtype)
         dw = _contract_batch(x, g).reshape(w.shape)
     elif _input_shift(w):
         w2 = w.reshape(kh * kw * c, o)
         dw = _contract_batch(_patches(x, _taps(kh, kw), pads), g).reshape(w.shape)
-        dx = _shifted_sum(_matmul(g, w2.T), _flipped(kh, kw), _swapped(pads), c)
+        dx = _matmul(g, w2.T, compute_dtype)
+        dx = _shifted_sum(dx, _flipped(kh, kw), _swapped(pads), c)
     else:
         w2 = w.transpose(2, 0, 1, 3).reshape(c, kh * kw * o)
         gp = _patches(g, _flipped(kh, kw), _swapped(pads))  # (B, H, W, kh*kw*o)
         # Contract with the thin operand first: XLA:CPU transposes the left operand of this
         # product, and gp (kh*kw*o channels) is cheaper to transpose than x.
         dw = _contract_batch(gp, x).T.reshape(c, kh, kw, o).transpose(1, 2, 0, 3)
-        dx = _matmul(gp, w2.T)
+        dx = _matmul(gp, w2.T, compute_dtype)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
 conv2d_same.defvjp(_fwd, _bwd)
 
 
-def dense(x: jax.Array, w: jax.Array) -> jax.Array:
+def dense(x: jax.Array, w: jax.Array, compute_dtype=None) -> jax.Array:
     """``x[..., c] @ w[c, o]`` on the last axis (a 1x1 convolution), with the same VJP as
     ``conv2d_same``: the weight gradient is one GEMM contracting every leading axis, which
     XLA:CPU runs on its fast kernel (autodiff's transposed product inside a scan does not)."""
-    return conv2d_same(x, w.reshape(1, 1, *w.shape))
+    return conv2d_same(x, w.reshape(1, 1, *w.shape), compute_dtype)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The standard benchmark cases of bench/README.md -> bench/results/jax_<case>.json, plus the
+# memory/compile sweep over K -> bench/results/jax_memory_<case>.json. Each case runs in a
+# fresh process (peak RSS is per process). Timings on a shared machine are noisy: every
+# record keeps the load average and every block's median; rerun when the machine is quiet.
+#
+#   bench/run_all.sh                      # float32, backprop=invertible
+#   BACKPROP=autodiff bench/run_all.sh
+#   COMPUTE_DTYPE=bfloat16 bench/run_all.sh   # mixed precision in the coupling networks
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-bench/results}
+BACKPROP=${BACKPROP:-invertible}
+COMPUTE_DTYPE=${COMPUTE_DTYPE:-float32}
+TIMING=${TIMING:---warmup=3 --iters=10 --repeats=3}
+suffix=""
+[ "$COMPUTE_DTYPE" != float32 ] && suffix="_$COMPUTE_DTYPE"
+
+run() {  # image_shape batch K
+  local h w c
+  IFS=, read -r h w c <<<"$1"
+  local case="${h}x${w}x${c}_L3_K$3_h128_b$2"
+  [ "$BACKPROP" != invertible ] && case="${case}_$BACKPROP"
+  $PY -m bench.throughput --image_shape="$1" --num_levels=3 --num_steps="$3" \
+    --hidden_channels=128 --batch_size="$2" --backprop="$BACKPROP" \
+    --compute_dtype="$COMPUTE_DTYPE" --case="$case$suffix" --out="$OUT" $TIMING | tail -1
+}
+
+for K in 8 32; do
+  run 32,32,1 64 "$K"   # (a) MNIST 28x28 padded to 32x32
+  run 32,32,3 32 "$K"   # (b) CIFAR-10
+done
+if [ "${MEMORY:-1}" = 1 ] && [ "$COMPUTE_DTYPE" = float32 ]; then
+  $PY -m bench.memory --image_shape=32,32,1 --batch_size=64 --out="$OUT" | tail -1
+  $PY -m bench.memory --image_shape=32,32,3 --batch_size=32 --out="$OUT" | tail -1
+fi
+$PY -m bench.table --results="$OUT"
