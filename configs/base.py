@@ -74,3 +74,31 @@ def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Lock the structure: existing fields can change, new (misspelt) ones are rejected."""
     c.lock()
     return c
+
+
+def apply_catalog_variants(c: ml_collections.ConfigDict, arg: str | None, name: str) -> None:
+    """The variants shared by the catalog-dataset configs (mnist, cifar10), comma-separated:
+    ``cond`` (Glow's label-conditioned top prior with weight_y = 0.01) and ``smoke`` (a tiny
+    model and a few steps, for the tests on mocked data)."""
+    variants = set(arg.split(",")) if arg else set()
+    unknown = variants - {"cond", "smoke"}
+    if unknown:
+        raise ValueError(f"unknown variant(s) {sorted(unknown)} of {name}; known: cond, smoke")
+    if "cond" in variants:
+        c.model.conditional = True
+        c.model.condition_on = "top"
+        c.model.weight_y = 0.01
+    if "smoke" in variants:
+        c.data.validation_size = 8
+        c.model.num_levels = 2
+        c.model.num_steps = 1
+        c.model.hidden_channels = 8
+        c.train.batch_size = 8
+        c.train.init_batch_size = 16
+        c.train.num_steps = 4
+        c.train.log_every = 2
+        c.train.eval_every = 2
+        c.train.checkpoint_every = 2
+        c.train.num_grid_samples = 4
+        c.optim.warmup_steps = 1
+        c.eval.batch_size = 8

@@ -10,7 +10,7 @@ Variants: ``:smoke`` (tiny model, few steps; the tests run it on mocked data),
 ``:cond`` (label-conditioned p(x|y), Glow's y-conditioned top prior with weight_y = 0.01).
 """
 
-from configs.base import base_config, finalize
+from configs.base import apply_catalog_variants, base_config, finalize
 
 
 def get_config(arg: str | None = None):
@@ -33,28 +33,5 @@ def get_config(arg: str | None = None):
     c.train.checkpoint_every = 2000
     c.train.sample_every = 5000
     c.eval.batch_size = 500
-    variants = set(arg.split(",")) if arg else set()
-    if "cond" in variants:
-        c.model.conditional = True
-        c.model.condition_on = "top"
-        c.model.weight_y = 0.01
-    if "smoke" in variants:
-        c.data.validation_size = 8
-        c.model.num_levels = 2
-        c.model.num_steps = 1
-        c.model.hidden_channels = 8
-        c.train.batch_size = 8
-        c.train.init_batch_size = 16
-        c.train.num_steps = 4
-        c.train.log_every = 2
-        c.train.eval_every = 2
-        c.train.checkpoint_every = 2
-        c.train.num_grid_samples = 4
-        c.optim.warmup_steps = 1
-        c.eval.batch_size = 8
-    unknown = variants - {"cond", "smoke"}
-    if unknown:
-        raise ValueError(
-            f"unknown variant(s) {sorted(unknown)} of glow_cifar10; known: cond, smoke"
-        )
+    apply_catalog_variants(c, arg, "glow_cifar10")
     return finalize(c)
