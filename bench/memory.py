@@ -37,6 +37,7 @@ def run_one(args, num_steps, backprop):
         f"--batch_size={args.batch_size}",
         f"--backprop={backprop}",
         "--only=train",
+        "--no-hugepages",  # plain 4 KiB pages: RSS counts what is touched, not 2 MiB pages
         "--warmup=1",
         f"--iters={args.iters}",
         "--repeats=1",

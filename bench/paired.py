@@ -44,6 +44,12 @@ def main(argv=None):
     p.add_argument("--compute_dtype", default="float32")
     p.add_argument("--timing", default="--warmup=3 --iters=8 --repeats=2")
     p.add_argument("--peer_python", default=".venv-peer/bin/python")
+    p.add_argument(
+        "--hugepages",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run both sides with GLIBC_TUNABLES=glibc.malloc.hugetlb=1",
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     common = [
@@ -64,6 +70,11 @@ def main(argv=None):
     ]
     peer_cmd = [args.peer_python, "bench/torch_peer.py", *common, f"--threads={args.threads}"]
     env = dict(os.environ)
+    if args.hugepages:
+        # Both sides: glibc's malloc asks for transparent huge pages for its large blocks.
+        # Each training step allocates (and page-faults in) its activation buffers afresh;
+        # with 4 KiB pages that costs XLA's autodiff path ~20% of a step.
+        env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
     if args.threads == 1:
         flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
@@ -72,7 +83,7 @@ def main(argv=None):
     runs = {"jax": [], "torch": []}
     for _ in range(args.rounds):
         for side, cmd in (("jax", jax_cmd), ("torch", peer_cmd)):
-            r = _last_json(cmd, env if side == "jax" else None)
+            r = _last_json(cmd, env)
             runs[side].append(
                 {k: r.get(k) for k in (*KEYS, "peak_rss_mb", "loadavg_before", "loadavg_after")}
             )
@@ -89,6 +100,7 @@ def main(argv=None):
         "threads": args.threads,
         "backprop": args.backprop,
         "compute_dtype": args.compute_dtype,
+        "glibc_tunables": env.get("GLIBC_TUNABLES", ""),
         "best": best,
         "ratio_jax_over_torch": ratio,
         "runs": runs,

@@ -21,6 +21,8 @@ METRICS = (
 def _load(pattern):
     out = {}
     for path in sorted(glob.glob(pattern)):
+        if os.path.basename(path).startswith(("jax_paired_", "jax_memory_")):
+            continue
         with open(path) as f:
             record = json.load(f)
         out[record["case"]] = record
@@ -54,10 +56,33 @@ def table(results_dir):
     return "\n".join(rows)
 
 
+def paired_table(results_dir):
+    """Ratios from ``bench.paired``: both sides run alternately under the same load."""
+    rows = [
+        "| case | threads | backprop | dtype | train x | eval x | sample x "
+        "| jax train / eval / sample | torch train / eval / sample |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(glob.glob(os.path.join(results_dir, "jax_paired_*.json"))):
+        with open(path) as f:
+            r = json.load(f)
+        ratio, best = r["ratio_jax_over_torch"], r["best"]
+        sides = [" / ".join(_fmt(best[s][k]) for k, _ in METRICS) for s in ("jax", "torch")]
+        rows.append(
+            f"| {r['case']} | {r['threads']} | {r['backprop']} | {r['compute_dtype']} | "
+            + " | ".join(f"{ratio[k]:.2f}x" for k, _ in METRICS)
+            + f" | {sides[0]} | {sides[1]} |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results"))
-    print(table(p.parse_args(argv).results))
+    results = p.parse_args(argv).results
+    print(table(results))
+    print()
+    print(paired_table(results))
 
 
 if __name__ == "__main__":
