@@ -40,8 +40,12 @@ def main(argv=None):
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--backprop", default="invertible")
-    p.add_argument("--compute_dtype", default="float32")
+    p.add_argument("--backprop", default="autodiff")
+    p.add_argument(
+        "--compute_dtype",
+        default="float32",
+        help="comma-separated: one JAX run per dtype each round (e.g. float32,bfloat16)",
+    )
     p.add_argument("--timing", default="--warmup=3 --iters=8 --repeats=2")
     p.add_argument("--peer_python", default=".venv-peer/bin/python")
     p.add_argument(
@@ -60,14 +64,18 @@ def main(argv=None):
         f"--batch_size={args.batch_size}",
         *args.timing.split(),
     ]
-    jax_cmd = [
-        sys.executable,
-        "-m",
-        "bench.throughput",
-        *common,
-        f"--backprop={args.backprop}",
-        f"--compute_dtype={args.compute_dtype}",
-    ]
+    dtypes = args.compute_dtype.split(",")
+    jax_cmds = {
+        ("jax" if dt == "float32" else f"jax_{dt}"): [
+            sys.executable,
+            "-m",
+            "bench.throughput",
+            *common,
+            f"--backprop={args.backprop}",
+            f"--compute_dtype={dt}",
+        ]
+        for dt in dtypes
+    }
     peer_cmd = [args.peer_python, "bench/torch_peer.py", *common, f"--threads={args.threads}"]
     env = dict(os.environ)
     if args.hugepages:
@@ -80,16 +88,19 @@ def main(argv=None):
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
     elif args.threads != os.cpu_count():
         raise ValueError("XLA:CPU runs on every core or (--threads=1) on one")
-    runs = {"jax": [], "torch": []}
+    sides = {**jax_cmds, "torch": peer_cmd}
+    runs = {side: [] for side in sides}
     for _ in range(args.rounds):
-        for side, cmd in (("jax", jax_cmd), ("torch", peer_cmd)):
+        for side, cmd in sides.items():
             r = _last_json(cmd, env)
             runs[side].append(
                 {k: r.get(k) for k in (*KEYS, "peak_rss_mb", "loadavg_before", "loadavg_after")}
             )
             print(json.dumps({side: runs[side][-1]}), flush=True)
     best = {side: {k: max(r[k] for r in rs) for k in KEYS} for side, rs in runs.items()}
-    ratio = {k: round(best["jax"][k] / best["torch"][k], 2) for k in KEYS}
+    ratio = {
+        side: {k: round(best[side][k] / best["torch"][k], 2) for k in KEYS} for side in jax_cmds
+    }
     h, w, c = (int(s) for s in args.image_shape.split(","))
     case = (
         f"{h}x{w}x{c}_L{args.num_levels}_K{args.num_steps}_h{args.hidden_channels}"
@@ -108,7 +119,7 @@ def main(argv=None):
     }
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        suffix = "" if args.compute_dtype == "float32" else f"_{args.compute_dtype}"
+        suffix = "" if dtypes == ["float32"] else "_" + "_".join(dtypes)
         path = os.path.join(args.out, f"jax_paired_{case}_t{args.threads}{suffix}.json")
         with open(path + ".tmp", "w") as f:
             f.write(json.dumps(record, indent=2) + "\n")

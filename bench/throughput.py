@@ -111,7 +111,7 @@ def use_lax_conv():
     import flows.nn.conditioners as conditioners
     from flows.nn.conv import _same_pads
 
-    def lax_conv(x, w):
+    def lax_conv(x, w, compute_dtype=None):
         return lax.conv_general_dilated(
             x, w, (1, 1), _same_pads(w), dimension_numbers=("NHWC", "HWIO", "NHWC")
         )

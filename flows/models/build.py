@@ -5,6 +5,7 @@ from __future__ import annotations
 from flax import nnx
 
 from flows.models.glow import Glow
+from flows.nn.conditioners import set_compute_dtype
 
 # Fields of config.model for Glow, with their defaults.
 GLOW_CONFIG_DEFAULTS = {
@@ -19,6 +20,9 @@ GLOW_CONFIG_DEFAULTS = {
     "condition_on": "top",
     "weight_y": 0.0,
     "backprop": "autodiff",
+    # Matrix-product dtype of the coupling networks: "float32", or "bfloat16" for mixed
+    # precision (products rounded to bf16, summed in f32; log-dets and priors stay f32).
+    "compute_dtype": "float32",
 }
 
 
@@ -40,4 +44,7 @@ def build_model(config, image_shape, num_classes: int, *, rngs: nnx.Rngs) -> nnx
         kwargs["backprop"] = config.backprop
     if config.conditional and config.weight_y:
         kwargs["auxiliary_classifier"] = True
-    return Glow(tuple(image_shape), **kwargs)
+    model = Glow(tuple(image_shape), **kwargs)
+    if config.compute_dtype != "float32":
+        set_compute_dtype(model, config.compute_dtype)
+    return model

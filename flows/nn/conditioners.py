@@ -6,6 +6,8 @@ coupling starts as the identity and every learned prior as a standard normal.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -30,6 +32,34 @@ class ContextProjection(nnx.Module):
         return h.reshape(h.shape[:1] + (1,) * (ndim - 2) + h.shape[1:])
 
 
+def _relu_to(x, dtype):
+    """``relu(x)``, stored in ``dtype`` when one is given (see ``_relu_cast``)."""
+    return jax.nn.relu(x) if dtype is None else _relu_cast(x, dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _relu_cast(x, dtype):
+    """``relu(x).astype(dtype)`` whose VJP reads the mask ``y > 0`` off the output y.
+
+    Autodiff's relu keeps its own mask, so a scanned Glow level would stack a boolean copy
+    of every hidden activation next to the activation itself (kept for the next product's
+    weight gradient anyway); this keeps only y."""
+    return jax.nn.relu(x).astype(dtype)
+
+
+def _relu_cast_fwd(x, dtype):
+    y = _relu_cast(x, dtype)
+    return y, (y, jnp.zeros((0,), x.dtype))
+
+
+def _relu_cast_bwd(dtype, res, g):
+    y, x_dtype_tag = res
+    return (jnp.where(y > 0, g, jnp.zeros_like(g)).astype(x_dtype_tag.dtype),)
+
+
+_relu_cast.defvjp(_relu_cast_fwd, _relu_cast_bwd)
+
+
 def _require_context(context, projection):
     if projection is not None and context is None:
         raise ValueError("this layer is conditional: pass context=(batch, context_features)")
@@ -43,7 +73,8 @@ class ConvConditioner(nnx.Module):
 
     ``compute_dtype`` (None, or a dtype name such as ``'bfloat16'``; see
     ``set_compute_dtype``) rounds the operands of the three matrix products to that dtype,
-    accumulating in float32: mixed precision inside the network only. The coupling that
+    accumulating in float32, and keeps the two hidden activations in it: mixed precision
+    inside the network only. The coupling that
     uses its output, its log-det and the priors stay in full precision, so the density is
     still exact for the map the model computes.
     """
@@ -78,8 +109,10 @@ class ConvConditioner(nnx.Module):
         h = conv2d_same(x, self.w1[...], cd) + self.b1[...]
         if self.context_proj is not None:
             h = h + self.context_proj(context, h.ndim)
-        h = jax.nn.relu(h)
-        h = jax.nn.relu(dense(h, self.w2[...], cd) + self.b2[...])
+        # With a compute dtype the hidden activations are stored in it (the cast fuses into
+        # the ReLU): the next product reads them as they are, and autodiff keeps half.
+        h = _relu_to(h, cd)
+        h = _relu_to(dense(h, self.w2[...], cd) + self.b2[...], cd)
         return conv2d_same(h, self.w3[...], cd) + self.b3[...]
 
 
@@ -113,6 +146,10 @@ def set_compute_dtype(module: nnx.Module, compute_dtype: str | None) -> nnx.Modu
     """
     if compute_dtype is not None:
         compute_dtype = jnp.dtype(compute_dtype).name
+        if compute_dtype == "float32":
+            compute_dtype = None
+        elif compute_dtype != "bfloat16":
+            raise ValueError(f"compute_dtype {compute_dtype!r}: use 'float32' or 'bfloat16'")
     for _, node in nnx.iter_graph(module):
         if isinstance(node, ConvConditioner):
             node.compute_dtype = compute_dtype

@@ -164,6 +164,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
     best_ckpt = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
     meta = {"best_val_bpd": math.inf, "best_step": None, "wall_time_s": 0.0}
+    last_val = None
     start_step = 0
     if checkpoints.latest_step() is not None:
         state, meta = checkpoints.restore(abstract_like(state, sharding.replicated(mesh)))
@@ -229,10 +230,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 if record["val_bpd"] < meta["best_val_bpd"]:
                     meta.update(best_val_bpd=record["val_bpd"], best_step=done)
                     best_ckpt.save(done, state, dict(meta, wall_time_s=record["wall_time_s"]))
-            bar.set_postfix(
-                bpd=f"{record['train_bpd']:.3f}",
-                val=f"{record.get('val_bpd', float('nan')):.3f}",
-            )
+            # The bar shows the latest validation (validation runs every eval_every steps).
+            last_val = record.get("val_bpd", last_val)
+            postfix = {"bpd": f"{record['train_bpd']:.3f}"}
+            if last_val is not None:
+                postfix["val"] = f"{last_val:.3f}"
+            bar.set_postfix(postfix)
             if is_main:
                 _write_jsonl(os.path.join(workdir, "metrics.jsonl"), [record])
             if record["consecutive_nonfinite"] >= config.optim.max_consecutive_nonfinite:
