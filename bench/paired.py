@@ -44,7 +44,8 @@ def main(argv=None):
     p.add_argument(
         "--compute_dtype",
         default="float32",
-        help="comma-separated: one JAX run per dtype each round (e.g. float32,bfloat16)",
+        help="comma-separated JAX variants, one run of each per round: DTYPE or DTYPE+remat "
+        "(recomputed coupling-net activations), e.g. float32,bfloat16+remat",
     )
     p.add_argument("--timing", default="--warmup=3 --iters=8 --repeats=2")
     p.add_argument("--peer_python", default=".venv-peer/bin/python")
@@ -64,18 +65,22 @@ def main(argv=None):
         f"--batch_size={args.batch_size}",
         *args.timing.split(),
     ]
-    dtypes = args.compute_dtype.split(",")
-    jax_cmds = {
-        ("jax" if dt == "float32" else f"jax_{dt}"): [
+    variants = args.compute_dtype.split(",")
+    jax_cmds = {}
+    for variant in variants:
+        dtype, _, remat = variant.partition("+")
+        if remat not in ("", "remat"):
+            raise ValueError(f"--compute_dtype entry {variant!r}: DTYPE or DTYPE+remat")
+        side = "jax" if variant == "float32" else "jax_" + variant.replace("+", "_")
+        jax_cmds[side] = [
             sys.executable,
             "-m",
             "bench.throughput",
             *common,
             f"--backprop={args.backprop}",
-            f"--compute_dtype={dt}",
+            f"--compute_dtype={dtype}",
+            *(["--remat_nets"] if remat else []),
         ]
-        for dt in dtypes
-    }
     peer_cmd = [args.peer_python, "bench/torch_peer.py", *common, f"--threads={args.threads}"]
     env = dict(os.environ)
     if args.hugepages:
@@ -119,7 +124,7 @@ def main(argv=None):
     }
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        suffix = "" if dtypes == ["float32"] else "_" + "_".join(dtypes)
+        suffix = "" if variants == ["float32"] else "_" + "_".join(variants).replace("+", "_")
         path = os.path.join(args.out, f"jax_paired_{case}_t{args.threads}{suffix}.json")
         with open(path + ".tmp", "w") as f:
             f.write(json.dumps(record, indent=2) + "\n")

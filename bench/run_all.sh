@@ -6,17 +6,22 @@
 #
 #   bench/run_all.sh                          # float32, backprop=autodiff (fastest training)
 #   BACKPROP=invertible bench/run_all.sh      # training memory flat in K
-#   COMPUTE_DTYPE=bfloat16 bench/run_all.sh   # mixed precision in the coupling networks
+#   COMPUTE_DTYPE=bfloat16 REMAT=1 bench/run_all.sh   # mixed precision in the coupling
+#                                             # networks, hidden activations recomputed
 #   PAIRED=1 bench/run_all.sh                 # also the paired runs against the PyTorch peer
+#                                             # (float32 and bfloat16+remat, PAIRED_VARIANTS=)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-bench/results}
 BACKPROP=${BACKPROP:-autodiff}
 COMPUTE_DTYPE=${COMPUTE_DTYPE:-float32}
+REMAT=${REMAT:-0}
 TIMING=${TIMING:---warmup=3 --iters=10 --repeats=3}
 suffix=""
 [ "$COMPUTE_DTYPE" != float32 ] && suffix="_$COMPUTE_DTYPE"
+remat_flag=""
+if [ "$REMAT" = 1 ]; then remat_flag="--remat_nets"; suffix="${suffix}_remat"; fi
 
 run() {  # image_shape batch K
   local h w c
@@ -25,7 +30,8 @@ run() {  # image_shape batch K
   [ "$BACKPROP" != autodiff ] && case="${case}_$BACKPROP"
   $PY -m bench.throughput --image_shape="$1" --num_levels=3 --num_steps="$3" \
     --hidden_channels=128 --batch_size="$2" --backprop="$BACKPROP" \
-    --compute_dtype="$COMPUTE_DTYPE" --case="$case$suffix" --out="$OUT" $TIMING | tail -1
+    --compute_dtype="$COMPUTE_DTYPE" $remat_flag --case="$case$suffix" --out="$OUT" $TIMING \
+    | tail -1
 }
 
 for K in 8 32; do
@@ -40,7 +46,7 @@ if [ "${PAIRED:-0}" = 1 ]; then
   for shape_batch in "32,32,1 64" "32,32,3 32"; do
     set -- $shape_batch
     $PY -m bench.paired --image_shape="$1" --batch_size="$2" --backprop="$BACKPROP" \
-      --compute_dtype="$COMPUTE_DTYPE" --out="$OUT" | tail -1
+      --compute_dtype="${PAIRED_VARIANTS:-float32,bfloat16+remat}" --out="$OUT" | tail -1
   done
 fi
 $PY -m bench.table --results="$OUT"

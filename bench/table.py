@@ -72,7 +72,7 @@ def paired_table(results_dir):
             ratios = {"jax": ratios}
         torch = " / ".join(_fmt(best["torch"][k]) for k, _ in METRICS)
         for side, ratio in ratios.items():
-            dtype = "float32" if side == "jax" else side.removeprefix("jax_")
+            dtype = "float32" if side == "jax" else side.removeprefix("jax_").replace("_", " + ")
             ours = " / ".join(_fmt(best[side][k]) for k, _ in METRICS)
             rows.append(
                 f"| {r['case']} | {r['threads']} | {r['backprop']} | {dtype} | "

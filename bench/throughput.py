@@ -58,7 +58,7 @@ from flax import nnx
 
 from flows.metrics import bits_per_dim, dequantize
 from flows.models.glow import Glow
-from flows.nn.conditioners import set_compute_dtype
+from flows.nn.conditioners import set_compute_dtype, set_remat
 
 N_LEVELS_8BIT = 256
 
@@ -130,6 +130,8 @@ def build(args, image_shape):
     )
     if args.compute_dtype != "float32":
         set_compute_dtype(model, args.compute_dtype)
+    if args.remat_nets:
+        set_remat(model, True)
     key = jax.random.key(args.seed)
     k_data, k_init, k_run = jax.random.split(key, 3)
     data = jax.random.randint(
@@ -246,6 +248,12 @@ def parse_args(argv=None):
         choices=("float32", "bfloat16"),
         help="matrix-product dtype inside the coupling networks (set_compute_dtype); "
         "log-dets, priors, ActNorm and 1x1 convolutions stay float32",
+    )
+    p.add_argument(
+        "--remat_nets",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="recompute the coupling networks' hidden activations in the backward pass (set_remat)",
     )
     p.add_argument(
         "--only",
@@ -390,6 +398,7 @@ def main(argv=None):
             "backprop": args.backprop,
             "conv": args.conv,
             "compute_dtype": args.compute_dtype,
+            "remat_coupling_nets": args.remat_nets,
             "coupling": "affine (sigmoid(h + 2) scale)",
             "conv1x1": "LU",
             "prior": "learned Gaussian split priors + learned top prior",

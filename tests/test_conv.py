@@ -124,24 +124,26 @@ def test_relu_cast_gradient_reads_the_mask_off_the_output():
 
 
 def test_bfloat16_glow_gradients_follow_float32_under_scan_and_jit():
-    """The mixed-precision training path (bf16 products, bf16 hidden activations, bf16 weight
-    gradients summed in f32) through scanned steps and jit: every parameter's gradient
-    points where the float32 one does, and the loss is the float32 loss to bf16 accuracy."""
+    """The mixed-precision training path (bf16 products and hidden activations, weight
+    gradients summed in f32), with and without recomputed hidden activations, through
+    scanned steps and jit: every parameter's gradient points where the float32 one does,
+    and the loss is the float32 loss to bf16 accuracy."""
     from flax import nnx
 
     from flows.models.glow import Glow
-    from flows.nn.conditioners import set_compute_dtype
+    from flows.nn.conditioners import set_compute_dtype, set_remat
 
     x = jax.random.uniform(jax.random.key(5), (4, 8, 8, 2))
 
-    def loss_and_grads(compute_dtype):
-        model = Glow((8, 8, 2), num_levels=2, num_steps=2, hidden_channels=16, rngs=nnx.Rngs(0))
+    def loss_and_grads(compute_dtype, remat=False):
+        model = Glow((8, 8, 2), num_levels=1, num_steps=2, hidden_channels=16, rngs=nnx.Rngs(0))
         params = nnx.state(model, nnx.Param)
         nnx.update(
             model,
             jax.tree.map(lambda v: v + 0.05 * jnp.sin(jnp.arange(v.size)).reshape(v.shape), params),
         )
         set_compute_dtype(model, compute_dtype)
+        set_remat(model, remat)
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
         @jax.jit
@@ -150,11 +152,18 @@ def test_bfloat16_glow_gradients_follow_float32_under_scan_and_jit():
 
         return jax.value_and_grad(f)(params)
 
-    (l32, g32), (l16, g16) = loss_and_grads("float32"), loss_and_grads("bfloat16")
-    np.testing.assert_allclose(l16, l32, rtol=1e-2)
-    for a, b in zip(jax.tree.leaves(g16), jax.tree.leaves(g32), strict=True):
-        assert a.dtype == jnp.float32 and np.all(np.isfinite(a))
-        na, nb = float(jnp.linalg.norm(a)), float(jnp.linalg.norm(b))
-        if nb > 1e-6:
-            cos = float(jnp.vdot(a.ravel(), b.ravel())) / (na * nb)
-            assert cos > 0.98, cos
+    l32, g32 = loss_and_grads("float32")
+    # Recomputing the hidden activations changes no gradient (float32: same products).
+    l32r, g32r = loss_and_grads("float32", remat=True)
+    np.testing.assert_allclose(l32r, l32, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g32r), jax.tree.leaves(g32), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for remat in (False, True):
+        l16, g16 = loss_and_grads("bfloat16", remat)
+        np.testing.assert_allclose(l16, l32, rtol=1e-2)
+        for a, b in zip(jax.tree.leaves(g16), jax.tree.leaves(g32), strict=True):
+            assert a.dtype == jnp.float32 and np.all(np.isfinite(a))
+            na, nb = float(jnp.linalg.norm(a)), float(jnp.linalg.norm(b))
+            if nb > 1e-6:
+                cos = float(jnp.vdot(a.ravel(), b.ravel())) / (na * nb)
+                assert cos > 0.98, cos

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flax import nnx
 
 from flows.models.glow import Glow
-from flows.nn.conditioners import set_compute_dtype
+from flows.nn.conditioners import set_compute_dtype, set_remat
 
 # Fields of config.model for Glow, with their defaults.
 GLOW_CONFIG_DEFAULTS = {
@@ -23,6 +23,9 @@ GLOW_CONFIG_DEFAULTS = {
     # Matrix-product dtype of the coupling networks: "float32", or "bfloat16" for mixed
     # precision (products rounded to bf16, summed in f32; log-dets and priors stay f32).
     "compute_dtype": "float32",
+    # Recompute the coupling networks' hidden activations in the backward pass (less memory;
+    # faster with bfloat16 on CPU, see flows.nn.conditioners.set_remat).
+    "remat_coupling_nets": False,
 }
 
 
@@ -47,4 +50,6 @@ def build_model(config, image_shape, num_classes: int, *, rngs: nnx.Rngs) -> nnx
     model = Glow(tuple(image_shape), **kwargs)
     if config.compute_dtype != "float32":
         set_compute_dtype(model, config.compute_dtype)
+    if config.remat_coupling_nets:
+        set_remat(model, True)
     return model

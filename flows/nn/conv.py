@@ -88,17 +88,16 @@ def _matmul(a, b, compute_dtype, out_dtype):
     return jnp.einsum("...k,kn->...n", a, b, preferred_element_type=out_dtype)
 
 
-def _contract_batch(a, b, compute_dtype, out_dtype):
-    """``sum over every axis but the last of a[..., k] b[..., n]`` -> (k, n), summed in
-    ``out_dtype``; with a ``compute_dtype`` the operands are rounded to it first (a weight
-    gradient from bfloat16 operands, as mixed-precision training does; on XLA:CPU that
-    also skips a float32 copy of each operand)."""
-    dtype = out_dtype if compute_dtype is None else compute_dtype
-    # As one 2-D product: XLA:CPU's generic dot kernel has no bf16 x bf16 -> f32 variant,
-    # the library kernel it hands 2-D products to has.
-    a = a.reshape(-1, a.shape[-1]).astype(dtype)
-    b = b.reshape(-1, b.shape[-1]).astype(dtype)
-    return jnp.einsum("mk,mn->kn", a, b, preferred_element_type=out_dtype)
+def _contract_batch(a, b, out_dtype):
+    """``sum over every axis but the last of a[..., k] b[..., n]`` -> (k, n), in out_dtype.
+
+    Always from ``out_dtype`` operands (a bfloat16 operand is widened exactly): XLA:CPU runs
+    this product (a transposed operand) through a float32 kernel anyway, widening bf16
+    operands itself, and weight gradients are where rounding would accumulate. One 2-D
+    product: XLA:CPU hands those to its fast GEMM library."""
+    a = a.reshape(-1, a.shape[-1]).astype(out_dtype)
+    b = b.reshape(-1, b.shape[-1]).astype(out_dtype)
+    return jnp.einsum("mk,mn->kn", a, b)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -107,8 +106,10 @@ def conv2d_same(x: jax.Array, w: jax.Array, compute_dtype=None) -> jax.Array:
 
     ``x``: (B, H, W, C_in); ``w``: (kh, kw, C_in, C_out), HWIO. The result has w's dtype.
     ``compute_dtype``: None for full precision, or e.g. ``jnp.bfloat16`` to round the
-    operands of every product (forward, input and weight gradients) to it, summing in w's
-    dtype. ``x`` may already be in ``compute_dtype`` (a network that keeps its hidden
+    operands of the products of the forward pass and of the input gradient to it, summing
+    in w's dtype; the weight gradient is summed in w's dtype from the residual input (in
+    ``compute_dtype``, as the forward product saw it) and the full-precision output
+    gradient. ``x`` may already be in ``compute_dtype`` (a network that keeps its hidden
     activations in bfloat16 then moves half the bytes, and the backward pass keeps half).
     """
     kh, kw, c, o = w.shape
@@ -139,12 +140,10 @@ def _bwd(compute_dtype, res, g):
     if kh == kw == 1:
         w2 = w.reshape(c, o)
         dx = _matmul(g, w2.T, compute_dtype, acc)
-        dw = _contract_batch(xc, g, compute_dtype, acc).reshape(w.shape)
+        dw = _contract_batch(xc, g, acc).reshape(w.shape)
     elif _input_shift(w):
         w2 = w.reshape(kh * kw * c, o)
-        dw = _contract_batch(_patches(xc, _taps(kh, kw), pads), g, compute_dtype, acc).reshape(
-            w.shape
-        )
+        dw = _contract_batch(_patches(xc, _taps(kh, kw), pads), g, acc).reshape(w.shape)
         dx = _matmul(g, w2.T, compute_dtype, acc)
         dx = _shifted_sum(dx, _flipped(kh, kw), _swapped(pads), c)
     else:
@@ -152,11 +151,7 @@ def _bwd(compute_dtype, res, g):
         gp = _patches(g, _flipped(kh, kw), _swapped(pads))  # (B, H, W, kh*kw*o)
         # Contract with the thin operand first: XLA:CPU transposes the left operand of this
         # product, and gp (kh*kw*o channels) is cheaper to transpose than x.
-        dw = (
-            _contract_batch(gp, xc, compute_dtype, acc)
-            .T.reshape(c, kh, kw, o)
-            .transpose(1, 2, 0, 3)
-        )
+        dw = _contract_batch(gp, xc, acc).T.reshape(c, kh, kw, o).transpose(1, 2, 0, 3)
         dx = _matmul(gp, w2.T, compute_dtype, acc)
     return dx.astype(x_dtype_tag.dtype), dw.astype(w.dtype)
 
