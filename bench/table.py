@@ -10,6 +10,7 @@ import argparse
 import glob
 import json
 import os
+import re
 
 METRICS = (
     ("train_images_per_s", "train img/s"),
@@ -36,14 +37,19 @@ def _fmt(v, digits=0):
 def table(results_dir):
     ours = _load(os.path.join(results_dir, "jax_*_K*_h*_b*.json"))
     peer = _load(os.path.join(results_dir, "torch_peer_*.json"))
-    head = ["case", "backprop"]
+    head = ["case", "backprop", "dtype"]
     for _, name in METRICS:
         head += [f"{name} (jax)", f"{name} (torch)", "x"]
     head += ["compile s", "peak RSS MB (jax / torch)", "train GFLOP/s (jax / torch)"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for case, r in ours.items():
-        p = peer.get(case, {})
-        row = [case, r.get("config", {}).get("backprop", "-")]
+        base = re.match(r"\d+x\d+x\d+_L\d+_K\d+_h\d+_b\d+", case)
+        p = peer.get(base.group(0) if base else case, {})
+        cfg = r.get("config", {})
+        dtype = cfg.get("compute_dtype", "float32")
+        if cfg.get("remat_coupling_nets"):
+            dtype += " + remat"
+        row = [case, cfg.get("backprop", "-"), dtype]
         for key, _ in METRICS:
             a, b = r.get(key), p.get(key)
             row += [_fmt(a), _fmt(b), _fmt(a / b, 2) + "x" if a and b else "-"]
