@@ -167,3 +167,21 @@ def test_bfloat16_glow_gradients_follow_float32_under_scan_and_jit():
             if nb > 1e-6:
                 cos = float(jnp.vdot(a.ravel(), b.ravel())) / (na * nb)
                 assert cos > 0.98, cos
+
+
+def test_model_config_sets_mixed_precision_and_remat():
+    from flax import nnx
+
+    from configs.glow_digits import get_config
+    from flows.models.build import build_model
+    from flows.nn.conditioners import ConvConditioner
+
+    config = get_config("smoke")
+    config.model.compute_dtype = "bfloat16"
+    config.model.remat_coupling_nets = True
+    model = build_model(config.model, (8, 8, 1), 10, rngs=nnx.Rngs(0))
+    nets = [n for _, n in nnx.iter_graph(model) if isinstance(n, ConvConditioner)]
+    assert nets and all(n.compute_dtype == "bfloat16" and n.remat for n in nets)
+    config.model.compute_dtype = "float16"
+    with pytest.raises(ValueError, match="compute_dtype"):
+        build_model(config.model, (8, 8, 1), 10, rngs=nnx.Rngs(0))

@@ -58,16 +58,25 @@ class AffineCoupling(_Coupling):
     params_per_dim = 2
 
     @staticmethod
-    def _shift_and_log_scale(h):
-        return h[..., 0::2], jax.nn.log_sigmoid(h[..., 1::2] + 2.0)
+    def _shift_and_logit(h):
+        """``shift`` and ``a = raw + 2``, the logit of the scale: ``scale = sigmoid(a)``."""
+        return h[..., 0::2], h[..., 1::2] + 2.0
 
     def _transform(self, x2, h):
-        shift, log_scale = self._shift_and_log_scale(h)
-        return (x2 + shift) * jnp.exp(log_scale), sum_except_batch(log_scale)
+        shift, a = self._shift_and_logit(h)
+        return (x2 + shift) * jax.nn.sigmoid(a), -sum_except_batch(_softplus(-a))
 
     def _inverse_transform(self, y2, h):
-        shift, log_scale = self._shift_and_log_scale(h)
-        return y2 * jnp.exp(-log_scale) - shift, -sum_except_batch(log_scale)
+        # 1 / sigmoid(a) = 1 + exp(-a): one exponential, no division.
+        shift, a = self._shift_and_logit(h)
+        return y2 * (1.0 + jnp.exp(-a)) - shift, sum_except_batch(_softplus(-a))
+
+
+def _softplus(z):
+    """``log(1 + exp(z))`` computed stably as ``max(z, 0) + log1p(exp(-|z|))``; so
+    ``log sigmoid(a) = -softplus(-a)``. Written out (no NaN/inf special cases, unlike
+    ``jax.nn.softplus``) so XLA:CPU keeps the coupling's elementwise work one tight loop."""
+    return jnp.maximum(z, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(z)))
 
 
 COUPLINGS = {"additive": AdditiveCoupling, "affine": AffineCoupling}

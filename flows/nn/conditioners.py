@@ -49,6 +49,7 @@ def _relu_cast(x, dtype):
 
 def _relu_cast_fwd(x, dtype):
     y = _relu_cast(x, dtype)
+    # A zero-size array carries x's dtype to the backward pass (residuals must be arrays).
     return y, (y, jnp.zeros((0,), x.dtype))
 
 
@@ -74,12 +75,11 @@ class ConvConditioner(nnx.Module):
     ``compute_dtype`` (None, or a dtype name such as ``'bfloat16'``; see
     ``set_compute_dtype``) rounds the operands of the three matrix products to that dtype,
     accumulating in float32, and keeps the two hidden activations in it: mixed precision
-    inside the network only.
+    inside the network only. The coupling that uses its output, its log-det and the priors
+    stay in full precision, so the density is still exact for the map the model computes.
 
     ``remat`` (see ``set_remat``) recomputes the two hidden activations in the backward pass
-    instead of keeping them: training then keeps only the network's input. The coupling that
-    uses its output, its log-det and the priors stay in full precision, so the density is
-    still exact for the map the model computes.
+    instead of keeping them: training then keeps only the network's input.
     """
 
     compute_dtype: str | None = None

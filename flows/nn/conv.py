@@ -126,7 +126,8 @@ def conv2d_same(x: jax.Array, w: jax.Array, compute_dtype=None) -> jax.Array:
 
 
 def _fwd(x, w, compute_dtype):
-    # The residual is x as the products saw it: in compute_dtype when one is set.
+    # The residual is x as the products saw it (in compute_dtype when one is set); a
+    # zero-size array carries x's own dtype to the backward pass.
     xc = x if compute_dtype is None else x.astype(compute_dtype)
     return conv2d_same(x, w, compute_dtype), (xc, w, jnp.zeros((0,), x.dtype))
 
