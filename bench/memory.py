@@ -22,6 +22,8 @@ import os
 import subprocess
 import sys
 
+from bench.records import write_record
+
 KEYS = ("peak_rss_mb", "train_temp_mb", "compile_s", "train_images_per_s")
 
 
@@ -87,11 +89,7 @@ def main(argv=None):
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        path = os.path.join(args.out, f"jax_memory_{case}.json")
-        with open(path + ".tmp", "w") as f:
-            f.write(json.dumps(record, indent=2) + "\n")
-        os.replace(path + ".tmp", path)
+        write_record(args.out, f"jax_memory_{case}.json", record)
     print(json.dumps(record))
 
 

@@ -23,6 +23,8 @@ import os
 import subprocess
 import sys
 
+from bench.records import write_record
+
 KEYS = ("train_images_per_s", "eval_images_per_s", "sample_images_per_s")
 
 
@@ -123,12 +125,8 @@ def main(argv=None):
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
         suffix = "" if variants == ["float32"] else "_" + "_".join(variants).replace("+", "_")
-        path = os.path.join(args.out, f"jax_paired_{case}_t{args.threads}{suffix}.json")
-        with open(path + ".tmp", "w") as f:
-            f.write(json.dumps(record, indent=2) + "\n")
-        os.replace(path + ".tmp", path)
+        write_record(args.out, f"jax_paired_{case}_t{args.threads}{suffix}.json", record)
     print(json.dumps(record))
 
 

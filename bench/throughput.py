@@ -56,6 +56,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from bench.records import write_record
 from flows.metrics import bits_per_dim, dequantize
 from flows.models.glow import Glow
 from flows.nn.conditioners import set_compute_dtype, set_remat
@@ -426,11 +427,7 @@ def main(argv=None):
     )
     line = json.dumps(record)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        path = os.path.join(args.out, f"jax_{case}.json")
-        with open(path + ".tmp", "w") as f:
-            f.write(json.dumps(record, indent=2) + "\n")
-        os.replace(path + ".tmp", path)
+        write_record(args.out, f"jax_{case}.json", record)
     print(line)
 
 
