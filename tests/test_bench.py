@@ -25,7 +25,11 @@ TINY = [
     "extra",
     [[], ["--compute_dtype=bfloat16", "--remat_nets", "--only=train,sample"], ["--conv=lax"]],
 )
-def test_throughput_prints_its_record(extra, capsys, tmp_path):
+def test_throughput_prints_its_record(extra, capsys, tmp_path, monkeypatch):
+    import flows.nn.conditioners as conditioners
+
+    # --conv=lax swaps the conditioners' convolution module-wide: restore it afterwards.
+    monkeypatch.setattr(conditioners, "conv2d_same", conditioners.conv2d_same)
     throughput.main([*TINY, *extra, f"--out={tmp_path}"])
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     only = next((e.split("=")[1] for e in extra if e.startswith("--only=")), "train,eval,sample")
