@@ -155,7 +155,7 @@ def set_remat(module: nnx.Module, remat: bool) -> nnx.Module:
     activations in the backward pass (``jax.checkpoint``) instead of storing them, in place.
 
     Gradients are unchanged; training memory drops to the networks' inputs (at 32x32, K=8,
-    batch 64: XLA's temporary buffers 194 -> 44 MB with bfloat16 products), for one more
+    batch 64: XLA's temporary buffers 207 -> 48 MB with bfloat16 products), for one more
     pass through the first two products. On XLA:CPU with bfloat16 products it is also
     faster (storing and re-reading bf16 activations costs more than recomputing them);
     with float32 products it is a few percent slower. Returns ``module``.
