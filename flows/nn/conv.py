@@ -129,7 +129,7 @@ def _fwd(x, w, compute_dtype):
     # The residual is x as the products saw it (in compute_dtype when one is set); a
     # zero-size array carries x's own dtype to the backward pass.
     xc = x if compute_dtype is None else x.astype(compute_dtype)
-    return conv2d_same(x, w, compute_dtype), (xc, w, jnp.zeros((0,), x.dtype))
+    return conv2d_same(xc, w, compute_dtype), (xc, w, jnp.zeros((0,), x.dtype))
 
 
 def _bwd(compute_dtype, res, g):
