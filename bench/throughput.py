@@ -59,9 +59,8 @@ from flax import nnx
 from bench.records import write_record
 from flows.metrics import bits_per_dim, dequantize
 from flows.models.glow import Glow
-from flows.nn.conditioners import set_compute_dtype, set_remat
 
-N_LEVELS_8BIT = 256
+NUM_BINS_8BIT = 256
 
 
 def glow_forward_flop_per_image(image_shape, num_levels, num_steps, hidden_channels):
@@ -110,11 +109,11 @@ def use_lax_conv():
     from jax import lax
 
     import flows.nn.conditioners as conditioners
-    from flows.nn.conv import _same_pads
+    from flows.nn.conv import same_pads
 
     def lax_conv(x, w, compute_dtype=None):
         return lax.conv_general_dilated(
-            x, w, (1, 1), _same_pads(w), dimension_numbers=("NHWC", "HWIO", "NHWC")
+            x, w, (1, 1), same_pads(w), dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
 
     conditioners.conv2d_same = lax_conv
@@ -127,23 +126,21 @@ def build(args, image_shape):
         num_steps=args.num_steps,
         hidden_channels=args.hidden_channels,
         backprop=args.backprop,
+        compute_dtype=args.compute_dtype,
+        remat_coupling_nets=args.remat_nets,
         rngs=nnx.Rngs(args.seed),
     )
-    if args.compute_dtype != "float32":
-        set_compute_dtype(model, args.compute_dtype)
-    if args.remat_nets:
-        set_remat(model, True)
     key = jax.random.key(args.seed)
     k_data, k_init, k_run = jax.random.split(key, 3)
     data = jax.random.randint(
-        k_data, (args.batch_size, *image_shape), 0, N_LEVELS_8BIT, jnp.int32
+        k_data, (args.batch_size, *image_shape), 0, NUM_BINS_8BIT, jnp.int32
     ).astype(jnp.uint8)
 
     @nnx.jit
     def initialize(model, x):
         model.initialize(x)
 
-    initialize(model, dequantize(k_init, data, N_LEVELS_8BIT))
+    initialize(model, dequantize(k_init, data, NUM_BINS_8BIT))
     return model, data, k_run
 
 
@@ -152,8 +149,8 @@ def make_steps(model, tx, num_dims, batch_size):
 
     def mean_bpd(params, key, data):
         m = nnx.merge(graphdef, params, rest)
-        x = dequantize(key, data, N_LEVELS_8BIT)
-        return jnp.mean(bits_per_dim(m.log_prob(x), num_dims, N_LEVELS_8BIT))
+        x = dequantize(key, data, NUM_BINS_8BIT)
+        return jnp.mean(bits_per_dim(m.log_prob(x), num_dims, NUM_BINS_8BIT))
 
     def train_step(params, opt_state, key, data):
         key, sub = jax.random.split(key)
@@ -163,7 +160,7 @@ def make_steps(model, tx, num_dims, batch_size):
 
     def eval_step(params, key, data):
         m = nnx.merge(graphdef, params, rest)
-        return m.log_prob(dequantize(key, data, N_LEVELS_8BIT))
+        return m.log_prob(dequantize(key, data, NUM_BINS_8BIT))
 
     def sample_step(params, key):
         m = nnx.merge(graphdef, params, rest)
@@ -247,14 +244,15 @@ def parse_args(argv=None):
         "--compute_dtype",
         default="float32",
         choices=("float32", "bfloat16"),
-        help="matrix-product dtype inside the coupling networks (set_compute_dtype); "
+        help="matrix-product dtype inside the coupling networks (Glow's compute_dtype); "
         "log-dets, priors, ActNorm and 1x1 convolutions stay float32",
     )
     p.add_argument(
         "--remat_nets",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="recompute the coupling networks' hidden activations in the backward pass (set_remat)",
+        help="recompute the coupling networks' hidden activations in the backward pass "
+        "(Glow's remat_coupling_nets)",
     )
     p.add_argument(
         "--only",

@@ -9,28 +9,31 @@ import ml_collections
 from ml_collections import config_dict
 
 from flows.data import DATA_CONFIG_DEFAULTS
-from flows.models.build import GLOW_CONFIG_DEFAULTS
+from flows.models import get_family
 
-# Fields whose default is None, with the type an override must have (so that
-# ``--config.model.logit_alpha=0.05`` works on a None default).
-_OPTIONAL_TYPES = {"data_dir": str, "n_bits": int, "pad_to": tuple, "logit_alpha": float}
+# Fields of config.data whose default is None, with the type an override must have (so
+# that ``--config.data.n_bits=5`` works on a None default); model families declare theirs.
+_DATA_OPTIONAL_TYPES = {"data_dir": str, "n_bits": int, "pad_to": tuple}
 
 
-def _section(defaults: dict) -> ml_collections.ConfigDict:
+def _section(defaults: dict, optional_types: dict) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         {
-            k: config_dict.placeholder(_OPTIONAL_TYPES[k]) if v is None else v
+            k: config_dict.placeholder(optional_types[k]) if v is None else v
             for k, v in defaults.items()
-            if v is not None or k in _OPTIONAL_TYPES
+            if v is not None or k in optional_types
         }
     )
 
 
-def base_config() -> ml_collections.ConfigDict:
+def base_config(model: str = "glow") -> ml_collections.ConfigDict:
+    """Every field with its default; ``config.model`` has the fields of the registered
+    family ``model`` (``flows.models.registry``)."""
     c = ml_collections.ConfigDict()
-    c.data = _section(DATA_CONFIG_DEFAULTS)
+    c.data = _section(DATA_CONFIG_DEFAULTS, _DATA_OPTIONAL_TYPES)
     c.data.name = "digits"
-    c.model = _section(GLOW_CONFIG_DEFAULTS)
+    family = get_family(model)
+    c.model = _section(family.config_defaults(), family.optional_types)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamax"  # Glow's released code; 'adam' also available
@@ -47,7 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.seed = 0
     c.train.batch_size = 64  # global batch, split over all devices
     c.train.init_batch_size = 256  # data-dependent ActNorm init batch
-    c.train.num_steps = 10_000
+    c.train.num_train_steps = 10_000
     c.train.ema_decay = 0.0  # 0 disables the EMA of parameters
     c.train.log_every = 100
     c.train.eval_every = 1000  # validation bits/dim (model selection)
@@ -95,7 +98,7 @@ def apply_catalog_variants(c: ml_collections.ConfigDict, arg: str | None, name: 
         c.model.hidden_channels = 8
         c.train.batch_size = 8
         c.train.init_batch_size = 16
-        c.train.num_steps = 4
+        c.train.num_train_steps = 4
         c.train.log_every = 2
         c.train.eval_every = 2
         c.train.checkpoint_every = 2

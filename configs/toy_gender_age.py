@@ -30,7 +30,7 @@ def base_toy_config() -> ml_collections.ConfigDict:
     c.table.max_count = 5  # 'random': counts drawn from 1..max_count
 
     c.model = ml_collections.ConfigDict()
-    c.model.num_bins = 16
+    c.model.num_segments = 16
     c.model.hidden_features = 64
     c.model.num_hidden_layers = 2
     c.model.num_couplings = 2  # joint flow: spline couplings (each followed by a Reverse)
@@ -53,8 +53,8 @@ def base_toy_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.seed = 0
     c.train.batch_size = 512
-    c.train.num_steps = 3000  # joint flow
-    c.train.conditional_num_steps = 6000
+    c.train.num_train_steps = 3000  # joint flow
+    c.train.conditional_num_train_steps = 6000
     c.train.steps_per_call = 250  # steps per jitted lax.scan
     c.train.stratified = True  # cells of a batch in (almost) exact table proportions
 
@@ -74,8 +74,8 @@ def base_toy_config() -> ml_collections.ConfigDict:
 
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    c.train.num_steps = 1000
-    c.train.conditional_num_steps = 3000
+    c.train.num_train_steps = 1000
+    c.train.conditional_num_train_steps = 3000
     c.eval.quadrature_tol = 1e-4  # a pessimistic estimate: the true error is far smaller
     c.check.cell_tol = 0.02
     c.check.zero_cell_tol = 0.01

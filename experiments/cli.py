@@ -6,11 +6,9 @@ import sys
 
 from absl import app, flags, logging
 
-from flows.data import DatasetError
-from flows.train.checkpoint import CheckpointError
-from flows.train.loop import TrainingError
+from flows.errors import FlowsError
 
-EXPECTED_ERRORS = (DatasetError, CheckpointError, TrainingError, ValueError, KeyError, OSError)
+EXPECTED_ERRORS = (FlowsError, ValueError, KeyError, OSError)
 
 
 def one_line(exc: BaseException) -> str:

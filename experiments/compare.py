@@ -13,13 +13,13 @@ shape, dequantization, importance samples) are put in separate groups with a not
 difference, and ranked only within their group. Conditional runs are ranked by their marginal
 bits/dim, the number comparable with unconditional models. A missing workdir is an error; a
 workdir without the record is listed as "not evaluated" (an error if no run has one).
-See ``flows.compare``.
+See ``flows.reporting.compare``.
 """
 
 from absl import flags
 
 from experiments import cli
-from flows import compare
+from flows.reporting import compare
 
 _OUT = flags.DEFINE_string("out", "compare_out", "Directory for the CSV, Markdown and plot.")
 _EVAL = flags.DEFINE_string("eval", compare.EVAL_FILE, "Evaluation record to read in each run.")

@@ -7,7 +7,6 @@ For label-conditioned runs it reports conditional and marginal bits/dim, and the
 classifier's accuracy and NLL of p(y|x). Writes ``<workdir>/eval_<split>_k<k>.json``.
 """
 
-import json
 import os
 import time
 
@@ -17,6 +16,7 @@ from tqdm import tqdm
 
 from experiments import cli
 from flows import data as data_lib
+from flows import workdir as wd
 from flows.evaluation import evaluate, summary_line
 from flows.train.restore import load_run
 
@@ -56,8 +56,7 @@ def main(argv):
         info, dataset=config.data.name, n_bits=config.data.n_bits, eval_s=time.time() - t0
     )
     path = os.path.join(_WORKDIR.value, f"eval_{_SPLIT.value}_k{_NUM_SAMPLES.value}.json")
-    with open(path, "w") as f:
-        json.dump(record, f, indent=2)
+    wd.write_json(path, record)
     print(f"{summary_line(record)} -> {path}")
 
 

@@ -36,7 +36,7 @@ def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}")
     model, config, info = load_run(_WORKDIR.value)
-    levels = _levels(_WORKDIR.value)
+    num_bins = info["num_bins"]
     key = jax.random.key(_SEED.value)
     conditional = model.num_classes is not None
     if (_LABEL.value is not None or _CLASS_GRID.value) and not conditional:
@@ -51,7 +51,7 @@ def main(argv):
             for i, t in enumerate(temps):
                 k = jax.random.fold_in(jax.random.fold_in(key, y), i)
                 rows.append(model.sample(_PER_CELL.value, k, temperature=t, context=labels))
-        images = np.asarray(quantize(jnp.concatenate(rows), levels))
+        images = np.asarray(quantize(jnp.concatenate(rows), num_bins))
         ncols = _PER_CELL.value * len(temps)
         name = f"class_grid_T{'-'.join(_TEMPS.value)}.png"
         desc = f"rows: classes 0..{model.num_classes - 1}; column groups: T = {temps}"
@@ -62,22 +62,15 @@ def main(argv):
             context = jnp.full((_NUM.value,), y) if y is not None else jnp.arange(_NUM.value)
             context = context % model.num_classes
         x = model.sample(_NUM.value, key, temperature=_T.value, context=context)
-        images, ncols = np.asarray(quantize(x, levels)), None
+        images, ncols = np.asarray(quantize(x, num_bins)), None
         suffix = f"_label{_LABEL.value}" if _LABEL.value is not None else ""
         name = f"samples_T{_T.value}{suffix}.png"
         desc = f"T = {_T.value}" + (f", label {_LABEL.value}" if _LABEL.value is not None else "")
     out = _OUT.value or os.path.join(_WORKDIR.value, name)
-    plotting.save_image_grid(out, images, levels, ncols=ncols)
+    plotting.save_image_grid(out, images, num_bins, ncols=ncols)
     print(
         f"{len(images)} samples ({desc}; {info['parameters']} params, step {info['step']}) -> {out}"
     )
-
-
-def _levels(workdir):
-    import json
-
-    with open(os.path.join(workdir, "data_info.json")) as f:
-        return int(json.load(f)["num_levels"])
 
 
 if __name__ == "__main__":

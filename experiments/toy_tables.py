@@ -3,7 +3,7 @@
     python -m experiments.toy_tables --config=configs/toy_gender_age.py
     python -m experiments.toy_tables --config=configs/toy_random_3x4.py
     python -m experiments.toy_tables --config=configs/toy_gender_age.py:smoke \
-        --config.train.num_steps=500
+        --config.train.num_train_steps=500
 
 Prints, side by side, the exact table, the counting model and the flows' cell masses (joint;
 p(x|y) from the label-conditioned flow; p(y|x) by Bayes' rule), the total mass, and the joint

@@ -1,9 +1,9 @@
-"""flows: exact-likelihood normalizing flows (Glow) in JAX and Flax NNX.
+"""flows: exact-likelihood normalizing flows in JAX and Flax NNX.
 
 Convention (everywhere): forward maps data to latent, ``z, log_det = f(x)``, and
 ``log p(x) = log p_Z(z) + log_det``. Log-determinants are per example.
 """
 
-from flows.models.glow import Glow  # noqa: E402
+from flows.models import DensityModel, Glow, build_model, register_model
 
-__all__ = ["Glow"]
+__all__ = ["DensityModel", "Glow", "build_model", "register_model"]

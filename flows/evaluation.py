@@ -26,7 +26,7 @@ from flows.metrics import (
     importance_weighted_log_prob,
     mean_and_standard_error,
 )
-from flows.train.objectives import is_conditional
+from flows.models.base import is_conditional
 
 
 def _batches(num_examples: int, batch_size: int):
@@ -35,7 +35,7 @@ def _batches(num_examples: int, batch_size: int):
 
 
 @functools.lru_cache(maxsize=16)
-def _batch_bits_per_dim_fn(graphdef, num_dims, levels, num_samples, conditional):
+def _batch_bits_per_dim_fn(graphdef, num_dims, num_bins, num_samples, conditional):
     """One jitted function per model structure, so repeated evaluations compile once."""
 
     @jax.jit
@@ -44,11 +44,11 @@ def _batch_bits_per_dim_fn(graphdef, num_dims, levels, num_samples, conditional)
         keys = jax.random.split(key, num_samples)
 
         def one_draw(k):
-            x = dequantize(k, images, levels)
+            x = dequantize(k, images, num_bins)
             return m.log_prob(x, context=labels if conditional else None)
 
         log_probs = jax.lax.map(one_draw, keys)  # (k, B)
-        return bits_per_dim(importance_weighted_log_prob(log_probs), num_dims, levels)
+        return bits_per_dim(importance_weighted_log_prob(log_probs), num_dims, num_bins)
 
     return batch_bpd
 
@@ -59,7 +59,7 @@ def per_example_bits_per_dim(
     """Bits/dim of every example of ``data`` (an ``ImageData``), shape (N,)."""
     graphdef, state = nnx.split(model)
     batch_bpd = _batch_bits_per_dim_fn(
-        graphdef, math.prod(data.image_shape), data.num_levels, num_samples, is_conditional(model)
+        graphdef, math.prod(data.image_shape), data.num_bins, num_samples, is_conditional(model)
     )
     out = np.empty((data.num_examples,), np.float64)
     for i, (a, b) in enumerate(_batches(data.num_examples, batch_size)):
@@ -86,7 +86,7 @@ def evaluate_bits_per_dim(model, data, *, batch_size, key, num_samples=1, progre
         "bits_per_dim_se": se,
         "split": data.name,
         "num_examples": int(data.num_examples),
-        "num_levels": int(data.num_levels),
+        "num_bins": int(data.num_bins),
         "image_shape": list(data.image_shape),
         "dequantization": "uniform",
         "importance_samples": int(num_samples),
@@ -94,7 +94,7 @@ def evaluate_bits_per_dim(model, data, *, batch_size, key, num_samples=1, progre
 
 
 @functools.lru_cache(maxsize=16)
-def _batch_conditional_fn(graphdef, num_dims, levels, num_samples):
+def _batch_conditional_fn(graphdef, num_dims, num_bins, num_samples):
     """Per example: conditional bits/dim, marginal bits/dim, log p(y|x) for every class."""
 
     @jax.jit
@@ -102,7 +102,7 @@ def _batch_conditional_fn(graphdef, num_dims, levels, num_samples):
         m = nnx.merge(graphdef, state)
         keys = jax.random.split(key, num_samples)
         per_draw = jax.lax.map(
-            lambda k: m.class_log_likelihoods(dequantize(k, images, levels)), keys
+            lambda k: m.class_log_likelihoods(dequantize(k, images, num_bins)), keys
         )  # (k, B, N)
         class_ll = importance_weighted_log_prob(per_draw)  # (B, N): log p(x|y), k-sample bound
         joint = class_ll + m.log_label_prior[...]
@@ -110,8 +110,8 @@ def _batch_conditional_fn(graphdef, num_dims, levels, num_samples):
         conditional = jnp.take_along_axis(class_ll, labels[:, None], axis=1)[:, 0]
         log_posterior = joint - marginal[:, None]
         return (
-            bits_per_dim(conditional, num_dims, levels),
-            bits_per_dim(marginal, num_dims, levels),
+            bits_per_dim(conditional, num_dims, num_bins),
+            bits_per_dim(marginal, num_dims, num_bins),
             log_posterior,
         )
 
@@ -122,7 +122,7 @@ def evaluate_conditional(model, data, *, batch_size, key, num_samples=1, progres
     """Conditional and marginal bits/dim, and Bayes-rule accuracy / NLL of p(y|x), with
     standard errors over examples."""
     graphdef, state = nnx.split(model)
-    fn = _batch_conditional_fn(graphdef, math.prod(data.image_shape), data.num_levels, num_samples)
+    fn = _batch_conditional_fn(graphdef, math.prod(data.image_shape), data.num_bins, num_samples)
     n = data.num_examples
     cond, marg, correct, nll = (np.empty((n,)) for _ in range(4))
     for i, (a, b) in enumerate(_batches(n, batch_size)):
@@ -153,7 +153,7 @@ def evaluate_conditional(model, data, *, batch_size, key, num_samples=1, progres
         conditional=True,
         split=data.name,
         num_examples=int(n),
-        num_levels=int(data.num_levels),
+        num_bins=int(data.num_bins),
         image_shape=list(data.image_shape),
         dequantization="uniform",
         importance_samples=int(num_samples),
@@ -181,7 +181,7 @@ def summary_line(record: dict) -> str:
             f"{record['chance_accuracy']:.3f}); label NLL {record['label_nll_nats']:.3f} nats"
         )
     where = (
-        f"{record['split']}, {record['num_examples']} examples, {record['num_levels']} levels, "
+        f"{record['split']}, {record['num_examples']} examples, {record['num_bins']} levels, "
         f"k={record['importance_samples']} importance sample(s), {record.get('parameters', '?')} "
         f"params, step {record.get('checkpoint_step', record.get('step', '?'))}"
     )

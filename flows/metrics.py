@@ -21,23 +21,23 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def dequantize(key: jax.Array, values: jax.Array, num_levels: int) -> jax.Array:
-    """Uniform dequantization of integer ``values`` in ``[0, num_levels)`` onto [0, 1)."""
+def dequantize(key: jax.Array, values: jax.Array, num_bins: int) -> jax.Array:
+    """Uniform dequantization of integer ``values`` in ``[0, num_bins)`` onto [0, 1)."""
     u = jax.random.uniform(key, values.shape, jnp.float32)
-    return (values.astype(jnp.float32) + u) / num_levels
+    return (values.astype(jnp.float32) + u) / num_bins
 
 
-def quantize(x: jax.Array, num_levels: int) -> jax.Array:
+def quantize(x: jax.Array, num_bins: int) -> jax.Array:
     """The inverse of dequantization: continuous x in [0, 1) -> integer levels (clipped)."""
-    return jnp.clip(jnp.floor(x * num_levels), 0, num_levels - 1).astype(jnp.int32)
+    return jnp.clip(jnp.floor(x * num_bins), 0, num_bins - 1).astype(jnp.int32)
 
 
-def bits_per_dim(log_prob, num_dims: int, num_levels: int):
+def bits_per_dim(log_prob, num_dims: int, num_bins: int):
     """Bits per dimension from a unit-scale log density (nats): (-log p + D log K) / (D log 2).
 
     Works on numbers, numpy and JAX arrays (per-example values stay per example).
     """
-    return (-log_prob + num_dims * math.log(num_levels)) / (num_dims * math.log(2.0))
+    return (-log_prob + num_dims * math.log(num_bins)) / (num_dims * math.log(2.0))
 
 
 def importance_weighted_log_prob(log_probs: jax.Array) -> jax.Array:

@@ -8,13 +8,13 @@ import numpy as np
 from PIL import Image
 
 
-def image_grid(images: np.ndarray, num_levels: int, *, ncols: int | None = None, pad: int = 1):
+def image_grid(images: np.ndarray, num_bins: int, *, ncols: int | None = None, pad: int = 1):
     """(N, H, W, C) integer levels -> one uint8 grid image, values scaled to 0..255."""
     images = np.asarray(images)
     n, h, w, c = images.shape
     ncols = ncols or math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
-    scaled = (images.astype(np.float64) * (255.0 / max(num_levels - 1, 1))).round()
+    scaled = (images.astype(np.float64) * (255.0 / max(num_bins - 1, 1))).round()
     grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 255, np.uint8)
     for i in range(n):
         r, k = divmod(i, ncols)
@@ -23,9 +23,9 @@ def image_grid(images: np.ndarray, num_levels: int, *, ncols: int | None = None,
     return grid
 
 
-def save_image_grid(path, images, num_levels, *, ncols=None, upscale: int | None = None):
+def save_image_grid(path, images, num_bins, *, ncols=None, upscale: int | None = None):
     """Writes a PNG grid; small images are upscaled (nearest) to be visible."""
-    grid = image_grid(images, num_levels, ncols=ncols)
+    grid = image_grid(images, num_bins, ncols=ncols)
     if upscale is None:
         upscale = max(1, 512 // max(grid.shape[:2]))
     if grid.shape[-1] == 1:

@@ -1,5 +1,6 @@
-# Sourced by the scripts below: make sure a Python environment with requirements.txt exists
-# and is active. Uses the active virtualenv if there is one, else ./.venv (created on demand).
+# Sourced by the scripts below: make sure a Python environment with the project installed
+# (`pip install -e ".[test]"`: the library, its dependencies and the test tools) exists and is
+# active. Uses the active virtualenv if there is one, else ./.venv (created on demand).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -11,11 +12,11 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
     # shellcheck disable=SC1091
     source .venv/bin/activate
 fi
-stamp="$VIRTUAL_ENV/.flows-requirements.sha"
-want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+stamp="$VIRTUAL_ENV/.flows-install.sha"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
-    echo "installing requirements.txt into $VIRTUAL_ENV ..."
+    echo "installing flows (pip install -e \".[test]\") into $VIRTUAL_ENV ..."
     python -m pip install -q --upgrade pip
-    python -m pip install -q -r requirements.txt
+    python -m pip install -q -e ".[test]"
     echo "$want" > "$stamp"
 fi

@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # The test command: install what is needed, then run the whole test suite (CPU only).
+# Test files run in parallel on the machine's cores (pytest-xdist; one file per worker, so
+# a file's module fixtures are built once); XLA compilation, which dominates, is
+# single-threaded. FLOWS_TEST_WORKERS=1 runs them in one process.
 source "$(dirname "$0")/setup_env.sh"
 export JAX_PLATFORMS=cpu
 # One compilation cache for the whole run: the end-to-end tests start several training
 # processes that compile the same programs.
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$(mktemp -d)/jax-cache}"
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0.5}"
-python -m pytest -q "$@"
+workers="${FLOWS_TEST_WORKERS:-auto}"
+if [ "$workers" = "1" ]; then
+    python -m pytest -q "$@"
+else
+    python -m pytest -q -n "$workers" --dist loadfile "$@"
+fi

@@ -18,7 +18,6 @@ from flows.bijectors.spline import RationalQuadraticSpline, spline_coupling
 from flows.bijectors.vector import mlp_coupling
 from flows.models.glow import GlowLevel
 from flows.models.steps import StepStack, glow_step
-from flows.toy.models import Probit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,14 +130,14 @@ REGISTRY: list[Entry] = [
     ),
     Entry(
         "spline_coupling_mlp_cond",
-        lambda r: spline_coupling(4, 16, num_bins=5, bound=2.0, context_features=3, rngs=r),
+        lambda r: spline_coupling(4, 16, num_segments=5, bound=2.0, context_features=3, rngs=r),
         (4,),
         context_features=3,
     ),
     Entry(  # per-pixel MLP conditioner; the conv one is covered by the conv couplings above
         "spline_coupling_image",
-        lambda r: spline_coupling(5, 8, num_bins=4, bound=2.0, rngs=r),
+        lambda r: spline_coupling(5, 8, num_segments=4, bound=2.0, rngs=r),
         (2, 2, 5),
     ),
-    Entry("probit", lambda r: Probit(), (3,), domain="unit"),
+    Entry("probit", lambda r: B.Probit(), (3,), domain="unit"),
 ]

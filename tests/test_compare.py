@@ -1,4 +1,4 @@
-"""experiments.compare / flows.compare on hand-written workdirs (no training)."""
+"""experiments.compare / flows.reporting.compare on hand-written workdirs (no training)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from flows import compare
+from flows.reporting import compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,7 +20,7 @@ def make_run(
     name,
     *,
     bpd=1.5,
-    num_levels=17,
+    num_bins=17,
     image_shape=(8, 8, 1),
     importance_samples=1,
     conditional=False,
@@ -28,8 +28,12 @@ def make_run(
     evaluated=True,
     dataset="digits",
     eval_file="eval_test.json",
+    legacy=False,
 ):
-    """A fake training workdir: config.json, data_info.json, metrics.jsonl, eval record."""
+    """A fake training workdir: config.json, data_info.json, metrics.jsonl, eval record.
+
+    ``legacy=True`` writes the names of workdirs made before the rename (the data's levels
+    as ``num_levels``, the training length as ``train.num_steps``, no ``model.name``)."""
     workdir = os.path.join(str(root), name)
     os.makedirs(workdir)
     model = {
@@ -45,11 +49,15 @@ def make_run(
         "weight_y": 0.01 if conditional else 0.0,
     }
     config = {"data": {"name": dataset, "n_bits": None}, "model": model, "train": {}}
+    levels_key = "num_levels" if legacy else "num_bins"
+    if legacy:
+        del model["name"]
+        config["train"]["num_steps"] = 30
     with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(config, f)
     info = {
         "image_shape": list(image_shape),
-        "num_levels": num_levels,
+        levels_key: num_bins,
         "num_classes": 10,
         "train": f"{dataset}:train",
         "num_train": 1000,
@@ -68,7 +76,7 @@ def make_run(
             "bits_per_dim_se": 0.01,
             "split": f"{dataset}:test",
             "num_examples": 300,
-            "num_levels": num_levels,
+            levels_key: num_bins,
             "image_shape": list(image_shape),
             "dequantization": "uniform",
             "importance_samples": importance_samples,
@@ -123,7 +131,7 @@ def test_table_lists_every_run_and_ranks_comparable_runs(tmp_path):
 @pytest.mark.parametrize(
     "different, what",
     [
-        ({"num_levels": 256}, "levels per value"),
+        ({"num_bins": 256}, "levels per value"),
         ({"importance_samples": 8}, "importance samples"),
         ({"image_shape": (16, 16, 1)}, "image shape"),
         ({"dataset": "mnist"}, "dataset"),
@@ -163,8 +171,18 @@ def test_conditional_runs_are_ranked_by_marginal_bits_per_dim(tmp_path):
     assert "0.900 ± 0.020 (0.10)" in table
 
 
+def test_workdirs_from_before_the_rename_compare_with_new_ones(tmp_path):
+    dirs = [make_run(tmp_path, "old", bpd=1.5, legacy=True), make_run(tmp_path, "new", bpd=1.4)]
+    comparison = compare.compare(compare.load_runs(dirs))
+    rows = _rows(comparison)
+    assert rows["old"]["group"] == rows["new"]["group"] == "A"
+    assert rows["old"]["num_bins"] == 17 and rows["old"]["model_name"] == "glow"
+    assert rows["old"]["model"] == rows["new"]["model"] == "L=2 K=4 h=32 affine conv1x1_lu"
+    assert (rows["new"]["rank"], rows["old"]["rank"]) == (1, 2)
+
+
 def test_outputs_are_written(tmp_path):
-    dirs = [make_run(tmp_path, "a", bpd=1.5), make_run(tmp_path, "b", bpd=1.3, num_levels=256)]
+    dirs = [make_run(tmp_path, "a", bpd=1.5), make_run(tmp_path, "b", bpd=1.3, num_bins=256)]
     comparison = compare.compare(compare.load_runs(dirs))
     paths = compare.write_outputs(comparison, str(tmp_path / "out"))
     assert set(paths) == {"csv", "markdown", "learning_curves"}

@@ -153,7 +153,7 @@ def test_conditioning_changes_samples(model, condition_on):
 
 
 def test_auxiliary_classifier_logits(images):
-    m = perturbed_glow("top", num_levels=1, auxiliary_classifier=True)
+    m = perturbed_glow("top", num_levels=1, weight_y=0.01)
     labels = jnp.array([0, 1, 2, 0, 1])
     log_prob, logits = nnx.jit(lambda m, x, y: m.log_prob_and_aux_logits(x, context=y))(
         m, images, labels
@@ -164,12 +164,12 @@ def test_auxiliary_classifier_logits(images):
 
 
 def test_evaluate_conditional_record(model):
-    num_levels, n = 4, 10
+    num_bins, n = 4, 10
     rng = np.random.default_rng(0)
     data = ImageData(
-        images=rng.integers(0, num_levels, (n, *SHAPE)).astype(np.uint8),
+        images=rng.integers(0, num_bins, (n, *SHAPE)).astype(np.uint8),
         labels=(np.arange(n) % NUM_CLASSES).astype(np.int32),
-        num_levels=num_levels,
+        num_bins=num_bins,
         num_classes=NUM_CLASSES,
         name="fake:test",
     )
@@ -187,7 +187,7 @@ def test_evaluate_conditional_record(model):
             assert np.isfinite(record[f"{field}_se"]), field
     assert record["conditional"] is True
     assert record["split"] == "fake:test" and record["num_examples"] == n
-    assert record["num_levels"] == num_levels and record["image_shape"] == list(SHAPE)
+    assert record["num_bins"] == num_bins and record["image_shape"] == list(SHAPE)
     assert record["importance_samples"] == 2 and record["dequantization"] == "uniform"
     assert 0.0 <= record["accuracy"] <= 1.0 and record["label_nll_nats"] >= 0.0
     assert record["chance_accuracy"] == pytest.approx(4 / 10)
@@ -202,21 +202,21 @@ def test_evaluate_conditional_record(model):
 def test_evaluate_conditional_marginal_matches_model(model):
     """With one batch and k = 1 the evaluation's noise is ``dequantize(split(fold_in(key, 0),
     1)[0], ...)`` (flows.evaluation); the marginal must then equal marginal_log_prob."""
-    num_levels, n = 4, 5  # 5 images, as in the other tests: _bayes compiles once
+    num_bins, n = 4, 5  # 5 images, as in the other tests: _bayes compiles once
     rng = np.random.default_rng(1)
     data = ImageData(
-        images=rng.integers(0, num_levels, (n, *SHAPE)).astype(np.uint8),
+        images=rng.integers(0, num_bins, (n, *SHAPE)).astype(np.uint8),
         labels=(np.arange(n) % NUM_CLASSES).astype(np.int32),
-        num_levels=num_levels,
+        num_bins=num_bins,
         num_classes=NUM_CLASSES,
         name="fake:test",
     )
     key = jax.random.key(9)
     record = evaluate_conditional(model, data, batch_size=n, key=key, num_samples=1)
     noise_key = jax.random.split(jax.random.fold_in(key, 0), 1)[0]
-    x = dequantize(noise_key, jnp.asarray(data.images), num_levels)
+    x = dequantize(noise_key, jnp.asarray(data.images), num_bins)
     marginal, posterior = _bayes(model, x)
-    direct = bits_per_dim(marginal, math.prod(SHAPE), num_levels)
+    direct = bits_per_dim(marginal, math.prod(SHAPE), num_bins)
     assert record["marginal_bits_per_dim"] == pytest.approx(float(jnp.mean(direct)), abs=1e-4)
     accuracy = np.mean(np.argmax(np.asarray(posterior), axis=1) == data.labels)
     assert record["accuracy"] == pytest.approx(accuracy)

@@ -89,21 +89,31 @@ def test_bfloat16_products_stay_close_to_float32(kernel):
         np.testing.assert_allclose(a, b, atol=3e-2 * float(jnp.max(jnp.abs(b))))
 
 
-def test_set_compute_dtype_keeps_the_flow_exactly_invertible():
+def test_bfloat16_products_keep_the_flow_exactly_invertible():
     from flax import nnx
 
     from flows.models.glow import Glow
-    from flows.nn.conditioners import ConvConditioner, set_compute_dtype
+    from flows.nn.conditioners import ConvConditioner
 
-    model = Glow((4, 4, 1), num_levels=1, num_steps=2, hidden_channels=8, rngs=nnx.Rngs(0))
-    params = nnx.state(model, nnx.Param)
-    nnx.update(
-        model,
-        jax.tree.map(lambda v: v + 0.05 * jnp.cos(jnp.arange(v.size)).reshape(v.shape), params),
-    )
+    def glow(compute_dtype):
+        m = Glow(
+            (4, 4, 1),
+            num_levels=1,
+            num_steps=2,
+            hidden_channels=8,
+            compute_dtype=compute_dtype,
+            rngs=nnx.Rngs(0),
+        )
+        params = nnx.state(m, nnx.Param)
+        nnx.update(
+            m,
+            jax.tree.map(lambda v: v + 0.05 * jnp.cos(jnp.arange(v.size)).reshape(v.shape), params),
+        )
+        return m
+
     x = jax.random.uniform(jax.random.key(4), (3, 4, 4, 1))
-    lp32 = model.log_prob(x)
-    set_compute_dtype(model, "bfloat16")
+    lp32 = glow("float32").log_prob(x)
+    model = glow("bfloat16")
     nets = [n for _, n in nnx.iter_graph(model) if isinstance(n, ConvConditioner)]
     assert nets and all(n.compute_dtype == "bfloat16" for n in nets)
     latents, _ = model.forward_and_log_det(x)
@@ -112,11 +122,11 @@ def test_set_compute_dtype_keeps_the_flow_exactly_invertible():
 
 
 def test_relu_cast_gradient_reads_the_mask_off_the_output():
-    from flows.nn.conditioners import _relu_to
+    from flows.nn.conditioners import relu_to
 
     x = jnp.array([[-1.5, -0.0, 0.0, 1e-3, 2.0, 3.25]])
     g = jnp.arange(1.0, 7.0).reshape(1, 6)
-    y, vjp = jax.vjp(lambda x: _relu_to(x, jnp.bfloat16), x)
+    y, vjp = jax.vjp(lambda x: relu_to(x, jnp.bfloat16), x)
     assert y.dtype == jnp.bfloat16
     (dx,) = vjp(g.astype(jnp.bfloat16))
     assert dx.dtype == jnp.float32
@@ -131,19 +141,24 @@ def test_bfloat16_glow_gradients_follow_float32_under_scan_and_jit():
     from flax import nnx
 
     from flows.models.glow import Glow
-    from flows.nn.conditioners import set_compute_dtype, set_remat
 
     x = jax.random.uniform(jax.random.key(5), (4, 8, 8, 2))
 
     def loss_and_grads(compute_dtype, remat=False):
-        model = Glow((8, 8, 2), num_levels=1, num_steps=2, hidden_channels=16, rngs=nnx.Rngs(0))
+        model = Glow(
+            (8, 8, 2),
+            num_levels=1,
+            num_steps=2,
+            hidden_channels=16,
+            compute_dtype=compute_dtype,
+            remat_coupling_nets=remat,
+            rngs=nnx.Rngs(0),
+        )
         params = nnx.state(model, nnx.Param)
         nnx.update(
             model,
             jax.tree.map(lambda v: v + 0.05 * jnp.sin(jnp.arange(v.size)).reshape(v.shape), params),
         )
-        set_compute_dtype(model, compute_dtype)
-        set_remat(model, remat)
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
         @jax.jit
@@ -173,7 +188,7 @@ def test_model_config_sets_mixed_precision_and_remat():
     from flax import nnx
 
     from configs.glow_digits import get_config
-    from flows.models.build import build_model
+    from flows.models import build_model
     from flows.nn.conditioners import ConvConditioner
 
     config = get_config("smoke")

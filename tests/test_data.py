@@ -78,7 +78,7 @@ def test_digits_prepares_and_reads_through_tfds_builder_without_tensorflow(
     ]
     assert builder.info.splits["train"].num_examples == 1497
     assert builder.info.splits["test"].num_examples == 300
-    assert builder.info.metadata["num_levels"] == 17
+    assert builder.info.metadata["num_bins"] == 17
     source = builder.as_data_source("test")
     example = source[0]
     assert example["image"].shape == (8, 8, 1) and example["image"].dtype == np.uint8
@@ -107,7 +107,7 @@ def test_load_split_digits_shapes_dtypes_levels(digits_dir):
         assert data.labels.shape == (size,) and data.labels.dtype == np.int32
         assert data.images.min() == 0 and data.images.max() == 16
         assert set(np.unique(data.labels)) == set(range(10))
-        assert (data.num_levels, data.num_classes) == (17, 10)
+        assert (data.num_bins, data.num_classes) == (17, 10)
         assert data.name == f"digits:{split}"
         assert data.num_examples == size and data.image_shape == (8, 8, 1)
 
@@ -168,7 +168,7 @@ def test_split_validation_partitions_the_examples():
     data = fd.ImageData(
         images=np.zeros((n, 2, 2, 1), np.uint8),
         labels=np.arange(n, dtype=np.int32),
-        num_levels=2,
+        num_bins=2,
         num_classes=n,
         name="fake:train",
     )
@@ -226,7 +226,7 @@ def test_pad_to_smaller_than_the_images_is_one_line_error(digits_dir):
 def test_load_split_pads_and_keeps_levels(digits_dir):
     data = fd.load_split("digits", "test", data_dir=digits_dir, pad_to=(10, 12))
     plain = fd.load_split("digits", "test", data_dir=digits_dir)
-    assert data.images.shape == (300, 10, 12, 1) and data.num_levels == 17
+    assert data.images.shape == (300, 10, 12, 1) and data.num_bins == 17
     np.testing.assert_array_equal(data.images[:, 1:9, 2:10], plain.images)
 
 
@@ -281,9 +281,9 @@ def test_catalog_dataset_loads_through_load_split_under_mock_data(tmp_path, no_n
             ml_collections.ConfigDict({"name": "cifar10", "validation_size": 2})
         )
     assert data.images.shape == (12, 28, 28, 1) and data.images.dtype == np.uint8
-    assert (data.num_levels, data.num_classes, data.name) == (256, 10, "mnist:train")
+    assert (data.num_bins, data.num_classes, data.name) == (256, 10, "mnist:train")
     assert data.labels.dtype == np.int32 and data.labels.max() < 10
-    assert reduced.images.shape == (12, 32, 32, 1) and reduced.num_levels == 32
+    assert reduced.images.shape == (12, 32, 32, 1) and reduced.num_bins == 32
     assert reduced.images.max() < 32
     assert cifar["train"].images.shape == (10, 32, 32, 3)
     assert cifar["validation"].num_examples == 2 and cifar["test"].num_examples == 12

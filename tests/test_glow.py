@@ -9,7 +9,7 @@ from flax import nnx
 from flows import Glow
 from flows.bijectors import ActNorm, Conv1x1LU, LearnedPrior, conv_coupling
 from flows.bijectors.base import Chain
-from flows.models.glow import standard_normal_log_prob
+from flows.models import standard_normal_log_prob
 
 
 def _perturb(module, scale, seed=0):

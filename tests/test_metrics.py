@@ -16,15 +16,15 @@ from flows.metrics import (
 )
 
 
-@pytest.mark.parametrize("num_levels,expected", [(256, 8.0), (32, 5.0), (17, math.log2(17))])
-def test_uniform_density_gives_log2_levels_bits_per_dim(num_levels, expected):
+@pytest.mark.parametrize("num_bins,expected", [(256, 8.0), (32, 5.0), (17, math.log2(17))])
+def test_uniform_density_gives_log2_levels_bits_per_dim(num_bins, expected):
     # A uniform density on [0, 1)^D has log p = 0 everywhere.
-    assert bits_per_dim(0.0, num_dims=3072, num_levels=num_levels) == pytest.approx(expected)
+    assert bits_per_dim(0.0, num_dims=3072, num_bins=num_bins) == pytest.approx(expected)
 
 
 def test_bits_per_dim_hand_computed():
     # D = 2, K = 4: (-(-1.0) + 2 log 4) / (2 log 2) = (1 + 2.7726) / 1.3863
-    value = bits_per_dim(jnp.array([-1.0]), num_dims=2, num_levels=4)
+    value = bits_per_dim(jnp.array([-1.0]), num_dims=2, num_bins=4)
     np.testing.assert_allclose(value, (1 + 2 * math.log(4)) / (2 * math.log(2)), rtol=1e-6)
     assert float(value[0]) == pytest.approx(2.7213475, rel=1e-6)
 

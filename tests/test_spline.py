@@ -118,18 +118,18 @@ def test_context_selects_a_spline_and_starts_unconditional():
 
 def test_spline_coupling_on_images_and_vectors():
     r = nnx.Rngs(0)
-    img = spline_coupling(4, 8, num_bins=4, network="conv", rngs=r)
+    img = spline_coupling(4, 8, num_segments=4, network="conv", rngs=r)
     x = jax.random.normal(jax.random.key(0), (2, 3, 3, 4))
     z, ld = _forward(img, x)
     assert z.shape == x.shape and ld.shape == (2,)
     np.testing.assert_allclose(z, x, atol=1e-6)  # zero-initialised conditioner
-    vec = mlp_coupling("spline", 3, 8, num_bins=4, bound=1.0, rngs=r)
+    vec = mlp_coupling("spline", 3, 8, num_segments=4, bound=1.0, rngs=r)
     z, ld = _forward(vec, jnp.ones((5, 3)))
     assert ld.shape == (5,)
     with pytest.raises(ValueError):
         mlp_coupling("nope", 3, 8, rngs=r)
     with pytest.raises(ValueError):
-        mlp_coupling("affine", 3, 8, num_bins=4, rngs=r)
+        mlp_coupling("affine", 3, 8, num_segments=4, rngs=r)
 
 
 def test_mlp_conditioner_zero_output_and_context():

@@ -102,7 +102,7 @@ def _perturbed(model, seed, scale=0.3):
 def _small_config(**kw):
     c = toy_random_3x4.get_config().model
     c.unlock()
-    c.update(num_bins=5, hidden_features=8, num_couplings=1, **kw)
+    c.update(num_segments=5, hidden_features=8, num_couplings=1, **kw)
     return c
 
 
@@ -110,7 +110,7 @@ def test_quadrature_matches_the_cdf_of_product_flows():
     """An elementwise flow's cell mass is a product of CDF differences: exact reference."""
     spline = RationalQuadraticSpline(2, 5, 0.5, min_bin_width=1e-3, min_bin_height=1e-3)
     spline.params[...] = 2.0 * jax.random.normal(jax.random.key(0), spline.params.shape)
-    flow = models.ToyFlow(models._wrap([spline]), 2)
+    flow = models.ToyFlow(models.unit_cube_flow([spline]), 2)
     shape = (3, 4)
     masses, info = quadrature.flow_cell_masses(flow, shape, tol=1e-5)
     assert info["error_estimate"] <= 1e-5

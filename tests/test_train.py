@@ -58,7 +58,7 @@ def test_train_end_to_end_writes_everything(digits_run):
     assert saved["bits_per_dim"] == pytest.approx(record["bits_per_dim"])
     assert np.isfinite(record["bits_per_dim"]) and record["bits_per_dim"] > 0
     assert record["split"] == "digits:test" and record["num_examples"] == 300
-    assert record["num_levels"] == 17 and record["dequantization"] == "uniform"
+    assert record["num_bins"] == 17 and record["dequantization"] == "uniform"
     assert record["selected_by"] == "best validation bits/dim"
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
@@ -74,7 +74,7 @@ def test_catalog_dataset_trains_under_mock_data(tmp_path):
     config.data.data_dir = str(tmp_path / "tfds")
     with mock_data(num_examples=40):
         record = train_and_evaluate(config, str(tmp_path / "run"))
-    assert record["image_shape"] == [32, 32, 1] and record["num_levels"] == 256
+    assert record["image_shape"] == [32, 32, 1] and record["num_bins"] == 256
     assert np.isfinite(record["bits_per_dim"])
 
 
@@ -90,7 +90,7 @@ def _final_params(workdir, step):
 
 
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
-    overrides = ["--config.train.num_steps=16", "--config.train.checkpoint_every=4"]
+    overrides = ["--config.train.num_train_steps=16", "--config.train.checkpoint_every=4"]
     ref = tmp_path / "uninterrupted"
     subprocess.run(_train_cmd(ref, *overrides), cwd=ROOT, env=_env(), check=True)
 
@@ -125,7 +125,7 @@ def test_four_cpu_devices_match_one_device():
         from configs import glow_digits
         from flows import data as data_lib
         from flows.train import sharding
-        from flows.train.loop import make_model_and_state
+        from flows.train.setup import make_model_and_state
         from flows.train.objectives import density_loss
         from flows.train.optim import make_optimizer
         from flows.train.step import make_train_step
@@ -141,9 +141,9 @@ def test_four_cpu_devices_match_one_device():
             tx = make_optimizer(config.optim, 10)
             b = sharding.shard_batch(batch, mesh)
             graphdef, state = make_model_and_state(
-                config, train.image_shape, train.num_levels, train.num_classes, tx,
-                b["image"], b["label"], mesh)
-            step = jax.jit(make_train_step(graphdef, density_loss(train.num_levels), tx))
+                config, train.image_shape, train.num_bins, train.num_classes, tx,
+                b["image"], b["label"], mesh, None)
+            step = jax.jit(make_train_step(graphdef, density_loss(train.num_bins), tx))
             state, m1 = step(state, b)
             state, m2 = step(state, b)
             results.append((float(m1["loss"]), float(m2["loss"]),

@@ -5,7 +5,7 @@ from flows.bijectors.base import Bijector, Buffer, Chain, Invert
 from flows.bijectors.conv1x1 import Conv1x1, Conv1x1LU
 from flows.bijectors.coupling import AdditiveCoupling, AffineCoupling, conv_coupling
 from flows.bijectors.permutations import Permute, Reverse, Shuffle
-from flows.bijectors.preprocess import Logit, Scale, Shift
+from flows.bijectors.preprocess import Logit, Probit, Scale, Shift
 from flows.bijectors.priors import GaussianSplit, LearnedPrior
 from flows.bijectors.spline import RationalQuadraticSpline, SplineCoupling, spline_coupling
 from flows.bijectors.squeeze import Squeeze
@@ -25,6 +25,7 @@ __all__ = [
     "LearnedPrior",
     "Logit",
     "Permute",
+    "Probit",
     "RationalQuadraticSpline",
     "Reverse",
     "Scale",

@@ -22,7 +22,11 @@ from flows.bijectors.base import Bijector, sum_except_batch
 from flows.nn.conditioners import ConvConditioner
 
 
-class _Coupling(Bijector):
+class Coupling(Bijector):
+    """Base of the couplings: splits ``x = [x1, x2]`` at ``split`` on the last axis and
+    transforms ``x2`` with ``_transform(x2, h)`` / ``_inverse_transform(y2, h)``,
+    ``h = conditioner(x1, context)``; ``params_per_dim`` outputs of ``h`` per element of x2."""
+
     params_per_dim = 1
 
     def __init__(self, conditioner: nnx.Module, split: int):
@@ -44,7 +48,7 @@ class _Coupling(Bijector):
         return jnp.concatenate([z1, x2], axis=-1), ld
 
 
-class AdditiveCoupling(_Coupling):
+class AdditiveCoupling(Coupling):
     params_per_dim = 1
 
     def _transform(self, x2, h):
@@ -54,7 +58,7 @@ class AdditiveCoupling(_Coupling):
         return y2 - h, jnp.zeros(y2.shape[:1], y2.dtype)
 
 
-class AffineCoupling(_Coupling):
+class AffineCoupling(Coupling):
     params_per_dim = 2
 
     @staticmethod
@@ -88,9 +92,12 @@ def conv_coupling(
     hidden_channels: int,
     *,
     context_features: int | None = None,
+    compute_dtype: str = "float32",
+    remat: bool = False,
     rngs: nnx.Rngs,
-) -> _Coupling:
-    """A coupling on image channels with Glow's convolutional conditioner."""
+) -> Coupling:
+    """A coupling on image channels with Glow's convolutional conditioner (``compute_dtype``
+    and ``remat``: see ``ConvConditioner``)."""
     if kind not in COUPLINGS:
         raise ValueError(f"unknown coupling {kind!r}; choose one of {sorted(COUPLINGS)}")
     if channels < 2:
@@ -102,6 +109,8 @@ def conv_coupling(
         cls.params_per_dim * (channels - split),
         hidden_channels,
         context_features=context_features,
+        compute_dtype=compute_dtype,
+        remat=remat,
         rngs=rngs,
     )
     return cls(net, split)

@@ -3,7 +3,9 @@ r"""Monotone rational-quadratic splines (Durkan, Bekasov, Murray & Papamakarios 
 On ``[-B, B]`` the map is a monotone spline through ``K + 1`` knots
 ``(x_k, y_k)``, ``x_0 = y_0 = -B``, ``x_K = y_K = B``, with positive derivatives ``d_k`` at
 the knots; outside ``[-B, B]`` it is the identity (linear tails), and ``d_0 = d_K = 1`` make
-the derivative continuous there. In bin ``k`` (``x_k <= x < x_{k+1}``), with
+the derivative continuous there. The ``K = num_segments`` intervals between knots are the
+paper's "bins" (named segments here: ``num_bins`` is the data's quantisation everywhere else).
+In segment ``k`` (``x_k <= x < x_{k+1}``), with
 ``w_k = x_{k+1} - x_k``, ``h_k = y_{k+1} - y_k``, ``s_k = h_k / w_k`` and
 ``xi = (x - x_k) / w_k`` in [0, 1]:
 
@@ -38,7 +40,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flows.bijectors.base import Bijector, sum_except_batch
-from flows.bijectors.coupling import _Coupling
+from flows.bijectors.coupling import Coupling
 from flows.nn.conditioners import ContextProjection, ConvConditioner
 from flows.nn.mlp import MLPConditioner
 
@@ -47,9 +49,9 @@ DEFAULT_MIN_BIN_HEIGHT = 1e-3
 DEFAULT_MIN_DERIVATIVE = 1e-3
 
 
-def num_spline_params(num_bins: int) -> int:
+def num_spline_params(num_segments: int) -> int:
     """Unconstrained parameters per dimension: K widths, K heights, K - 1 derivatives."""
-    return 3 * num_bins - 1
+    return 3 * num_segments - 1
 
 
 def spline_knots(
@@ -171,7 +173,7 @@ class RationalQuadraticSpline(_SplineMixin, Bijector):
     def __init__(
         self,
         features: int | tuple[int, ...],
-        num_bins: int = 8,
+        num_segments: int = 8,
         bound: float = 3.0,
         *,
         context_features: int | None = None,
@@ -181,9 +183,9 @@ class RationalQuadraticSpline(_SplineMixin, Bijector):
         rngs: nnx.Rngs | None = None,
     ):
         shape = (features,) if isinstance(features, int) else tuple(features)
-        self.param_shape = shape + (num_spline_params(num_bins),)
+        self.param_shape = shape + (num_spline_params(num_segments),)
         self.params = nnx.Param(jnp.zeros(self.param_shape))
-        self.num_bins = num_bins
+        self.num_segments = num_segments
         self.bound = float(bound)
         self.min_bin_width = min_bin_width
         self.min_bin_height = min_bin_height
@@ -216,7 +218,7 @@ class RationalQuadraticSpline(_SplineMixin, Bijector):
         return self._spline(z, self._params(z, context), inverse=True)
 
 
-class SplineCoupling(_SplineMixin, _Coupling):
+class SplineCoupling(_SplineMixin, Coupling):
     """Coupling ``y2 = spline(x2; knots = NN(x1, context))`` on the last axis; ``y1 = x1``.
 
     The conditioner outputs ``(..., (C - split) * (3K - 1))``; log|det| = sum log dy2/dx2.
@@ -226,7 +228,7 @@ class SplineCoupling(_SplineMixin, _Coupling):
         self,
         conditioner: nnx.Module,
         split: int,
-        num_bins: int = 8,
+        num_segments: int = 8,
         bound: float = 3.0,
         *,
         min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
@@ -234,8 +236,8 @@ class SplineCoupling(_SplineMixin, _Coupling):
         min_derivative: float = DEFAULT_MIN_DERIVATIVE,
     ):
         super().__init__(conditioner, split)
-        self.num_bins = num_bins
-        self.params_per_dim = num_spline_params(num_bins)
+        self.num_segments = num_segments
+        self.params_per_dim = num_spline_params(num_segments)
         self.bound = float(bound)
         self.min_bin_width = min_bin_width
         self.min_bin_height = min_bin_height
@@ -255,7 +257,7 @@ def spline_coupling(
     features: int,
     hidden: int,
     *,
-    num_bins: int = 8,
+    num_segments: int = 8,
     bound: float = 3.0,
     network: str = "mlp",
     num_hidden_layers: int = 2,
@@ -271,7 +273,7 @@ def spline_coupling(
     if features < 2:
         raise ValueError(f"a coupling needs at least 2 features, got {features}")
     split = features // 2
-    out = (features - split) * num_spline_params(num_bins)
+    out = (features - split) * num_spline_params(num_segments)
     if network == "mlp":
         net = MLPConditioner(
             split,
@@ -289,7 +291,7 @@ def spline_coupling(
     return SplineCoupling(
         net,
         split,
-        num_bins,
+        num_segments,
         bound,
         min_bin_width=min_bin_width,
         min_bin_height=min_bin_height,

@@ -34,7 +34,7 @@ def mlp_coupling(
     """A coupling on the last axis with an MLP conditioner.
 
     ``kind``: 'additive', 'affine' (``AdditiveCoupling`` / ``AffineCoupling``) or 'spline'
-    (``SplineCoupling``; ``spline_kwargs`` such as ``num_bins``, ``bound`` go to it).
+    (``SplineCoupling``; ``spline_kwargs`` such as ``num_segments``, ``bound`` go to it).
     """
     if kind == "spline":
         return spline_coupling(

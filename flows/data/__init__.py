@@ -1,7 +1,7 @@
 """Datasets through tensorflow-datasets (TFDS), read without TensorFlow.
 
 Importing this package registers the offline ``digits`` builder with TFDS (so
-``tfds.builder('digits')`` finds it) and applies the TFDS settings of ``_tfds_compat``.
+``tfds.builder('digits')`` finds it) and applies the TFDS workarounds of ``tfds_compat``.
 
 Public API:
   load_split(name, split, *, data_dir, n_bits, pad_to, download) -> ImageData
@@ -12,7 +12,7 @@ Public API:
   Digits (the TFDS builder)
 """
 
-from flows.data import _tfds_compat  # noqa: F401  (first: TFDS shim)
+from flows.data import tfds_compat  # noqa: F401  (first: TFDS workarounds)
 from flows.data.batching import batch_indices, epoch_permutation, steps_per_epoch
 from flows.data.digits import Digits
 from flows.data.loading import (

@@ -7,7 +7,7 @@ scikit-learn, so preparing this dataset needs no network and no TensorFlow.
 Features (same layout as the catalog ``mnist``):
     image: ``Image(shape=(8, 8, 1), dtype=uint8)``, PNG-encoded, values 0..16 (17 levels).
     label: ``ClassLabel(num_classes=10)``.
-``info.metadata['num_levels'] == 17`` records the number of levels (the loader reads it).
+``info.metadata['num_bins'] == 17`` records the number of levels (the loader reads it).
 
 Fixed split. ``perm = np.random.RandomState(0).permutation(1797)`` (the legacy RandomState
 stream, which NumPy keeps frozen across versions); ``train`` is ``perm[:1497]`` and ``test`` is
@@ -24,13 +24,13 @@ import io
 import numpy as np
 import tensorflow_datasets as tfds
 
-from flows.data import _tfds_compat  # noqa: F401  (importlib_resources shim before TFDS use)
+from flows.data import tfds_compat  # noqa: F401  (importlib_resources shim before TFDS use)
 
 NUM_EXAMPLES = 1797
 NUM_TEST = 300
 NUM_TRAIN = NUM_EXAMPLES - NUM_TEST  # 1497
 SPLIT_SEED = 0
-NUM_LEVELS = 17  # values 0..16
+NUM_BINS = 17  # values 0..16
 IMAGE_SHAPE = (8, 8, 1)
 
 _CITATION = """@misc{alpaydin1998optical,
@@ -90,7 +90,7 @@ class Digits(tfds.core.GeneratorBasedBuilder):
             supervised_keys=("image", "label"),
             homepage="https://archive.ics.uci.edu/dataset/80",
             citation=_CITATION,
-            metadata=tfds.core.MetadataDict(num_levels=NUM_LEVELS, split_seed=SPLIT_SEED),
+            metadata=tfds.core.MetadataDict(num_bins=NUM_BINS, split_seed=SPLIT_SEED),
             disable_shuffling=True,
         )
 

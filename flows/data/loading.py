@@ -12,8 +12,10 @@ and the split is read with ``source.__getitems__`` in chunks into one ``(N, H, W
 core: digits train (1497) about 0.2 s; 60k 28x28 PNG images about 5 s, spent in TFDS's
 per-example protobuf parsing and PIL decoding (TFDS decodes with OpenCV instead when installed).
 
-Levels. ``num_levels`` is the dataset's own count: ``info.metadata['num_levels']`` when the
-builder records it (17 for ``digits``), else ``2**bits`` of the image dtype (256 for uint8).
+Levels. ``num_bins`` (K) is the dataset's own count of levels per value:
+``info.metadata['num_bins']`` when the builder records it (17 for ``digits``; copies prepared
+before the rename record ``num_levels``, also read), else ``2**bits`` of the image dtype (256
+for uint8).
 ``n_bits`` reduces a ``2**b``-level dataset as Glow does: ``v // 2**(b - n_bits)``, leaving
 ``2**n_bits`` levels. Padding (``pad_to``) adds zeros symmetrically, as openai/glow pads MNIST
 28x28 to 32x32; bits/dim is then per *padded* dimension (32*32*1), not comparable with numbers
@@ -25,19 +27,18 @@ attempts fail fast (few retries, socket timeout) and become a one-line ``Dataset
 says how to fix it.
 """
 
-import contextlib
 import dataclasses
 import difflib
 import os
-import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from flows.data import _tfds_compat
 from flows.data import digits as _digits  # noqa: F401  (registers the `digits` builder)
+from flows.data import tfds_compat
+from flows.errors import DatasetError
 
 # Fields of `config.data` read by `load_datasets`, with their defaults.
 DATA_CONFIG_DEFAULTS: dict[str, Any] = {
@@ -53,15 +54,6 @@ DATA_CONFIG_DEFAULTS: dict[str, Any] = {
 }
 
 _READ_CHUNK = 4096  # examples per `__getitems__` call
-_DOWNLOAD_RETRIES = 1  # TFDS retries each URL 10 times with backoff (~200 s offline)
-_DOWNLOAD_SOCKET_TIMEOUT_S = 20.0
-
-
-class DatasetError(ValueError):
-    """A dataset cannot be loaded as asked; the message (one line) says what to do."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,16 +61,16 @@ class ImageData:
     """One split, all in memory.
 
     Attributes:
-      images: (N, H, W, C) uint8 (uint16 for 16-bit data), integer levels 0..num_levels-1.
+      images: (N, H, W, C) uint8 (uint16 for 16-bit data), integer levels 0..num_bins-1.
       labels: (N,) int32 class labels (all 0 when the dataset has no class label).
-      num_levels: K, the number of levels per value (17 for digits, 2**n_bits after reduction).
+      num_bins: K, the number of levels per value (17 for digits, 2**n_bits after reduction).
       num_classes: number of classes (1 when the dataset has no class label).
       name: provenance, dataset and split, e.g. ``"digits:train"``.
     """
 
     images: np.ndarray
     labels: np.ndarray
-    num_levels: int
+    num_bins: int
     num_classes: int
     name: str
 
@@ -104,23 +96,23 @@ def default_data_dir() -> str:
 
 
 def reduce_bits(
-    images: np.ndarray, num_levels: int, n_bits: int | None, *, name: str = "dataset"
+    images: np.ndarray, num_bins: int, n_bits: int | None, *, name: str = "dataset"
 ) -> tuple[np.ndarray, int]:
     """Glow's reduction of ``2**b`` levels to ``2**n_bits``: ``v // 2**(b - n_bits)``.
 
-    Returns ``(images, num_levels)``; unchanged when ``n_bits`` is None.
+    Returns ``(images, num_bins)``; unchanged when ``n_bits`` is None.
     """
     if n_bits is None:
-        return images, num_levels
-    source_bits = int(num_levels).bit_length() - 1
-    if 2**source_bits != num_levels:
+        return images, num_bins
+    source_bits = int(num_bins).bit_length() - 1
+    if 2**source_bits != num_bins:
         raise DatasetError(
-            f"n_bits={n_bits} needs a dataset with 2**b levels, but {name} has {num_levels} "
+            f"n_bits={n_bits} needs a dataset with 2**b levels, but {name} has {num_bins} "
             "levels: set n_bits=None to use them as they are"
         )
     if not 1 <= n_bits <= source_bits:
         raise DatasetError(
-            f"n_bits must be in 1..{source_bits} for {name} ({num_levels} levels), got {n_bits}"
+            f"n_bits must be in 1..{source_bits} for {name} ({num_bins} levels), got {n_bits}"
         )
     return images // np.asarray(2 ** (source_bits - n_bits), images.dtype), 2**n_bits
 
@@ -206,7 +198,7 @@ def _get_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
 
 
 def _fix_hint(name: str, data_dir: str, builder: tfds.core.DatasetBuilder) -> str:
-    needs = "internet" if _tfds_compat.tensorflow_available() else "internet and TensorFlow"
+    needs = "internet" if tfds_compat.tensorflow_available() else "internet and TensorFlow"
     return (
         f"fix: on a machine with {needs} run `tfds build {name} --data_dir={data_dir} "
         f"--file_format=array_record` and copy the prepared folder {builder.data_dir} to this "
@@ -226,30 +218,10 @@ def _cause(exc: BaseException) -> str:
     return f"preparation failed: {_first_line(exc, limit=160)}"
 
 
-@contextlib.contextmanager
-def _fail_fast_downloads() -> Iterator[None]:
-    """Few download retries and a socket timeout, so an offline download fails in seconds.
-
-    TFDS retries each URL 10 times with exponential backoff (about 200 s with no network) and
-    sets no socket timeout. Both are restored on exit.
-    """
-    from tensorflow_datasets.core.download import downloader
-
-    old_retries, old_timeout = downloader.MAX_RETRIES, socket.getdefaulttimeout()
-    downloader.MAX_RETRIES = min(old_retries, _DOWNLOAD_RETRIES)
-    if old_timeout is None:
-        socket.setdefaulttimeout(_DOWNLOAD_SOCKET_TIMEOUT_S)
-    try:
-        yield
-    finally:
-        downloader.MAX_RETRIES = old_retries
-        socket.setdefaulttimeout(old_timeout)
-
-
 def _prepare(builder: tfds.core.DatasetBuilder, name: str, data_dir: str) -> None:
     """``download_and_prepare`` in array_record; a no-op when the data is already there."""
     try:
-        with _fail_fast_downloads():
+        with tfds_compat.fail_fast_downloads():
             builder.download_and_prepare(
                 file_format="array_record",
                 download_config=tfds.download.DownloadConfig(try_download_gcs=False),
@@ -300,10 +272,12 @@ def _feature_keys(info: tfds.core.DatasetInfo, name: str) -> tuple[str, str | No
     return image_key, label_key
 
 
-def _dataset_levels(info: tfds.core.DatasetInfo, dtype: np.dtype, name: str) -> int:
+def _dataset_bins(info: tfds.core.DatasetInfo, dtype: np.dtype, name: str) -> int:
     metadata = info.metadata
-    if isinstance(metadata, Mapping) and "num_levels" in metadata:
-        return int(metadata["num_levels"])
+    if isinstance(metadata, Mapping):
+        for key in ("num_bins", "num_levels"):  # num_levels: digits prepared before the rename
+            if key in metadata:
+                return int(metadata[key])
     if np.issubdtype(dtype, np.unsignedinteger):
         return 2 ** (8 * np.dtype(dtype).itemsize)
     raise DatasetError(f"dataset {name!r} has {dtype} images; integer levels are required")
@@ -363,12 +337,12 @@ def load_split(
         _prepare(builder, name, data_dir)
     source = _as_data_source(builder, name, split, data_dir)
     images, labels = _read_all(source, image_key, label_key)
-    num_levels = _dataset_levels(builder.info, images.dtype, name)
-    images, num_levels = reduce_bits(images, num_levels, n_bits, name=name)
+    num_bins = _dataset_bins(builder.info, images.dtype, name)
+    images, num_bins = reduce_bits(images, num_bins, n_bits, name=name)
     if pad_to is not None:
         images = pad_images(images, pad_to, name=name)
     num_classes = builder.info.features[label_key].num_classes if label_key else 1
-    return ImageData(images, labels, num_levels, int(num_classes), f"{name}:{split}")
+    return ImageData(images, labels, num_bins, int(num_classes), f"{name}:{split}")
 
 
 def load_datasets(data_config) -> dict[str, ImageData | None]:

@@ -1,1 +1,21 @@
-"""Flow models built from ``flows.bijectors``."""
+"""Model families behind one interface (``base.DensityModel``) and one registry.
+
+Importing this package registers every family shipped with the library (``glow``); a new
+family is one module that calls ``registry.register_model``, imported here.
+"""
+
+from flows.models import glow  # noqa: F401  (registers 'glow')
+from flows.models.base import DensityModel, is_conditional, standard_normal_log_prob
+from flows.models.glow import Glow
+from flows.models.registry import build_model, get_family, model_families, register_model
+
+__all__ = [
+    "DensityModel",
+    "Glow",
+    "build_model",
+    "get_family",
+    "is_conditional",
+    "model_families",
+    "register_model",
+    "standard_normal_log_prob",
+]

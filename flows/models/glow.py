@@ -23,23 +23,17 @@ top prior), ``'all'`` (priors and every coupling network, through a learned clas
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flows.bijectors import Bijector, Buffer, GaussianSplit, LearnedPrior, Logit, Shift, Squeeze
+from flows.bijectors import Bijector, GaussianSplit, LearnedPrior, Logit, Shift, Squeeze
+from flows.models.base import DensityModel, standard_normal_log_prob
+from flows.models.registry import register_model
 from flows.models.steps import StepStack, check_backprop, glow_step
+from flows.nn.conditioners import check_compute_dtype
 
 CONDITION_ON = ("top", "priors", "all")
-_LOG_2PI = math.log(2 * math.pi)
-
-
-def standard_normal_log_prob(eps: jax.Array) -> jax.Array:
-    """Per-example log N(eps; 0, I), summed over every axis but the first."""
-    flat = eps.reshape(eps.shape[0], -1)
-    return -0.5 * jnp.sum(flat**2 + _LOG_2PI, axis=1)
 
 
 class GlowLevel(Bijector):
@@ -61,6 +55,8 @@ class GlowLevel(Bijector):
         coupling_context: int | None,
         prior_context: int | None,
         backprop: str = "autodiff",
+        compute_dtype: str = "float32",
+        remat_coupling_nets: bool = False,
         rngs: nnx.Rngs,
     ):
         channels = 4 * in_channels
@@ -72,6 +68,8 @@ class GlowLevel(Bijector):
                 coupling=coupling,
                 permutation=permutation,
                 context_features=coupling_context,
+                compute_dtype=compute_dtype,
+                remat=remat_coupling_nets,
                 rngs=r,
             ),
             num_steps,
@@ -108,7 +106,7 @@ class GlowLevel(Bijector):
         return self.prior.initialize(x, context=context)
 
 
-class Glow(nnx.Module):
+class Glow(DensityModel):
     """Multi-scale Glow over images of shape ``image_shape = (H, W, C)``.
 
     Args:
@@ -126,8 +124,15 @@ class Glow(nnx.Module):
         recomputes its activations) or ``'invertible'`` (keeps only the level's output and
         reconstructs each step's input with its inverse: training memory flat in K). All
         three give the same gradients (up to rounding); see ``flows.models.steps``.
-      auxiliary_classifier: Glow's ``weight_y`` head, a zero-initialised linear classifier of
-        the mean-pooled top features (``log_prob_and_aux_logits``); needs ``num_classes``.
+      weight_y: Glow's auxiliary classifier: with ``weight_y > 0`` (needs ``num_classes``) a
+        zero-initialised linear classifier of the mean-pooled top features is trained with
+        ``weight_y`` times its cross-entropy (nats) added to the loss
+        (``log_prob_and_aux_loss``).
+      compute_dtype: matrix-product dtype of the coupling networks, ``'float32'`` or
+        ``'bfloat16'`` (products rounded to bf16, summed in f32; ActNorm, 1x1 convolutions,
+        priors and every log-det stay float32, so log p(x) is exact for the map computed).
+      remat_coupling_nets: recompute the coupling networks' hidden activations in the
+        backward pass instead of storing them (see ``flows.nn.conditioners``).
     """
 
     def __init__(
@@ -143,14 +148,15 @@ class Glow(nnx.Module):
         condition_on: str = "top",
         logit_alpha: float | None = None,
         backprop: str = "autodiff",
-        auxiliary_classifier: bool = False,
+        weight_y: float = 0.0,
+        compute_dtype: str = "float32",
+        remat_coupling_nets: bool = False,
         rngs: nnx.Rngs,
     ):
+        super().__init__(image_shape, num_classes)
         check_backprop(backprop)
-        image_shape = tuple(int(d) for d in image_shape)
-        if len(image_shape) != 3:
-            raise ValueError(f"image_shape must be (H, W, C), got {image_shape}")
-        h, w, c = image_shape
+        compute_dtype = check_compute_dtype(compute_dtype)
+        h, w, c = self.image_shape
         if num_levels < 1:
             raise ValueError(f"num_levels must be >= 1, got {num_levels}")
         factor = 2**num_levels
@@ -161,8 +167,6 @@ class Glow(nnx.Module):
             )
         if condition_on not in CONDITION_ON:
             raise ValueError(f"condition_on must be one of {CONDITION_ON}, got {condition_on!r}")
-        self.image_shape = image_shape
-        self.num_classes = num_classes
         self.condition_on = condition_on
         self.preprocess = Shift(-0.5) if logit_alpha is None else Logit(logit_alpha)
 
@@ -181,6 +185,8 @@ class Glow(nnx.Module):
                 coupling_context=coupling_ctx,
                 prior_context=prior_ctx,
                 backprop=backprop,
+                compute_dtype=compute_dtype,
+                remat_coupling_nets=remat_coupling_nets,
                 rngs=rngs,
             )
             levels.append(lvl)
@@ -191,13 +197,13 @@ class Glow(nnx.Module):
             c = lvl.kept_channels
         self.levels = nnx.List(levels)
         self.latent_shapes = tuple(shapes)
-        if num_classes is not None:
-            # log p(y) for the marginal and Bayes' rule: uniform until set_label_prior().
-            self.log_label_prior = Buffer(jnp.full((num_classes,), -math.log(num_classes)))
+        if weight_y < 0:
+            raise ValueError(f"weight_y must be >= 0, got {weight_y}")
+        self.weight_y = float(weight_y)
         aux = None
-        if auxiliary_classifier:
+        if weight_y > 0:
             if num_classes is None:
-                raise ValueError("auxiliary_classifier needs num_classes")
+                raise ValueError("weight_y > 0 (the auxiliary classifier) needs num_classes")
             # Glow's weight_y head: mean-pooled top features -> zero-initialised linear.
             aux = nnx.Linear(
                 levels[-1].out_channels,
@@ -207,35 +213,10 @@ class Glow(nnx.Module):
             )
         self.aux_classifier = aux if aux is not None else nnx.data(None)
 
-    # -- conditioning -------------------------------------------------------------------
-    def _context(self, labels):
-        if self.num_classes is None:
-            if labels is not None:
-                raise ValueError("this Glow is unconditional; do not pass context")
-            return None
-        if labels is None:
-            raise ValueError("this Glow is class-conditional: pass context=labels")
-        labels = jnp.asarray(labels)
-        if jnp.issubdtype(labels.dtype, jnp.integer):
-            return jax.nn.one_hot(labels, self.num_classes)
-        if labels.ndim != 2 or labels.shape[1] != self.num_classes:
-            raise ValueError(
-                f"context must be integer labels (batch,) or class weights (batch, "
-                f"{self.num_classes}), got {labels.dtype} {labels.shape}"
-            )
-        return labels  # (batch, num_classes) class weights, e.g. one-hot or soft labels
-
-    def _check_images(self, x):
-        if tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"expected images of shape (batch, {', '.join(map(str, self.image_shape))}), "
-                f"got {tuple(x.shape)}"
-            )
-
     # -- the bijection --------------------------------------------------------------------
     def _encode(self, x, context):
-        self._check_images(x)
-        ctx = self._context(context)
+        self.check_images(x)
+        ctx = self.context_features(context)
         h, log_det = self.preprocess.forward_and_log_det(x)
         latents = []
         for level in self.levels:
@@ -251,7 +232,7 @@ class Glow(nnx.Module):
         return latents, log_det
 
     def inverse_and_log_det(self, latents, *, context=None):
-        ctx = self._context(context)
+        ctx = self.context_features(context)
         log_det = jnp.zeros(latents[0].shape[:1], latents[0].dtype)
         h = None
         for level, eps in zip(reversed(self.levels), reversed(latents), strict=True):
@@ -261,13 +242,10 @@ class Glow(nnx.Module):
         x, ld = self.preprocess.inverse_and_log_det(h)
         return x, log_det + ld
 
-    def inverse(self, latents, *, context=None):
-        return self.inverse_and_log_det(latents, context=context)[0]
-
     def initialize(self, x, *, context=None):
         """Data-dependent initialisation (ActNorm statistics) on a batch of dequantized data."""
-        self._check_images(x)
-        ctx = self._context(context)
+        self.check_images(x)
+        ctx = self.context_features(context)
         h = self.preprocess.forward(x)
         for level in self.levels:
             h = level.initialize(h, context=ctx)
@@ -287,31 +265,15 @@ class Glow(nnx.Module):
             logits = self.aux_classifier(jnp.mean(top, axis=(1, 2)))
         return log_prob, logits
 
-    # -- class-conditional: marginal and Bayes' rule ----------------------------------------
-    def set_label_prior(self, counts) -> None:
-        """Sets p(y) to the normalised ``counts`` (the training label frequencies)."""
-        counts = jnp.asarray(counts, jnp.float32)
-        if self.num_classes is None or counts.shape != (self.num_classes,):
-            raise ValueError(f"expected {self.num_classes} class counts, got {counts.shape}")
-        self.log_label_prior[...] = jnp.log(counts / jnp.sum(counts))
-
-    def class_log_likelihoods(self, x):
-        """``log p(x | y)`` for every class: shape (batch, num_classes)."""
-        if self.num_classes is None:
-            raise ValueError("class_log_likelihoods needs a class-conditional Glow")
-        labels = jnp.broadcast_to(jnp.arange(self.num_classes)[:, None], (self.num_classes, len(x)))
-        per_class = jax.lax.map(lambda y: self.log_prob(x, context=y), labels)
-        return per_class.T
-
-    def marginal_log_prob(self, x):
-        """``log p(x) = logsumexp_y [log p(x|y) + log p(y)]`` (nats, per example)."""
-        joint = self.class_log_likelihoods(x) + self.log_label_prior[...]
-        return jax.scipy.special.logsumexp(joint, axis=1)
-
-    def classify(self, x):
-        """Bayes' rule: ``p(y|x) = p(x|y) p(y) / p(x)``, shape (batch, num_classes)."""
-        joint = self.class_log_likelihoods(x) + self.log_label_prior[...]
-        return jax.nn.softmax(joint, axis=1)
+    def log_prob_and_aux_loss(self, x, *, context=None):
+        """Training hook: ``weight_y`` times the auxiliary classifier's cross-entropy (nats)
+        of the labels in ``context``, computed in the same pass as log p(x|y)."""
+        log_prob, logits = self.log_prob_and_aux_logits(x, context=context)
+        if logits is None:
+            return log_prob, jnp.zeros((), jnp.float32), {}
+        targets = self.context_features(context)  # one-hot (or given class weights)
+        ce = -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits), axis=1))
+        return log_prob, self.weight_y * ce, {"aux_ce": ce}
 
     def sample_latents(self, key, num: int, temperature: float = 1.0):
         keys = jax.random.split(key, len(self.latent_shapes))
@@ -320,6 +282,59 @@ class Glow(nnx.Module):
             for k, shape in zip(keys, self.latent_shapes, strict=True)
         ]
 
-    def sample(self, num: int, key: jax.Array, *, temperature: float = 1.0, context=None):
-        """``num`` images in [0, 1) (continuous; quantize with ``flows.metrics.quantize``)."""
-        return self.inverse(self.sample_latents(key, num, temperature), context=context)
+
+@register_model(
+    "glow",
+    defaults={
+        "num_levels": 3,  # L, scales
+        "num_steps": 8,  # K, steps of flow per level
+        "hidden_channels": 128,
+        "coupling": "affine",
+        "permutation": "conv1x1_lu",
+        "logit_alpha": None,  # None: shift to [-0.5, 0.5); a float: RealNVP's logit map
+        "condition_on": "top",  # with model.conditional: 'top', 'priors' or 'all'
+        "weight_y": 0.0,  # Glow's auxiliary classifier (conditional runs)
+        "backprop": "autodiff",  # 'autodiff' | 'checkpoint' | 'invertible'
+        # Matrix-product dtype of the coupling networks: "float32", or "bfloat16" for mixed
+        # precision (products rounded to bf16, summed in f32; log-dets and priors stay f32).
+        "compute_dtype": "float32",
+        # Recompute the coupling networks' hidden activations in the backward pass.
+        "remat_coupling_nets": False,
+    },
+    optional_types={"logit_alpha": float},
+    describe=lambda m: describe_glow(m),
+)
+def build_glow(cfg, image_shape, num_classes, *, rngs: nnx.Rngs) -> Glow:
+    """Glow from the fields of ``config.model`` (``flows.models.registry``)."""
+    return Glow(
+        image_shape,
+        num_levels=cfg["num_levels"],
+        num_steps=cfg["num_steps"],
+        hidden_channels=cfg["hidden_channels"],
+        coupling=cfg["coupling"],
+        permutation=cfg["permutation"],
+        num_classes=num_classes,
+        condition_on=cfg["condition_on"],
+        logit_alpha=cfg["logit_alpha"],
+        backprop=cfg["backprop"],
+        weight_y=cfg["weight_y"] if num_classes is not None else 0.0,
+        compute_dtype=cfg["compute_dtype"],
+        remat_coupling_nets=cfg["remat_coupling_nets"],
+        rngs=rngs,
+    )
+
+
+def describe_glow(m) -> str:
+    """E.g. ``L=2 K=8 h=64 affine conv1x1_lu logit(0.001) cond:all``."""
+    parts = [
+        f"L={m['num_levels']} K={m['num_steps']} h={m['hidden_channels']} "
+        f"{m['coupling']} {m['permutation']}"
+    ]
+    if m.get("logit_alpha") is not None:
+        parts.append(f"logit({m['logit_alpha']})")
+    if m.get("conditional"):
+        cond = f"cond:{m['condition_on']}"
+        if m.get("weight_y"):
+            cond += f"+aux{m['weight_y']:g}"
+        parts.append(cond)
+    return " ".join(parts)

@@ -60,15 +60,24 @@ def glow_step(
     coupling: str = "affine",
     permutation: str = "conv1x1_lu",
     context_features: int | None = None,
+    compute_dtype: str = "float32",
+    remat: bool = False,
     rngs: nnx.Rngs,
 ) -> Chain:
-    """One step of flow: ActNorm -> permutation -> coupling."""
+    """One step of flow: ActNorm -> permutation -> coupling (``compute_dtype``, ``remat``:
+    the coupling network's, see ``flows.nn.conditioners.ConvConditioner``)."""
     return Chain(
         [
             ActNorm(channels),
             make_permutation(permutation, channels, rngs=rngs),
             conv_coupling(
-                coupling, channels, hidden_channels, context_features=context_features, rngs=rngs
+                coupling,
+                channels,
+                hidden_channels,
+                context_features=context_features,
+                compute_dtype=compute_dtype,
+                remat=remat,
+                rngs=rngs,
             ),
         ]
     )

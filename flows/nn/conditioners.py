@@ -14,7 +14,7 @@ from flax import nnx
 
 from flows.nn.conv import conv2d_same, dense
 
-_kernel_init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+hidden_kernel_init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
 
 class ContextProjection(nnx.Module):
@@ -24,7 +24,7 @@ class ContextProjection(nnx.Module):
     """
 
     def __init__(self, context_features: int, features: int, *, zero_init: bool, rngs):
-        init = nnx.initializers.zeros_init() if zero_init else _kernel_init
+        init = nnx.initializers.zeros_init() if zero_init else hidden_kernel_init
         self.linear = nnx.Linear(context_features, features, kernel_init=init, rngs=rngs)
 
     def __call__(self, context: jax.Array, ndim: int) -> jax.Array:
@@ -32,7 +32,7 @@ class ContextProjection(nnx.Module):
         return h.reshape(h.shape[:1] + (1,) * (ndim - 2) + h.shape[1:])
 
 
-def _relu_to(x, dtype):
+def relu_to(x, dtype):
     """``relu(x)``, stored in ``dtype`` when one is given (see ``_relu_cast``)."""
     return jax.nn.relu(x) if dtype is None else _relu_cast(x, dtype)
 
@@ -61,7 +61,18 @@ def _relu_cast_bwd(dtype, res, g):
 _relu_cast.defvjp(_relu_cast_fwd, _relu_cast_bwd)
 
 
-def _require_context(context, projection):
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def check_compute_dtype(compute_dtype: str) -> str:
+    """The canonical name of a coupling network's product dtype ('float32' or 'bfloat16')."""
+    name = jnp.dtype(compute_dtype).name if compute_dtype is not None else "float32"
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype {compute_dtype!r}: use one of {list(COMPUTE_DTYPES)}")
+    return name
+
+
+def require_context(context, projection):
     if projection is not None and context is None:
         raise ValueError("this layer is conditional: pass context=(batch, context_features)")
 
@@ -72,18 +83,18 @@ class ConvConditioner(nnx.Module):
     With ``context_features``, a learned projection of the context is added to the first
     hidden features (a class embedding when the context is a one-hot label).
 
-    ``compute_dtype`` (None, or a dtype name such as ``'bfloat16'``; see
-    ``set_compute_dtype``) rounds the operands of the three matrix products to that dtype,
-    accumulating in float32, and keeps the two hidden activations in it: mixed precision
-    inside the network only. The coupling that uses its output, its log-det and the priors
-    stay in full precision, so the density is still exact for the map the model computes.
+    ``compute_dtype`` (``'float32'``, or ``'bfloat16'`` for mixed precision) rounds the
+    operands of the three matrix products to that dtype, accumulating in float32, and keeps
+    the two hidden activations in it: mixed precision inside the network only. The coupling
+    that uses its output, its log-det and the priors stay in full precision, so the density
+    is still exact for the map the model computes.
 
-    ``remat`` (see ``set_remat``) recomputes the two hidden activations in the backward pass
-    instead of keeping them: training then keeps only the network's input.
+    ``remat=True`` recomputes the two hidden activations in the backward pass
+    (``jax.checkpoint``) instead of keeping them: training then keeps only the network's
+    input. Gradients are unchanged. At 32x32, K=8, batch 64 XLA's temporary buffers drop
+    207 -> 48 MB with bfloat16 products, for one more pass through the first two products;
+    whether that is also faster depends on the CPU (see README, "Speed").
     """
-
-    compute_dtype: str | None = None
-    remat: bool = False
 
     def __init__(
         self,
@@ -92,12 +103,16 @@ class ConvConditioner(nnx.Module):
         hidden_channels: int,
         *,
         context_features: int | None = None,
+        compute_dtype: str = "float32",
+        remat: bool = False,
         rngs: nnx.Rngs,
     ):
+        self.compute_dtype = check_compute_dtype(compute_dtype)
+        self.remat = bool(remat)
         h = hidden_channels
-        self.w1 = nnx.Param(_kernel_init(rngs.params(), (3, 3, in_channels, h)))
+        self.w1 = nnx.Param(hidden_kernel_init(rngs.params(), (3, 3, in_channels, h)))
         self.b1 = nnx.Param(jnp.zeros((h,)))
-        self.w2 = nnx.Param(_kernel_init(rngs.params(), (h, h)))
+        self.w2 = nnx.Param(hidden_kernel_init(rngs.params(), (h, h)))
         self.b2 = nnx.Param(jnp.zeros((h,)))
         self.w3 = nnx.Param(jnp.zeros((3, 3, h, out_channels)))
         self.b3 = nnx.Param(jnp.zeros((out_channels,)))
@@ -108,8 +123,8 @@ class ConvConditioner(nnx.Module):
         )
 
     def __call__(self, x, context=None):
-        _require_context(context, self.context_proj)
-        cd = None if self.compute_dtype is None else jnp.dtype(self.compute_dtype)
+        require_context(context, self.context_proj)
+        cd = None if self.compute_dtype == "float32" else jnp.dtype(self.compute_dtype)
         bias1 = self.b1[...]
         if self.context_proj is not None:
             bias1 = bias1 + self.context_proj(context, x.ndim)
@@ -124,8 +139,8 @@ def _conv_net(x, w1, b1, w2, b2, w3, b3, compute_dtype):
     h = conv2d_same(x, w1, compute_dtype) + b1
     # With a compute dtype the hidden activations are stored in it (the cast fuses into
     # the ReLU): the next product reads them as they are, and autodiff keeps half.
-    h = _relu_to(h, compute_dtype)
-    h = _relu_to(dense(h, w2, compute_dtype) + b2, compute_dtype)
+    h = relu_to(h, compute_dtype)
+    h = relu_to(dense(h, w2, compute_dtype) + b2, compute_dtype)
     return conv2d_same(h, w3, compute_dtype) + b3
 
 
@@ -143,43 +158,8 @@ class ZeroConvConditioner(nnx.Module):
         )
 
     def __call__(self, x, context=None):
-        _require_context(context, self.context_proj)
+        require_context(context, self.context_proj)
         h = conv2d_same(x, self.w[...]) + self.b[...]
         if self.context_proj is not None:
             h = h + self.context_proj(context, h.ndim)
         return h
-
-
-def set_remat(module: nnx.Module, remat: bool) -> nnx.Module:
-    """Makes every coupling network (``ConvConditioner``) in ``module`` recompute its hidden
-    activations in the backward pass (``jax.checkpoint``) instead of storing them, in place.
-
-    Gradients are unchanged; training memory drops to the networks' inputs (at 32x32, K=8,
-    batch 64: XLA's temporary buffers 207 -> 48 MB with bfloat16 products), for one more
-    pass through the first two products. On XLA:CPU with bfloat16 products it is also
-    faster (storing and re-reading bf16 activations costs more than recomputing them);
-    with float32 products it is a few percent slower. Returns ``module``.
-    """
-    for _, node in nnx.iter_graph(module):
-        if isinstance(node, ConvConditioner):
-            node.remat = bool(remat)
-    return module
-
-
-def set_compute_dtype(module: nnx.Module, compute_dtype: str | None) -> nnx.Module:
-    """Sets the matrix-product dtype of every coupling network (``ConvConditioner``) in
-    ``module`` (e.g. a Glow) in place: ``'bfloat16'`` for mixed precision, None for full.
-
-    Split priors, ActNorm, 1x1 convolutions and every log-det stay in full precision.
-    Returns ``module``.
-    """
-    if compute_dtype is not None:
-        compute_dtype = jnp.dtype(compute_dtype).name
-        if compute_dtype == "float32":
-            compute_dtype = None
-        elif compute_dtype != "bfloat16":
-            raise ValueError(f"compute_dtype {compute_dtype!r}: use 'float32' or 'bfloat16'")
-    for _, node in nnx.iter_graph(module):
-        if isinstance(node, ConvConditioner):
-            node.compute_dtype = compute_dtype
-    return module

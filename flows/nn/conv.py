@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 
-def _same_pads(w):
+def same_pads(w):
     kh, kw = w.shape[:2]
     return (((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2))
 
@@ -113,7 +113,7 @@ def conv2d_same(x: jax.Array, w: jax.Array, compute_dtype=None) -> jax.Array:
     activations in bfloat16 then moves half the bytes, and the backward pass keeps half).
     """
     kh, kw, c, o = w.shape
-    pads = _same_pads(w)
+    pads = same_pads(w)
     if compute_dtype is not None:
         x = x.astype(compute_dtype)
     if kh == kw == 1:
@@ -135,7 +135,7 @@ def _fwd(x, w, compute_dtype):
 def _bwd(compute_dtype, res, g):
     xc, w, x_dtype_tag = res
     kh, kw, c, o = w.shape
-    pads = _same_pads(w)
+    pads = same_pads(w)
     acc = w.dtype
     g = g.astype(acc)
     if kh == kw == 1:

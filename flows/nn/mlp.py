@@ -15,7 +15,7 @@ from collections.abc import Callable
 import jax
 from flax import nnx
 
-from flows.nn.conditioners import ContextProjection, _kernel_init, _require_context
+from flows.nn.conditioners import ContextProjection, hidden_kernel_init, require_context
 
 
 class MLPConditioner(nnx.Module):
@@ -35,7 +35,7 @@ class MLPConditioner(nnx.Module):
         sizes = [in_features] + [hidden_features] * num_hidden_layers
         self.hidden = nnx.List(
             [
-                nnx.Linear(a, b, kernel_init=_kernel_init, rngs=rngs)
+                nnx.Linear(a, b, kernel_init=hidden_kernel_init, rngs=rngs)
                 for a, b in zip(sizes[:-1], sizes[1:], strict=True)
             ]
         )
@@ -49,7 +49,7 @@ class MLPConditioner(nnx.Module):
         self.activation = activation
 
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
-        _require_context(context, self.context_proj)
+        require_context(context, self.context_proj)
         h = x
         for i, layer in enumerate(self.hidden):
             h = layer(h)

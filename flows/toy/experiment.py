@@ -101,12 +101,12 @@ def run(config, log=print) -> Result:
     tc = config.train
     say = log or (lambda *a: None)
 
-    def progress(kind, num_steps):
-        every = max(num_steps // 4, 1)
+    def progress(kind, num_train_steps):
+        every = max(num_train_steps // 4, 1)
         last = [0]
 
         def f(rec):
-            if rec["step"] // every > last[0] // every or rec["step"] >= num_steps:
+            if rec["step"] // every > last[0] // every or rec["step"] >= num_train_steps:
                 say(
                     f"  {kind} step {rec['step']}: nll {rec['nll_bits']:.4f} bits "
                     f"({rec['seconds']:.1f}s)"
@@ -122,12 +122,12 @@ def run(config, log=print) -> Result:
         table,
         fit.JOINT,
         optim=config.optim,
-        num_steps=tc.num_steps,
+        num_train_steps=tc.num_train_steps,
         batch_size=tc.batch_size,
         steps_per_call=tc.steps_per_call,
         seed=tc.seed,
         stratified=tc.stratified,
-        log=progress("joint", tc.num_steps),
+        log=progress("joint", tc.num_train_steps),
     )
     say(f"training the conditional flow p({', '.join(table.axes[:-1])} | {table.axes[-1]}) ...")
     cond = models.conditional_flow(
@@ -138,12 +138,12 @@ def run(config, log=print) -> Result:
         table,
         fit.CONDITIONAL,
         optim=config.optim,
-        num_steps=tc.conditional_num_steps,
+        num_train_steps=tc.conditional_num_train_steps,
         batch_size=tc.batch_size,
         steps_per_call=tc.steps_per_call,
         seed=tc.seed + 1,
         stratified=tc.stratified,
-        log=progress("conditional", tc.conditional_num_steps),
+        log=progress("conditional", tc.conditional_num_train_steps),
     )
     train_seconds = time.perf_counter() - start
 
@@ -206,7 +206,7 @@ def run(config, log=print) -> Result:
             [qinfo["error_estimate"]] + [i["error_estimate"] for _, i in per_label]
         ),
         quadrature_evaluations=qinfo["evaluations"] + sum(i["evaluations"] for _, i in per_label),
-        train_steps=[int(tc.num_steps), int(tc.conditional_num_steps)],
+        train_steps=[int(tc.num_train_steps), int(tc.conditional_num_train_steps)],
         train_seconds=round(train_seconds, 1),
     )
     ck = config.check

@@ -71,7 +71,7 @@ def fit(
     kind: str,
     *,
     optim,
-    num_steps: int,
+    num_train_steps: int,
     batch_size: int,
     steps_per_call: int = 100,
     seed: int = 0,
@@ -80,12 +80,12 @@ def fit(
 ):
     """Train a copy of ``model``'s parameters; returns ``(trained_model, history)``.
 
-    ``num_steps`` is rounded up to whole calls of ``steps_per_call`` steps (one jitted
+    ``num_train_steps`` is rounded up to whole calls of ``steps_per_call`` steps (one jitted
     ``lax.scan`` each). ``optim``: the ``config.optim`` fields of ``make_optimizer``.
     ``history``: one dict per call (step, mean nll_bits over its steps, seconds).
     """
-    steps_per_call = max(1, min(steps_per_call, num_steps))
-    num_calls = -(-num_steps // steps_per_call)
+    steps_per_call = max(1, min(steps_per_call, num_train_steps))
+    num_calls = -(-num_train_steps // steps_per_call)
     tx = make_optimizer(optim, num_calls * steps_per_call)
     graphdef = nnx.split(model, nnx.Param, ...)[0]
     state = TrainState.create(model, tx, jax.random.key(seed), ema=False)

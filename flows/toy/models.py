@@ -29,44 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flows.bijectors import Chain, Reverse, Shift
-from flows.bijectors.base import Bijector, sum_except_batch
+from flows.bijectors import Chain, Probit, Reverse, Shift
+from flows.bijectors.base import Bijector
 from flows.bijectors.spline import RationalQuadraticSpline, spline_coupling
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
-
-@jax.custom_jvp
-def _normal_quantile(x):
-    return jax.scipy.special.ndtri(x)
-
-
-@_normal_quantile.defjvp
-def _normal_quantile_jvp(primals, tangents):
-    # d Phi^{-1}(x) / dx = 1 / N(z): one exp instead of differentiating ndtri's polynomials.
-    (x,), (t,) = primals, tangents
-    z = _normal_quantile(x)
-    return z, t * jnp.exp(0.5 * z * z + _HALF_LOG_2PI)
-
-
-class Probit(Bijector):
-    """The standard normal quantile, unit interval -> real line.
-
-    Forward: ``z = Phi^{-1}(x)``; log|det| = sum [z^2 / 2 + log(2 pi) / 2] = -sum log N(z).
-    Inverse: ``x = Phi(z)``. With a standard normal base the density of x is uniform on the
-    unit cube. ``x`` is clipped to ``[eps, 1 - eps]`` so the faces of the cube stay finite.
-    """
-
-    def __init__(self, eps: float = 1e-7):
-        self.eps = eps
-
-    def forward_and_log_det(self, x, *, context=None):
-        z = _normal_quantile(jnp.clip(x, self.eps, 1 - self.eps))
-        return z, sum_except_batch(0.5 * z * z + _HALF_LOG_2PI)
-
-    def inverse_and_log_det(self, z, *, context=None):
-        x = jax.scipy.special.ndtr(z)
-        return x, -sum_except_batch(0.5 * z * z + _HALF_LOG_2PI)
 
 
 class ToyFlow(nnx.Module):
@@ -89,7 +56,7 @@ class ToyFlow(nnx.Module):
 
 def _spline_kwargs(config):
     return dict(
-        num_bins=config.num_bins,
+        num_segments=config.num_segments,
         bound=0.5,
         min_bin_width=config.min_bin_width,
         min_bin_height=config.min_bin_height,
@@ -101,7 +68,7 @@ def _elementwise(num_dims, config, context_features=None, rngs=None):
     kw = _spline_kwargs(config)
     return RationalQuadraticSpline(
         num_dims,
-        kw.pop("num_bins"),
+        kw.pop("num_segments"),
         kw.pop("bound"),
         context_features=context_features,
         rngs=rngs,
@@ -127,7 +94,9 @@ def _couplings(num_dims, config, context_features, rngs):
     return layers
 
 
-def _wrap(core: list[Bijector]) -> Chain:
+def unit_cube_flow(core: list[Bijector]) -> Chain:
+    """``Shift(-1/2) -> core -> Shift(1/2) -> Probit``: maps of ``[-1/2, 1/2]^D`` onto itself
+    become a bijection of the unit cube onto R^D (see the module docstring)."""
     return Chain([Shift(-0.5), *core, Shift(0.5), Probit()])
 
 
@@ -135,7 +104,7 @@ def joint_flow(num_dims: int, config, *, rngs: nnx.Rngs) -> ToyFlow:
     """Unconditional flow on ``[0,1]^num_dims``: elementwise spline, then ``num_couplings``
     spline couplings (each followed by a Reverse), then a last elementwise spline.
 
-    ``config`` fields: num_bins, hidden_features, num_hidden_layers, num_couplings,
+    ``config`` fields: num_segments, hidden_features, num_hidden_layers, num_couplings,
     min_bin_width, min_bin_height, min_derivative.
     """
     if num_dims < 2:
@@ -143,7 +112,7 @@ def joint_flow(num_dims: int, config, *, rngs: nnx.Rngs) -> ToyFlow:
     core = [_elementwise(num_dims, config)]
     core += _couplings(num_dims, config, None, rngs)
     core.append(_elementwise(num_dims, config))
-    return ToyFlow(_wrap(core), num_dims)
+    return ToyFlow(unit_cube_flow(core), num_dims)
 
 
 def conditional_flow(num_dims: int, num_classes: int, config, *, rngs: nnx.Rngs) -> ToyFlow:
@@ -155,7 +124,7 @@ def conditional_flow(num_dims: int, num_classes: int, config, *, rngs: nnx.Rngs)
         core.append(_elementwise(num_dims, config, context_features=num_classes, rngs=rngs))
         if num_dims >= 2 and i < config.num_conditional_layers - 1:
             core += _couplings(num_dims, config, num_classes, rngs)
-    return ToyFlow(_wrap(core), num_dims, context_features=num_classes)
+    return ToyFlow(unit_cube_flow(core), num_dims, context_features=num_classes)
 
 
 def batched_log_prob(model: ToyFlow, *, chunk: int = 32_768):

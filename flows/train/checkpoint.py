@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from flows.errors import CheckpointError
+
 
 @contextlib.contextmanager
 def _quiet_absl():
@@ -28,32 +30,51 @@ def _quiet_absl():
         logger.setLevel(level)
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint exists but cannot be restored; the message is one line."""
-
-
 class Checkpointer:
     """Saves and restores ``(TrainState, meta)`` under ``directory`` (keeps ``max_to_keep``)."""
 
     def __init__(self, directory: str, *, max_to_keep: int = 2):
         self.directory = os.path.abspath(directory)
+        self._max_to_keep = max_to_keep
+        self._open()
+
+    def _open(self) -> None:
         with _quiet_absl():  # orbax logs damaged metadata itself; restore() reports it
             self._manager = ocp.CheckpointManager(
                 self.directory,
-                options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+                options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True),
             )
+
+    def reload(self) -> None:
+        """Re-reads the directory (after it was changed from outside the manager)."""
+        self._manager.close()
+        self._open()
 
     def latest_step(self) -> int | None:
         with _quiet_absl():
             return self._manager.latest_step()
 
+    def delete_after(self, step: int) -> None:
+        """Deletes every checkpoint of a later step than ``step``."""
+        with _quiet_absl():
+            for s in self._manager.all_steps():
+                if s > step:
+                    self._manager.delete(s)
+        self.reload()
+
     def save(self, step: int, state, meta: dict) -> None:
-        self._manager.save(
+        saved = self._manager.save(
             int(step),
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
             ),
         )
+        if not saved:  # orbax refuses e.g. a step not after its latest one
+            latest = self.latest_step()
+            raise CheckpointError(
+                f"could not save step {step} to {self.directory} (it holds step {latest}); "
+                "move the directory away or use a fresh --workdir"
+            )
 
     def restore(self, abstract_state, step: int | None = None):
         """``(state, meta)`` of ``step`` (default: latest), shaped and sharded like

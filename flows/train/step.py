@@ -53,14 +53,3 @@ def make_train_step(graphdef, loss_fn: LossFn, tx: optax.GradientTransformation,
         return new_state, metrics
 
     return step
-
-
-def make_eval_step(graphdef, loss_fn: LossFn, *, use_ema: bool = False):
-    """A pure ``eval(state, batch, key) -> metrics`` using raw or EMA parameters."""
-
-    def step(state: TrainState, batch: dict, key):
-        model = state.model(graphdef, use_ema=use_ema)
-        _, metrics = loss_fn(model, batch, key)
-        return metrics
-
-    return step

@@ -1,11 +1,11 @@
 """Comparing training runs from their workdirs alone: a table, CSV, Markdown, learning curves.
 
-A run is read from the files its workdir holds (``flows.train.loop``): ``config.json``,
+A run is read from the files its workdir holds (``flows.workdir``): ``config.json``,
 ``data_info.json`` (optional), ``metrics.jsonl`` (optional) and an evaluation record,
 ``eval_test.json`` by default or ``eval_<split>_k<k>.json`` from ``experiments.evaluate``.
 
 Comparability. Two bits/dim are compared only when they were measured the same way: same
-dataset and split, same number of evaluation examples, same levels per value (``num_levels``,
+dataset and split, same number of evaluation examples, same levels per value (``num_bins``,
 which ``n_bits`` sets), same image shape (padding changes D), same dequantization and same
 number of importance samples (k = 1 is the plain variational bound; a larger k gives a tighter,
 lower bound for the same model). Runs are grouped by these fields (``COMPARABILITY_FIELDS``);
@@ -35,14 +35,17 @@ import math
 import os
 import string
 
-EVAL_FILE = "eval_test.json"
+from flows import workdir as wd
+from flows.models.registry import describe_model
+
+EVAL_FILE = wd.EVAL_TEST
 
 # (field of the evaluation record, what it means): runs are comparable iff all are equal.
 COMPARABILITY_FIELDS = (
     ("dataset", "dataset"),
     ("split", "split"),
     ("num_examples", "number of evaluation examples"),
-    ("num_levels", "levels per value (n_bits)"),
+    ("num_bins", "levels per value (num_bins, n_bits)"),
     ("image_shape", "image shape"),
     ("dequantization", "dequantization"),
     ("importance_samples", "importance samples (k)"),
@@ -60,21 +63,16 @@ CSV_COLUMNS = (
     "split",
     "num_examples",
     "n_bits",
-    "num_levels",
+    "num_bins",
     "image_shape",
     "dequantization",
     "importance_samples",
     "parameters",
     "checkpoint_step",
+    "model_name",
     "model",
-    "model_levels",
-    "num_steps",
-    "hidden_channels",
-    "coupling",
-    "permutation",
+    "model_config",
     "conditional",
-    "condition_on",
-    "weight_y",
     "num_params",
     "train_steps",
     "wall_time_s",
@@ -156,12 +154,14 @@ def load_run(workdir: str, *, eval_file: str = EVAL_FILE, name: str | None = Non
     return Run(
         name=name or os.path.basename(os.path.normpath(os.path.abspath(workdir))),
         workdir=workdir,
-        config=_read_json(config_path),
-        data_info=_read_json(info_path) if os.path.exists(info_path) else {},
-        metrics=_read_jsonl(os.path.join(workdir, "metrics.jsonl")),
-        evaluation=evaluation,
+        config=wd.upgrade_config(_read_json(config_path)),
+        data_info=wd.upgrade_record(_read_json(info_path)) if os.path.exists(info_path) else {},
+        metrics=_read_jsonl(os.path.join(workdir, wd.METRICS)),
+        evaluation=wd.upgrade_record(evaluation) if evaluation is not None else None,
         eval_file=eval_file,
-        training_record=_read_json(test_path) if os.path.exists(test_path) else {},
+        training_record=wd.upgrade_record(_read_json(test_path))
+        if os.path.exists(test_path)
+        else {},
     )
 
 
@@ -210,7 +210,7 @@ def protocol(run: Run) -> dict:
         "dataset": ev.get("dataset", data.get("name")),
         "split": ev.get("split"),
         "num_examples": ev.get("num_examples"),
-        "num_levels": ev.get("num_levels", run.data_info.get("num_levels")),
+        "num_bins": ev.get("num_bins", run.data_info.get("num_bins")),
         "image_shape": tuple(shape) if shape is not None else None,
         "dequantization": ev.get("dequantization"),
         "importance_samples": ev.get("importance_samples"),
@@ -238,22 +238,8 @@ def ranked_bits_per_dim(run: Run) -> tuple[float | None, float | None]:
 
 
 def model_summary(run: Run) -> str:
-    m = run.model_config
-    parts = []
-    if m.get("name", "glow") != "glow":
-        parts.append(str(m["name"]))
-    parts.append(
-        f"L={m.get('num_levels', '?')} K={m.get('num_steps', '?')} "
-        f"h={m.get('hidden_channels', '?')} {m.get('coupling', '?')} {m.get('permutation', '?')}"
-    )
-    if m.get("logit_alpha") is not None:
-        parts.append(f"logit({m['logit_alpha']})")
-    if run.conditional:
-        cond = f"cond:{m.get('condition_on', '?')}"
-        if m.get("weight_y"):
-            cond += f"+aux{m['weight_y']:g}"
-        parts.append(cond)
-    return " ".join(parts)
+    """The family's own short description of the run's model (``flows.models.registry``)."""
+    return describe_model({**run.model_config, "conditional": run.conditional})
 
 
 def _shape_text(shape) -> str:
@@ -262,7 +248,7 @@ def _shape_text(shape) -> str:
 
 def _protocol_text(p: dict) -> str:
     return (
-        f"{p['split'] or p['dataset']}, {p['num_examples']} examples, {p['num_levels']} levels, "
+        f"{p['split'] or p['dataset']}, {p['num_examples']} examples, {p['num_bins']} levels, "
         f"{_shape_text(p['image_shape'])}, {p['dequantization']} dequantization, "
         f"k={p['importance_samples']}"
     )
@@ -319,21 +305,16 @@ def _row(run: Run) -> dict:
         split=p["split"],
         num_examples=p["num_examples"],
         n_bits=ev.get("n_bits", run.config.get("data", {}).get("n_bits")),
-        num_levels=p["num_levels"],
+        num_bins=p["num_bins"],
         image_shape=_shape_text(p["image_shape"]),
         dequantization=p["dequantization"],
         importance_samples=p["importance_samples"],
         parameters=ev.get("parameters"),
         checkpoint_step=ev.get("checkpoint_step", ev.get("step")),
+        model_name=m.get("name"),
         model=model_summary(run),
-        model_levels=m.get("num_levels"),
-        num_steps=m.get("num_steps"),
-        hidden_channels=m.get("hidden_channels"),
-        coupling=m.get("coupling"),
-        permutation=m.get("permutation"),
+        model_config=json.dumps(m, sort_keys=True),
         conditional=run.conditional,
-        condition_on=m.get("condition_on") if run.conditional else None,
-        weight_y=m.get("weight_y") if run.conditional else None,
         num_params=provenance.get("num_params"),
         train_steps=provenance.get("train_steps", _last(run.metrics, "step")),
         wall_time_s=provenance.get("wall_time_s", _last(run.metrics, "wall_time_s")),

@@ -1,0 +1,153 @@
+"""The model interface: all that the trainer, evaluation, sampling and compare see of a family.
+
+A model is a density ``p(x)`` (or ``p(x | y)``) of images ``x`` of shape ``image_shape``
+on the unit scale, ``x = (v + u) / K`` in ``[0, 1)^D`` (``flows.metrics``), written as a
+bijection ``f`` onto latents with a standard-normal base density:
+
+    log p(x | y) = log N(f(x); 0, I) + log|det df/dx|          (nats, per example)
+
+Every family subclasses ``DensityModel`` and implements
+
+* ``initialize(x, *, context=None)``: data-dependent initialisation on a batch (ActNorm);
+* ``forward_and_log_det(x, *, context=None) -> (latents, log|det|)`` (data -> latent; the
+  latents are any pytree, e.g. Glow's list of one array per level);
+* ``inverse_and_log_det(latents, *, context=None) -> (x, log|det|)`` (latent -> data);
+* ``sample_latents(key, num, temperature) -> latents`` (standard normals times T);
+* ``log_prob(x, *, context=None)`` (the default sums the base density and the log-det).
+
+and inherits ``inverse``, ``sample``, and for label-conditioned models (``num_classes`` set)
+``class_log_likelihoods``, ``marginal_log_prob``, ``classify`` (Bayes' rule) and
+``set_label_prior``. ``log_prob_and_aux_loss`` is the training objective's hook: a family with
+an auxiliary loss (Glow's ``weight_y`` classifier) overrides it, so the trainer never needs to
+know which family it runs.
+
+Conditioning: ``context`` is integer labels ``(batch,)`` (one-hot encoded here) or class
+weights ``(batch, num_classes)``; the label prior ``p(y)`` is a buffer, uniform until
+``set_label_prior(counts)`` sets the training label frequencies.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from flows.bijectors import Buffer
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def standard_normal_log_prob(eps: jax.Array) -> jax.Array:
+    """Per-example log N(eps; 0, I), summed over every axis but the first."""
+    flat = eps.reshape(eps.shape[0], -1)
+    return -0.5 * jnp.sum(flat**2 + _LOG_2PI, axis=1)
+
+
+def is_conditional(model) -> bool:
+    """Whether ``model`` is a label-conditioned ``p(x | y)``."""
+    return getattr(model, "num_classes", None) is not None
+
+
+class DensityModel(nnx.Module):
+    """Base class of the model families (see the module docstring for the interface).
+
+    Subclasses call ``super().__init__(image_shape, num_classes)`` first.
+    """
+
+    def __init__(self, image_shape, num_classes: int | None):
+        image_shape = tuple(int(d) for d in image_shape)
+        if len(image_shape) != 3:
+            raise ValueError(f"image_shape must be (H, W, C), got {image_shape}")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.image_shape = image_shape
+        self.num_classes = num_classes
+        if num_classes is not None:
+            # log p(y) for the marginal and Bayes' rule: uniform until set_label_prior().
+            self.log_label_prior = Buffer(jnp.full((num_classes,), -math.log(num_classes)))
+
+    # -- what a family implements -------------------------------------------------------
+    def initialize(self, x, *, context=None) -> None:
+        raise NotImplementedError
+
+    def forward_and_log_det(self, x, *, context=None):
+        raise NotImplementedError
+
+    def inverse_and_log_det(self, latents, *, context=None):
+        raise NotImplementedError
+
+    def sample_latents(self, key, num: int, temperature: float = 1.0):
+        raise NotImplementedError
+
+    # -- derived ------------------------------------------------------------------------
+    def log_prob(self, x, *, context=None):
+        """Per-example log density of x on the unit scale, in nats (log p(x|y) if conditional)."""
+        latents, log_det = self.forward_and_log_det(x, context=context)
+        return sum(standard_normal_log_prob(e) for e in jax.tree.leaves(latents)) + log_det
+
+    def log_prob_and_aux_loss(self, x, *, context=None):
+        """``(log p(x|y), auxiliary loss, metrics)`` for training: the loss is a scalar added
+        to the mean bits/dim (0 for families without one), metrics a dict of scalars."""
+        return self.log_prob(x, context=context), jnp.zeros((), jnp.float32), {}
+
+    def inverse(self, latents, *, context=None):
+        return self.inverse_and_log_det(latents, context=context)[0]
+
+    def sample(self, num: int, key: jax.Array, *, temperature: float = 1.0, context=None):
+        """``num`` images in [0, 1) (continuous; quantize with ``flows.metrics.quantize``)."""
+        return self.inverse(self.sample_latents(key, num, temperature), context=context)
+
+    # -- conditioning -------------------------------------------------------------------
+    def context_features(self, labels):
+        """The context the layers see: one-hot labels (or the given class weights); None for
+        an unconditional model."""
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError("this model is unconditional; do not pass context")
+            return None
+        if labels is None:
+            raise ValueError("this model is class-conditional: pass context=labels")
+        labels = jnp.asarray(labels)
+        if jnp.issubdtype(labels.dtype, jnp.integer):
+            return jax.nn.one_hot(labels, self.num_classes)
+        if labels.ndim != 2 or labels.shape[1] != self.num_classes:
+            raise ValueError(
+                f"context must be integer labels (batch,) or class weights (batch, "
+                f"{self.num_classes}), got {labels.dtype} {labels.shape}"
+            )
+        return labels
+
+    def check_images(self, x):
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"expected images of shape (batch, {', '.join(map(str, self.image_shape))}), "
+                f"got {tuple(x.shape)}"
+            )
+
+    # -- class-conditional: marginal and Bayes' rule ------------------------------------
+    def set_label_prior(self, counts) -> None:
+        """Sets p(y) to the normalised ``counts`` (the training label frequencies)."""
+        counts = jnp.asarray(counts, jnp.float32)
+        if self.num_classes is None or counts.shape != (self.num_classes,):
+            raise ValueError(f"expected {self.num_classes} class counts, got {counts.shape}")
+        self.log_label_prior[...] = jnp.log(counts / jnp.sum(counts))
+
+    def class_log_likelihoods(self, x):
+        """``log p(x | y)`` for every class: shape (batch, num_classes)."""
+        if self.num_classes is None:
+            raise ValueError("class_log_likelihoods needs a class-conditional model")
+        labels = jnp.broadcast_to(jnp.arange(self.num_classes)[:, None], (self.num_classes, len(x)))
+        per_class = jax.lax.map(lambda y: self.log_prob(x, context=y), labels)
+        return per_class.T
+
+    def marginal_log_prob(self, x):
+        """``log p(x) = logsumexp_y [log p(x|y) + log p(y)]`` (nats, per example)."""
+        joint = self.class_log_likelihoods(x) + self.log_label_prior[...]
+        return jax.scipy.special.logsumexp(joint, axis=1)
+
+    def classify(self, x):
+        """Bayes' rule: ``p(y|x) = p(x|y) p(y) / p(x)``, shape (batch, num_classes)."""
+        joint = self.class_log_likelihoods(x) + self.log_label_prior[...]
+        return jax.nn.softmax(joint, axis=1)

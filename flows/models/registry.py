@@ -1,0 +1,123 @@
+"""The model registry: ``config.model.name`` -> a family's builder and its config fields.
+
+A family registers itself in its own module (``flows/models/glow.py`` for Glow)::
+
+    @register_model("glow", defaults={"num_levels": 3, ...}, optional_types={...})
+    def build_glow(model_config, image_shape, num_classes, *, rngs) -> DensityModel: ...
+
+``config.model`` holds ``name``, ``conditional`` (p(x|y) with ``num_classes`` taken from the
+dataset) and the family's own fields. ``build_model`` is the only place that maps a config to
+a model; the trainer, evaluation, sampling and compare call it and then use only the
+``DensityModel`` interface (``flows.models.base``). Adding a family is one module that calls
+``register_model`` (imported by ``flows.models``), plus its config files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flax import nnx
+
+from flows.errors import ConfigError
+
+# Fields every family's config.model has.
+COMMON_FIELDS: dict[str, Any] = {
+    "name": None,
+    "conditional": False,  # True: p(x|y) with num_classes from the dataset
+}
+
+Builder = Callable[..., nnx.Module]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    build: Builder  # build(model_config, image_shape, num_classes | None, *, rngs)
+    defaults: Mapping[str, Any]  # the family's own fields of config.model, with defaults
+    optional_types: Mapping[str, type]  # types of fields whose default is None
+    describe: Callable[[Mapping[str, Any]], str] | None = None  # short text for tables
+
+    def config_defaults(self) -> dict[str, Any]:
+        """Every field of ``config.model`` for this family, with its default."""
+        return {**COMMON_FIELDS, "name": self.name, **self.defaults}
+
+    def summary(self, model_config: Mapping[str, Any]) -> str:
+        """A short description of a model config (for ``compare``'s tables)."""
+        if self.describe is not None:
+            return self.describe({**self.config_defaults(), **model_config})
+        changed = [
+            f"{k}={v}"
+            for k, v in model_config.items()
+            if k not in COMMON_FIELDS and v != self.defaults.get(k)
+        ]
+        return " ".join([self.name, *changed])
+
+
+_FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    defaults: Mapping[str, Any],
+    optional_types: Mapping[str, type] | None = None,
+    describe: Callable[[Mapping[str, Any]], str] | None = None,
+):
+    """Decorator: registers ``build`` as the family ``name`` with its config ``defaults``
+    (``optional_types``: the types of fields whose default is None; ``describe``: a short
+    text of a model config for tables)."""
+    clash = set(defaults) & set(COMMON_FIELDS)
+    if clash:
+        raise ValueError(f"model family {name!r} redefines common fields {sorted(clash)}")
+
+    def decorator(build: Builder) -> Builder:
+        _FAMILIES[name] = ModelFamily(
+            name, build, dict(defaults), dict(optional_types or {}), describe
+        )
+        return build
+
+    return decorator
+
+
+def unregister_model(name: str) -> None:
+    """Removes a family (for tests that register a throwaway one)."""
+    _FAMILIES.pop(name, None)
+
+
+def model_families() -> list[str]:
+    return sorted(_FAMILIES)
+
+
+def describe_model(model_config: Mapping[str, Any]) -> str:
+    """A short text of a model config; a family not registered here is named as it is."""
+    name = model_config.get("name", "?")
+    if name not in _FAMILIES:
+        return f"{name} (family not registered)"
+    return _FAMILIES[name].summary(model_config)
+
+
+def get_family(name: str) -> ModelFamily:
+    if name not in _FAMILIES:
+        raise ConfigError(f"unknown model.name {name!r}; registered: {model_families()}")
+    return _FAMILIES[name]
+
+
+def build_model(model_config, image_shape, num_classes: int, *, rngs: nnx.Rngs) -> nnx.Module:
+    """The model ``config.model`` describes, for images of ``image_shape`` and a dataset of
+    ``num_classes`` classes (used when ``model_config.conditional``)."""
+    family = get_family(model_config["name"])
+    known = set(family.config_defaults())
+    unknown = sorted(set(model_config.keys()) - known)
+    if unknown:
+        raise ConfigError(
+            f"model.name={family.name!r} has no field(s) {unknown}; its fields: {sorted(known)}"
+        )
+    values = {**family.config_defaults(), **{k: model_config[k] for k in model_config.keys()}}
+    return family.build(
+        values,
+        tuple(int(d) for d in image_shape),
+        int(num_classes) if values["conditional"] else None,
+        rngs=rngs,
+    )

@@ -1,0 +1,1 @@
+"""Run reporting, outside the library core: comparing finished runs from their workdirs."""

@@ -1,0 +1,124 @@
+"""Periodic actions of the step loop, each on its own schedule (as clu's periodic actions).
+
+An action runs after step ``s`` (1-based count of steps done) when ``every > 0`` and
+``s % every == 0``, and after the last step when ``on_last``. Each action may add fields to
+the step's record; the loop writes a record to ``metrics.jsonl`` whenever one was added.
+
+* ``LogTrainMetrics`` (``train.log_every``): mean train bits/dim, gradient norm, skipped
+  steps and speed since the last log; stops the run after too many non-finite steps.
+* ``Validate`` (``train.eval_every``): validation bits/dim; keeps the best state in ``best/``.
+* ``SampleGrid`` (``train.sample_every``): a sample grid PNG in ``samples/``.
+* ``SaveCheckpoint`` (``train.checkpoint_every``): the whole TrainState and the loop's meta.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from flows import plotting
+from flows import workdir as wd
+from flows.errors import TrainingError
+from flows.evaluation import evaluate_bits_per_dim
+from flows.metrics import quantize
+from flows.models import is_conditional
+from flows.train.setup import Run
+
+
+class PeriodicAction:
+    on_last = True
+
+    def __init__(self, every: int):
+        self.every = int(every)
+
+    def due(self, step: int, is_last: bool) -> bool:
+        return (self.every > 0 and step % self.every == 0) or (is_last and self.on_last)
+
+    def observe(self, metrics) -> None:
+        """Called after every step with its (device) metrics."""
+
+    def __call__(self, run: Run, step: int, record: dict) -> None:
+        raise NotImplementedError
+
+
+class LogTrainMetrics(PeriodicAction):
+    def __init__(self, every: int, wall_time):
+        super().__init__(every)
+        self.pending, self.t_last = [], time.time()
+        self.wall_time = wall_time  # () -> seconds of training so far, over every session
+        self.skipped_reported = 0
+
+    def observe(self, metrics) -> None:
+        self.pending.append(metrics)
+
+    def __call__(self, run: Run, step: int, record: dict) -> None:
+        stats, now = jax.device_get(self.pending), time.time()
+        record.update(
+            train_bpd=float(np.mean([m["bpd"] for m in stats])),
+            grad_norm=float(np.mean([m["grad_norm"] for m in stats])),
+            nonfinite_steps=int(stats[-1]["nonfinite_steps"]),
+            consecutive_nonfinite=int(stats[-1]["consecutive_nonfinite"]),
+            images_per_s=len(stats) * run.config.train.batch_size / max(now - self.t_last, 1e-9),
+            wall_time_s=self.wall_time(),
+        )
+        self.pending, self.t_last = [], now
+        if record["nonfinite_steps"] > self.skipped_reported:
+            self.skipped_reported = record["nonfinite_steps"]
+            tqdm.write(f"step {step}: {self.skipped_reported} non-finite steps skipped so far")
+        if record["consecutive_nonfinite"] >= run.config.optim.max_consecutive_nonfinite:
+            raise TrainingError(
+                f"step {step}: {record['consecutive_nonfinite']} non-finite steps in a row; "
+                f"lower optim.lr or check the data (last checkpoint kept in {run.workdir})"
+            )
+
+
+class Validate(PeriodicAction):
+    def __init__(self, every: int, wall_time):
+        super().__init__(every)
+        self.wall_time = wall_time
+
+    def __call__(self, run: Run, step: int, record: dict) -> None:
+        if run.validation is None:
+            return
+        rec = evaluate_bits_per_dim(
+            run.model(), run.validation, batch_size=run.config.eval.batch_size, key=run.eval_key
+        )
+        record["val_bpd"] = rec["bits_per_dim"]
+        if record["val_bpd"] < run.meta["best_val_bpd"]:
+            run.meta.update(best_val_bpd=record["val_bpd"], best_step=step)
+            run.best.save(step, run.state, dict(run.meta, wall_time_s=self.wall_time()))
+
+
+def save_sample_grid(path, run: Run, model, key) -> None:
+    """``train.num_grid_samples`` samples at ``train.sample_temperature`` (one class per
+    sample, cycling, for a conditional model) as a PNG grid."""
+    tc = run.config.train
+    context = None
+    if is_conditional(model):
+        context = jnp.arange(tc.num_grid_samples) % model.num_classes
+    x = model.sample(tc.num_grid_samples, key, temperature=tc.sample_temperature, context=context)
+    bins = run.train.num_bins
+    plotting.save_image_grid(path, np.asarray(quantize(x, bins)), bins)
+
+
+class SampleGrid(PeriodicAction):
+    on_last = False  # the final grid is drawn from the selected parameters (loop.finish)
+
+    def __call__(self, run: Run, step: int, record: dict) -> None:
+        if run.is_main:
+            path = wd.path(run.workdir, f"{wd.SAMPLES}/step_{step:06d}.png")
+            save_sample_grid(path, run, run.model(), jax.random.fold_in(run.eval_key, step))
+
+
+class SaveCheckpoint(PeriodicAction):
+    def __init__(self, every: int, wall_time):
+        super().__init__(every)
+        self.wall_time = wall_time
+
+    def __call__(self, run: Run, step: int, record: dict) -> None:
+        run.meta["wall_time_s"] = self.wall_time()
+        run.checkpoints.save(step, run.state, run.meta)

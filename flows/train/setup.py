@@ -1,0 +1,197 @@
+"""Setting a run up: data, mesh, model and state, the compiled train step, checkpoints, resume.
+
+``setup_run(config, workdir)`` returns a ``Run`` holding everything the step loop and the
+final evaluation need; it knows a model only through ``flows.models.build_model`` and the
+``DensityModel`` interface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+
+import jax
+import numpy as np
+from flax import nnx
+
+from flows import data as data_lib
+from flows import workdir as wd
+from flows.metrics import dequantize
+from flows.models import build_model, is_conditional
+from flows.train import sharding
+from flows.train.checkpoint import Checkpointer, abstract_like
+from flows.train.objectives import density_loss
+from flows.train.optim import make_optimizer
+from flows.train.state import TrainState
+from flows.train.step import make_train_step
+
+
+@dataclasses.dataclass
+class Run:
+    """A set-up run. ``meta`` is the loop's own state saved with each checkpoint."""
+
+    config: object
+    workdir: str
+    is_main: bool
+    train: data_lib.ImageData
+    validation: data_lib.ImageData | None
+    test: data_lib.ImageData
+    mesh: jax.sharding.Mesh
+    graphdef: nnx.GraphDef
+    state: TrainState
+    train_step: object  # jitted (state, batch) -> (state, metrics)
+    checkpoints: Checkpointer
+    best: Checkpointer
+    meta: dict
+    start_step: int
+    num_params: int
+
+    @property
+    def use_ema(self) -> bool:
+        return bool(self.config.eval.use_ema) and self.state.ema is not None
+
+    @property
+    def eval_key(self) -> jax.Array:
+        return jax.random.key(self.config.eval.seed)
+
+    def model(self, state: TrainState | None = None) -> nnx.Module:
+        """The model with ``state``'s (default: the current) evaluation parameters."""
+        return (state or self.state).model(self.graphdef, use_ema=self.use_ema)
+
+    def replicated_like_state(self):
+        return abstract_like(self.state, sharding.replicated(self.mesh))
+
+    def close(self) -> None:
+        self.checkpoints.close()
+        self.best.close()
+
+
+def host_batch(data, step: int, batch_size: int, seed: int) -> dict:
+    """This process's rows of global batch ``step`` (a pure function of the step)."""
+    idx = data_lib.batch_indices(data.num_examples, batch_size, seed, step)
+    idx = idx[sharding.process_slice(batch_size)]
+    return {"image": data.images[idx], "label": data.labels[idx].astype(np.int32)}
+
+
+def make_model_and_state(
+    config, image_shape, num_bins, num_classes, tx, init_images, init_labels, mesh, label_counts
+):
+    """Builds the model, runs data-dependent init on ``init_images`` (a sharded global batch),
+    and returns ``(graphdef, TrainState)`` replicated over the mesh."""
+    seed = config.train.seed
+    model = build_model(config.model, image_shape, num_classes, rngs=nnx.Rngs(seed))
+    if label_counts is not None and is_conditional(model):
+        model.set_label_prior(label_counts)  # p(y) for the marginal and Bayes' rule
+    graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
+
+    @jax.jit
+    def initialize(params, buffers, images, labels, key):
+        m = nnx.merge(graphdef, params, buffers)
+        x = dequantize(key, images, num_bins)
+        m.initialize(x, context=labels if is_conditional(m) else None)
+        return nnx.split(m, nnx.Param, ...)[1:]
+
+    key = jax.random.key(seed)
+    params, buffers = initialize(
+        sharding.replicate(params, mesh),
+        sharding.replicate(buffers, mesh),
+        init_images,
+        init_labels,
+        jax.random.fold_in(key, -1 % 2**31),
+    )
+    model = nnx.merge(graphdef, params, buffers)
+    state = TrainState.create(model, tx, key, ema=config.train.ema_decay > 0)
+    return graphdef, sharding.replicate(state, mesh)
+
+
+def _write_run_files(config, workdir, train) -> None:
+    wd.write_text_atomic(wd.path(workdir, wd.CONFIG), config.to_json(indent=2) + "\n")
+    info = {
+        "image_shape": list(train.image_shape),
+        "num_bins": train.num_bins,
+        "num_classes": train.num_classes,
+        "train": train.name,
+        "num_train": train.num_examples,
+    }
+    wd.write_json(wd.path(workdir, wd.DATA_INFO), info)
+
+
+def _compiled_train_step(graphdef, state, config, tx, num_bins, mesh):
+    state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), state)
+    return jax.jit(
+        make_train_step(graphdef, density_loss(num_bins), tx, config.train.ema_decay),
+        in_shardings=(state_sharding, sharding.batch_sharded(mesh)),
+        out_shardings=(state_sharding, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def _resume(run: Run) -> None:
+    """Restores the latest checkpoint if there is one; drops what came after it (metrics
+    records, best-on-validation states the resumed run has not produced yet)."""
+    latest = run.checkpoints.latest_step()
+    if latest is None:
+        # A fresh run: anything in best/ is from an earlier run killed before its first
+        # checkpoint, and must not be selected for this one.
+        shutil.rmtree(run.best.directory, ignore_errors=True)
+        run.best.reload()
+        if run.is_main:
+            wd.write_text_atomic(wd.path(run.workdir, wd.METRICS), "")
+        return
+    run.state, run.meta = run.checkpoints.restore(run.replicated_like_state())
+    run.start_step = int(run.state.step)
+    run.best.delete_after(run.start_step)
+    if run.best.latest_step() != run.meta.get("best_step"):
+        run.meta.update(best_val_bpd=math.inf, best_step=None)  # select anew from here on
+    if run.is_main:
+        wd.truncate_metrics(run.workdir, run.start_step)
+    print(f"resumed from {run.checkpoints.directory}/{run.start_step}")
+
+
+def setup_run(config, workdir: str) -> Run:
+    """Everything a run needs, resumed from ``workdir``'s latest checkpoint if it has one."""
+    sharding.initialize_distributed(config.train.distributed)
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    datasets = data_lib.load_datasets(config.data)
+    train = datasets["train"]
+    if is_main:
+        _write_run_files(config, workdir, train)
+
+    tc = config.train
+    mesh = sharding.data_mesh()
+    sharding.check_batch_size(tc.batch_size, mesh)
+    tx = make_optimizer(config.optim, tc.num_train_steps)
+    init = sharding.shard_batch(host_batch(train, 0, tc.init_batch_size, tc.seed + 1), mesh)
+    graphdef, state = make_model_and_state(
+        config,
+        train.image_shape,
+        train.num_bins,
+        train.num_classes,
+        tx,
+        init["image"],
+        init["label"],
+        mesh,
+        label_counts=np.bincount(train.labels, minlength=train.num_classes),
+    )
+    run = Run(
+        config=config,
+        workdir=workdir,
+        is_main=is_main,
+        train=train,
+        validation=datasets["validation"],
+        test=datasets["test"],
+        mesh=mesh,
+        graphdef=graphdef,
+        state=state,
+        train_step=_compiled_train_step(graphdef, state, config, tx, train.num_bins, mesh),
+        checkpoints=Checkpointer(wd.path(workdir, wd.CHECKPOINTS), max_to_keep=2),
+        best=Checkpointer(wd.path(workdir, wd.BEST), max_to_keep=1),
+        meta={"best_val_bpd": math.inf, "best_step": None, "wall_time_s": 0.0},
+        start_step=0,
+        num_params=int(sum(x.size for x in jax.tree.leaves(state.params))),
+    )
+    _resume(run)
+    return run
