@@ -89,31 +89,37 @@ def test_bfloat16_products_stay_close_to_float32(kernel):
         np.testing.assert_allclose(a, b, atol=3e-2 * float(jnp.max(jnp.abs(b))))
 
 
-def test_bfloat16_products_keep_the_flow_exactly_invertible():
+def _nudged_glow(image_shape, hidden_channels, wave, **kwargs):
+    """A one-level, two-step Glow whose parameters are all moved by ``0.05 * wave(index)``
+    (deterministic, so models built with different options share their parameters)."""
     from flax import nnx
 
     from flows.models.glow import Glow
+
+    model = Glow(
+        image_shape,
+        num_levels=1,
+        num_steps=2,
+        hidden_channels=hidden_channels,
+        rngs=nnx.Rngs(0),
+        **kwargs,
+    )
+    params = nnx.state(model, nnx.Param)
+    nnx.update(
+        model,
+        jax.tree.map(lambda v: v + 0.05 * wave(jnp.arange(v.size)).reshape(v.shape), params),
+    )
+    return model
+
+
+def test_bfloat16_products_keep_the_flow_exactly_invertible():
+    from flax import nnx
+
     from flows.nn.conditioners import ConvConditioner
 
-    def glow(compute_dtype):
-        m = Glow(
-            (4, 4, 1),
-            num_levels=1,
-            num_steps=2,
-            hidden_channels=8,
-            compute_dtype=compute_dtype,
-            rngs=nnx.Rngs(0),
-        )
-        params = nnx.state(m, nnx.Param)
-        nnx.update(
-            m,
-            jax.tree.map(lambda v: v + 0.05 * jnp.cos(jnp.arange(v.size)).reshape(v.shape), params),
-        )
-        return m
-
     x = jax.random.uniform(jax.random.key(4), (3, 4, 4, 1))
-    lp32 = glow("float32").log_prob(x)
-    model = glow("bfloat16")
+    lp32 = _nudged_glow((4, 4, 1), 8, jnp.cos, compute_dtype="float32").log_prob(x)
+    model = _nudged_glow((4, 4, 1), 8, jnp.cos, compute_dtype="bfloat16")
     nets = [n for _, n in nnx.iter_graph(model) if isinstance(n, ConvConditioner)]
     assert nets and all(n.compute_dtype == "bfloat16" for n in nets)
     latents, _ = model.forward_and_log_det(x)
@@ -140,24 +146,11 @@ def test_bfloat16_glow_gradients_follow_float32_under_scan_and_jit():
     and the loss is the float32 loss to bf16 accuracy."""
     from flax import nnx
 
-    from flows.models.glow import Glow
-
     x = jax.random.uniform(jax.random.key(5), (4, 8, 8, 2))
 
     def loss_and_grads(compute_dtype, remat=False):
-        model = Glow(
-            (8, 8, 2),
-            num_levels=1,
-            num_steps=2,
-            hidden_channels=16,
-            compute_dtype=compute_dtype,
-            remat_coupling_nets=remat,
-            rngs=nnx.Rngs(0),
-        )
-        params = nnx.state(model, nnx.Param)
-        nnx.update(
-            model,
-            jax.tree.map(lambda v: v + 0.05 * jnp.sin(jnp.arange(v.size)).reshape(v.shape), params),
+        model = _nudged_glow(
+            (8, 8, 2), 16, jnp.sin, compute_dtype=compute_dtype, remat_coupling_nets=remat
         )
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 

@@ -34,7 +34,6 @@ import socket
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
-from unittest import mock
 
 _DOWNLOAD_RETRIES = 1
 _DOWNLOAD_SOCKET_TIMEOUT_S = 20.0
@@ -80,6 +79,8 @@ def _mock_getitems(*args: Any, generator, serialized: bool = False) -> list[Any]
 
 def mock_getitems_fix():
     """A context manager that makes ``tfds.testing.mock_data``'s batched reads work."""
+    from unittest import mock  # test-time only: not imported by the library's own paths
+
     from tensorflow_datasets.testing import mocking
 
     return mock.patch.object(mocking, "_getitems", _mock_getitems)

@@ -45,6 +45,11 @@ def standard_normal_log_prob(eps: jax.Array) -> jax.Array:
     return -0.5 * jnp.sum(flat**2 + _LOG_2PI, axis=1)
 
 
+def latent_log_prob(latents, log_det: jax.Array) -> jax.Array:
+    """``log N(latents; 0, I) + log|det|`` per example, for any pytree of latents."""
+    return sum(standard_normal_log_prob(e) for e in jax.tree.leaves(latents)) + log_det
+
+
 def is_conditional(model) -> bool:
     """Whether ``model`` is a label-conditioned ``p(x | y)``."""
     return getattr(model, "num_classes", None) is not None
@@ -84,8 +89,7 @@ class DensityModel(nnx.Module):
     # -- derived ------------------------------------------------------------------------
     def log_prob(self, x, *, context=None):
         """Per-example log density of x on the unit scale, in nats (log p(x|y) if conditional)."""
-        latents, log_det = self.forward_and_log_det(x, context=context)
-        return sum(standard_normal_log_prob(e) for e in jax.tree.leaves(latents)) + log_det
+        return latent_log_prob(*self.forward_and_log_det(x, context=context))
 
     def log_prob_and_aux_loss(self, x, *, context=None):
         """``(log p(x|y), auxiliary loss, metrics)`` for training: the loss is a scalar added

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flows.bijectors import Bijector, GaussianSplit, LearnedPrior, Logit, Shift, Squeeze
-from flows.models.base import DensityModel, standard_normal_log_prob
+from flows.models.base import DensityModel, latent_log_prob
 from flows.models.registry import register_model
 from flows.models.steps import StepStack, check_backprop, glow_step
 from flows.nn.conditioners import check_compute_dtype
@@ -259,7 +259,7 @@ class Glow(DensityModel):
     def log_prob_and_aux_logits(self, x, *, context=None):
         """``(log p(x|y), logits of the auxiliary classifier or None)`` in one pass."""
         latents, log_det, top = self._encode(x, context)
-        log_prob = sum(standard_normal_log_prob(e) for e in latents) + log_det
+        log_prob = latent_log_prob(latents, log_det)
         logits = None
         if self.aux_classifier is not None:
             logits = self.aux_classifier(jnp.mean(top, axis=(1, 2)))
@@ -283,6 +283,22 @@ class Glow(DensityModel):
         ]
 
 
+def describe_glow(m) -> str:
+    """E.g. ``L=2 K=8 h=64 affine conv1x1_lu logit(0.001) cond:all``."""
+    parts = [
+        f"L={m['num_levels']} K={m['num_steps']} h={m['hidden_channels']} "
+        f"{m['coupling']} {m['permutation']}"
+    ]
+    if m.get("logit_alpha") is not None:
+        parts.append(f"logit({m['logit_alpha']})")
+    if m.get("conditional"):
+        cond = f"cond:{m['condition_on']}"
+        if m.get("weight_y"):
+            cond += f"+aux{m['weight_y']:g}"
+        parts.append(cond)
+    return " ".join(parts)
+
+
 @register_model(
     "glow",
     defaults={
@@ -302,7 +318,7 @@ class Glow(DensityModel):
         "remat_coupling_nets": False,
     },
     optional_types={"logit_alpha": float},
-    describe=lambda m: describe_glow(m),
+    describe=describe_glow,
 )
 def build_glow(cfg, image_shape, num_classes, *, rngs: nnx.Rngs) -> Glow:
     """Glow from the fields of ``config.model`` (``flows.models.registry``)."""
@@ -322,19 +338,3 @@ def build_glow(cfg, image_shape, num_classes, *, rngs: nnx.Rngs) -> Glow:
         remat_coupling_nets=cfg["remat_coupling_nets"],
         rngs=rngs,
     )
-
-
-def describe_glow(m) -> str:
-    """E.g. ``L=2 K=8 h=64 affine conv1x1_lu logit(0.001) cond:all``."""
-    parts = [
-        f"L={m['num_levels']} K={m['num_steps']} h={m['hidden_channels']} "
-        f"{m['coupling']} {m['permutation']}"
-    ]
-    if m.get("logit_alpha") is not None:
-        parts.append(f"logit({m['logit_alpha']})")
-    if m.get("conditional"):
-        cond = f"cond:{m['condition_on']}"
-        if m.get("weight_y"):
-            cond += f"+aux{m['weight_y']:g}"
-        parts.append(cond)
-    return " ".join(parts)

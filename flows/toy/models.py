@@ -22,18 +22,14 @@ is the uniform density.
 
 from __future__ import annotations
 
-import math
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from flows.bijectors import Chain, Probit, Reverse, Shift
 from flows.bijectors.base import Bijector
 from flows.bijectors.spline import RationalQuadraticSpline, spline_coupling
-
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+from flows.models.base import latent_log_prob
 
 
 class ToyFlow(nnx.Module):
@@ -47,7 +43,7 @@ class ToyFlow(nnx.Module):
     def log_prob(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
         """Log density (nats, unit scale) of x, shape ``(batch,)``."""
         z, log_det = self.bijector.forward_and_log_det(x, context=context)
-        return jnp.sum(-0.5 * z * z - _HALF_LOG_2PI, axis=-1) + log_det
+        return latent_log_prob(z, log_det)
 
     def sample(self, key: jax.Array, num: int, context: jax.Array | None = None) -> jax.Array:
         z = jax.random.normal(key, (num, self.num_dims))

@@ -57,10 +57,11 @@ class Checkpointer:
     def delete_after(self, step: int) -> None:
         """Deletes every checkpoint of a later step than ``step``."""
         with _quiet_absl():
-            for s in self._manager.all_steps():
-                if s > step:
-                    self._manager.delete(s)
-        self.reload()
+            later = [s for s in self._manager.all_steps() if s > step]
+            for s in later:
+                self._manager.delete(s)
+        if later:
+            self.reload()
 
     def save(self, step: int, state, meta: dict) -> None:
         saved = self._manager.save(
