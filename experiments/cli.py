@@ -1,4 +1,9 @@
-"""Shared command-line plumbing: expected failures become one line on stderr and exit 2."""
+"""Shared command-line plumbing: user errors become one line on stderr and exit status 2.
+
+A user error is one of the project's own types (``flows.errors.FlowsError``: config, data,
+checkpoint, training) or a bad command line. Anything else is a bug and keeps its traceback;
+``--debug`` shows the traceback of user errors too.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,9 @@ import sys
 
 from absl import app, flags, logging
 
-from flows.errors import FlowsError
+from flows.errors import ConfigError, FlowsError
 
-EXPECTED_ERRORS = (FlowsError, ValueError, KeyError, OSError)
+_DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of every error, user errors too.")
 
 
 def one_line(exc: BaseException) -> str:
@@ -16,14 +21,23 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+def no_extra_arguments(argv) -> None:
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+
+
 def run(main) -> None:
-    """``absl.app.run(main)``, with expected errors reported as one line and exit status 2."""
+    """``absl.app.run(main)``, with user errors reported as one line and exit status 2."""
 
     def wrapped(argv):
-        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+        # orbax logs every save at INFO, and orbax / TFDS log their own internals at WARNING
+        # (e.g. a missing dataset_info.json right before our one-line DatasetError).
+        logging.set_verbosity(logging.INFO if _DEBUG.value else logging.ERROR)
         try:
             return main(argv)
-        except EXPECTED_ERRORS as e:
+        except FlowsError as e:
+            if _DEBUG.value:
+                raise
             print(f"error: {one_line(e)}", file=sys.stderr)
             sys.exit(2)
 
@@ -32,6 +46,8 @@ def run(main) -> None:
         try:
             return flags.FLAGS(argv)
         except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+            if "--debug" in argv:
+                raise
             message = one_line(e).replace("\\n", " ").replace("\\'", "'")
             if "Traceback" in message:  # config_flags wraps a config file's own error
                 message = "config file error: " + message.rsplit("Error: ", 1)[-1]

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from experiments import cli
 from flows import data as data_lib
 from flows import workdir as wd
+from flows.errors import ConfigError
 from flows.evaluation import evaluate, summary_line
 from flows.train.restore import load_run
 
@@ -33,13 +34,12 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments {argv[1:]}")
+    cli.no_extra_arguments(argv)
     use_ema = None if _PARAMS.value == "auto" else _PARAMS.value == "ema"
     model, config, info = load_run(_WORKDIR.value, checkpoint=_CHECKPOINT.value, use_ema=use_ema)
     data = data_lib.load_datasets(config.data)[_SPLIT.value]
     if data is None:
-        raise ValueError(f"the run has no {_SPLIT.value} split (data.validation_size = 0)")
+        raise ConfigError(f"the run has no {_SPLIT.value} split (data.validation_size = 0)")
     t0 = time.time()
     with tqdm(total=data.num_examples, desc=f"eval {data.name}", unit="img") as bar:
         record = evaluate(

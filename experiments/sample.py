@@ -17,6 +17,7 @@ from absl import flags
 
 from experiments import cli
 from flows import plotting
+from flows.errors import ConfigError
 from flows.metrics import quantize
 from flows.train.restore import load_run
 
@@ -33,16 +34,15 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments {argv[1:]}")
+    cli.no_extra_arguments(argv)
     model, config, info = load_run(_WORKDIR.value)
     num_bins = info["num_bins"]
     key = jax.random.key(_SEED.value)
     conditional = model.num_classes is not None
     if (_LABEL.value is not None or _CLASS_GRID.value) and not conditional:
-        raise ValueError("--label and --class_grid need a label-conditioned run")
+        raise ConfigError("--label and --class_grid need a label-conditioned run")
     if _LABEL.value is not None and not 0 <= _LABEL.value < model.num_classes:
-        raise ValueError(f"--label must be in 0..{model.num_classes - 1}, got {_LABEL.value}")
+        raise ConfigError(f"--label must be in 0..{model.num_classes - 1}, got {_LABEL.value}")
     if _CLASS_GRID.value:
         temps = [float(t) for t in _TEMPS.value]
         rows = []
@@ -68,9 +68,8 @@ def main(argv):
         desc = f"T = {_T.value}" + (f", label {_LABEL.value}" if _LABEL.value is not None else "")
     out = _OUT.value or os.path.join(_WORKDIR.value, name)
     plotting.save_image_grid(out, images, num_bins, ncols=ncols)
-    print(
-        f"{len(images)} samples ({desc}; {info['parameters']} params, step {info['step']}) -> {out}"
-    )
+    provenance = f"{info['parameters']} params, step {info['checkpoint_step']}"
+    print(f"{len(images)} samples ({desc}; {provenance}) -> {out}")
 
 
 if __name__ == "__main__":

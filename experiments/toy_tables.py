@@ -25,8 +25,7 @@ flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments {argv[1:]}")
+    cli.no_extra_arguments(argv)
     result = experiment.run(_CONFIG.value)
     print(result.report())
     print(json.dumps(result.record), flush=True)

@@ -1,7 +1,10 @@
 """Train a flow from a config file; rerunning the same command resumes from the workdir.
 
     python -m experiments.train --config=configs/glow_digits.py --workdir=runs/digits \
-        [--config.model.num_steps=8 --config.optim.lr=5e-4 ...]
+        [--config.model.num_steps=8 --config.optim.lr=5e-4 ...] [--allow_config_change]
+
+A rerun with another config than the workdir's is refused (exit 2, naming each changed key)
+unless ``--allow_config_change``; ``--debug`` shows tracebacks of user errors.
 """
 
 from absl import flags
@@ -13,13 +16,20 @@ from flows.train.loop import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with :variant).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, samples).")
+_ALLOW_CHANGE = flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Resume even though the config differs from the workdir's (the change and its step are "
+    "recorded in config_history.jsonl and shown in evaluation records and compare).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments {argv[1:]}")
-    record = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    cli.no_extra_arguments(argv)
+    record = train_and_evaluate(
+        _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value
+    )
     print(f"test: {summary_line(record)} -> {_WORKDIR.value}/eval_test.json")
 
 

@@ -7,6 +7,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from flows.workdir import atomic_file
+
 
 def image_grid(images: np.ndarray, num_bins: int, *, ncols: int | None = None, pad: int = 1):
     """(N, H, W, C) integer levels -> one uint8 grid image, values scaled to 0..255."""
@@ -33,7 +35,8 @@ def save_image_grid(path, images, num_bins, *, ncols=None, upscale: int | None =
     img = Image.fromarray(grid)
     if upscale > 1:
         img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
-    img.save(path)
+    with atomic_file(path) as tmp:
+        img.save(tmp, format="PNG")
 
 
 def plot_learning_curves(path, runs: dict[str, list[dict]], *, title: str = "") -> None:
@@ -58,5 +61,6 @@ def plot_learning_curves(path, runs: dict[str, list[dict]], *, title: str = "") 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)

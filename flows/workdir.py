@@ -10,9 +10,18 @@ What a workdir holds after ``flows.train.train_and_evaluate``::
     samples/step_<n>.png    sample grids during training; samples.png at the end
     learning_curves.png     train / validation bits/dim against step
     eval_test.json          test bits/dim of the selected parameters, with provenance
+    config_history.jsonl    config changes accepted on resume (``--allow_config_change``)
+    corrupt/                unreadable checkpoints moved out of the way on resume
 
-JSON files are written atomically (a temporary file in the same directory, then a rename), so
-a run killed at any instant leaves either the old or the new file, never half of one.
+The workdir is a contract: ``config.json`` is the config of every step the run made. A rerun
+with another config is refused (``config_changes`` names each changed key) unless the change
+is allowed explicitly; an allowed change is appended, with the step it took effect at, to
+``config_history.jsonl`` and shown in evaluation records and ``experiments.compare``.
+
+Every file is written atomically (a temporary file in the same directory, then a rename), so
+a run killed at any instant leaves either the old or the new file, never half of one; the only
+file appended to, ``metrics.jsonl``, is read without a partial last line and rewritten
+atomically on resume.
 
 Workdirs written before the names were made unambiguous are read through ``upgrade_*``: the
 data's quantisation was ``num_levels`` (now ``num_bins``) and the training length
@@ -22,6 +31,7 @@ data's quantisation was ``num_levels`` (now ``num_bins``) and the training lengt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -37,26 +47,45 @@ CHECKPOINTS = "checkpoints"
 BEST = "best"
 SAMPLES = "samples"
 EVAL_TEST = "eval_test.json"
+CONFIG_HISTORY = "config_history.jsonl"
+CORRUPT = "corrupt"
 
 
 def path(workdir: str, name: str) -> str:
     return os.path.join(workdir, name)
 
 
-def write_text_atomic(file: str, text: str) -> None:
-    """Writes ``text`` to ``file`` through a temporary file and a rename."""
+@contextlib.contextmanager
+def atomic_file(file: str):
+    """Yields a temporary path next to ``file``; when the block ends without an error, the
+    temporary file is synced and renamed onto ``file`` (else removed)."""
     directory = os.path.dirname(os.path.abspath(file))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(file)}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, file)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_partial_writes(workdir: str) -> None:
+    """Deletes the temporary files of ``atomic_file`` writes that a killed run left behind."""
+    for directory in (workdir, path(workdir, SAMPLES)):
+        if os.path.isdir(directory):
+            for name in os.listdir(directory):
+                if name.startswith(".") and name.endswith(".tmp"):
+                    os.remove(os.path.join(directory, name))
+
+
+def write_text_atomic(file: str, text: str) -> None:
+    """Writes ``text`` to ``file`` through a temporary file and a rename."""
+    with atomic_file(file) as tmp, open(tmp, "w") as f:
+        f.write(text)
 
 
 def write_json(file: str, obj) -> None:
@@ -101,6 +130,62 @@ def truncate_metrics(workdir: str, last_step: int) -> None:
     """On resume: keep only the records up to the step resumed from (atomically)."""
     kept = [r for r in read_metrics(workdir) if r["step"] <= last_step]
     write_text_atomic(path(workdir, METRICS), "".join(json.dumps(r) + "\n" for r in kept))
+
+
+# -- the config contract ------------------------------------------------------------------
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and tuples are values)."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+_ABSENT = "(absent)"
+
+
+def config_changes(old: dict, new: dict) -> dict[str, tuple]:
+    """``{dotted key: (old value, new value)}`` for every key whose value differs (a key on
+    one side only has the value ``'(absent)'`` on the other), in sorted key order."""
+    a, b = flatten(json.loads(json.dumps(old))), flatten(json.loads(json.dumps(new)))
+    return {
+        k: (a.get(k, _ABSENT), b.get(k, _ABSENT))
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k, _ABSENT) != b.get(k, _ABSENT)
+    }
+
+
+def describe_changes(changes: dict[str, tuple]) -> str:
+    """``"optim.lr 0.001 -> 0.5, train.num_train_steps 20 -> 40"``."""
+    return ", ".join(f"{k} {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in changes.items())
+
+
+def read_config_history(workdir: str) -> list[dict]:
+    """The config changes accepted on resume: ``[{"step": s, "changes": {key: [old, new]}}]``."""
+    file = path(workdir, CONFIG_HISTORY)
+    if not os.path.exists(file):
+        return []
+    with open(file) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def append_config_history(workdir: str, step: int, changes: dict[str, tuple]) -> None:
+    """Records that the config ``changes`` took effect at ``step`` (atomically)."""
+    history = read_config_history(workdir)
+    history.append({"step": int(step), "changes": {k: list(v) for k, v in changes.items()}})
+    text = "".join(json.dumps(h) + "\n" for h in history)
+    write_text_atomic(path(workdir, CONFIG_HISTORY), text)
+
+
+def config_changed_at(workdir: str) -> list[dict]:
+    """For evaluation records: ``[{"step": s, "keys": [...]}]`` of every accepted change."""
+    return [{"step": h["step"], "keys": sorted(h["changes"])} for h in read_config_history(workdir)]
 
 
 # -- old workdirs --------------------------------------------------------------------------

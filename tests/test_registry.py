@@ -105,7 +105,7 @@ def test_a_family_registered_in_a_test_trains_through_the_loop(
         assert record["accuracy"] > record["chance_accuracy"]
     model, loaded_config, info = load_run(str(tmp_path))
     assert isinstance(model, DiagonalGaussian) and loaded_config.model.name == diagonal_family
-    assert info["step"] == record["checkpoint_step"] and info["num_bins"] == 17
+    assert info["checkpoint_step"] == record["checkpoint_step"] and info["num_bins"] == 17
 
 
 def test_unknown_family_and_foreign_fields_are_config_errors():
@@ -118,3 +118,28 @@ def test_unknown_family_and_foreign_fields_are_config_errors():
     fields = dict(get_family("glow").config_defaults(), extra_field=1)
     with pytest.raises(ConfigError, match=r"has no field\(s\) \['extra_field'\]"):
         build_model(fields, (8, 8, 1), 10, rngs=nnx.Rngs(0))
+
+
+def test_validation_and_logging_keep_their_own_schedules(diagonal_family, tmp_path):
+    """eval_every=250 with log_every=100 validates at 250, 500, 750, 1000 (it used to run
+    only on steps that were also logging steps: 500, 1000)."""
+    config = _smoke_config(diagonal_family)
+    config.train.update(num_train_steps=1000, log_every=100, eval_every=250, checkpoint_every=500)
+    train_and_evaluate(config, str(tmp_path))
+    metrics = wd.read_metrics(str(tmp_path))
+    assert [r["step"] for r in metrics if "val_bpd" in r] == [250, 500, 750, 1000]
+    assert [r["step"] for r in metrics if "train_bpd" in r] == list(range(100, 1001, 100))
+    assert [r["step"] for r in metrics] == [
+        100,
+        200,
+        250,
+        300,
+        400,
+        500,
+        600,
+        700,
+        750,
+        800,
+        900,
+        1000,
+    ]

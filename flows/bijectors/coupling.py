@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flows.bijectors.base import Bijector, sum_except_batch
+from flows.errors import ConfigError
 from flows.nn.conditioners import ConvConditioner
 
 
@@ -99,7 +100,7 @@ def conv_coupling(
     """A coupling on image channels with Glow's convolutional conditioner (``compute_dtype``
     and ``remat``: see ``ConvConditioner``)."""
     if kind not in COUPLINGS:
-        raise ValueError(f"unknown coupling {kind!r}; choose one of {sorted(COUPLINGS)}")
+        raise ConfigError(f"unknown coupling {kind!r}; choose one of {sorted(COUPLINGS)}")
     if channels < 2:
         raise ValueError(f"a coupling needs at least 2 channels, got {channels}")
     cls = COUPLINGS[kind]

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from flows.bijectors.base import Bijector, sum_except_batch
+from flows.errors import ConfigError
 
 
 def _event_size(x):
@@ -52,7 +53,7 @@ class Scale(Bijector):
 class Logit(Bijector):
     def __init__(self, alpha: float = 0.05):
         if not 0 <= alpha < 0.5:
-            raise ValueError(f"Logit alpha must be in [0, 0.5), got {alpha}")
+            raise ConfigError(f"Logit alpha must be in [0, 0.5), got {alpha}")
         self.alpha = alpha
 
     def forward_and_log_det(self, x, *, context=None):

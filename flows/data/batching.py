@@ -11,13 +11,15 @@ import functools
 
 import numpy as np
 
+from flows.errors import ConfigError
+
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     """Number of full batches per epoch (the remainder is dropped)."""
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise ConfigError(f"batch_size must be positive, got {batch_size}")
     if num_examples < batch_size:
-        raise ValueError(f"batch_size {batch_size} is larger than the dataset ({num_examples})")
+        raise ConfigError(f"batch_size {batch_size} is larger than the dataset ({num_examples})")
     return num_examples // batch_size
 
 

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flows.bijectors import Bijector, GaussianSplit, LearnedPrior, Logit, Shift, Squeeze
+from flows.errors import ConfigError
 from flows.models.base import DensityModel, latent_log_prob
 from flows.models.registry import register_model
 from flows.models.steps import StepStack, check_backprop, glow_step
@@ -158,15 +159,15 @@ class Glow(DensityModel):
         compute_dtype = check_compute_dtype(compute_dtype)
         h, w, c = self.image_shape
         if num_levels < 1:
-            raise ValueError(f"num_levels must be >= 1, got {num_levels}")
+            raise ConfigError(f"num_levels must be >= 1, got {num_levels}")
         factor = 2**num_levels
         if h % factor or w % factor:
-            raise ValueError(
+            raise ConfigError(
                 f"image size {h}x{w} is not divisible by 2**num_levels = {factor}; "
                 f"pad the images (config.data.pad_to) or use fewer levels"
             )
         if condition_on not in CONDITION_ON:
-            raise ValueError(f"condition_on must be one of {CONDITION_ON}, got {condition_on!r}")
+            raise ConfigError(f"condition_on must be one of {CONDITION_ON}, got {condition_on!r}")
         self.condition_on = condition_on
         self.preprocess = Shift(-0.5) if logit_alpha is None else Logit(logit_alpha)
 
@@ -198,12 +199,12 @@ class Glow(DensityModel):
         self.levels = nnx.List(levels)
         self.latent_shapes = tuple(shapes)
         if weight_y < 0:
-            raise ValueError(f"weight_y must be >= 0, got {weight_y}")
+            raise ConfigError(f"weight_y must be >= 0, got {weight_y}")
         self.weight_y = float(weight_y)
         aux = None
         if weight_y > 0:
             if num_classes is None:
-                raise ValueError("weight_y > 0 (the auxiliary classifier) needs num_classes")
+                raise ConfigError("weight_y > 0 (the auxiliary classifier) needs num_classes")
             # Glow's weight_y head: mean-pooled top features -> zero-initialised linear.
             aux = nnx.Linear(
                 levels[-1].out_channels,

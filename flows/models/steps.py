@@ -29,6 +29,7 @@ from flax import nnx
 
 from flows.bijectors import ActNorm, Bijector, Chain, Conv1x1, Conv1x1LU, Reverse, Shuffle
 from flows.bijectors.coupling import conv_coupling
+from flows.errors import ConfigError
 from flows.models.invertible_backprop import invertible_scan
 
 PERMUTATIONS = ("conv1x1_lu", "conv1x1", "shuffle", "reverse")
@@ -37,7 +38,7 @@ BACKPROP = ("autodiff", "checkpoint", "invertible")
 
 def check_backprop(backprop: str) -> str:
     if backprop not in BACKPROP:
-        raise ValueError(f"unknown backprop {backprop!r}; choose one of {list(BACKPROP)}")
+        raise ConfigError(f"unknown backprop {backprop!r}; choose one of {list(BACKPROP)}")
     return backprop
 
 
@@ -50,7 +51,7 @@ def make_permutation(kind: str, channels: int, *, rngs: nnx.Rngs) -> Bijector:
         return Shuffle(channels, rngs=rngs)
     if kind == "reverse":
         return Reverse(channels)
-    raise ValueError(f"unknown permutation {kind!r}; choose one of {list(PERMUTATIONS)}")
+    raise ConfigError(f"unknown permutation {kind!r}; choose one of {list(PERMUTATIONS)}")
 
 
 def glow_step(
@@ -100,7 +101,7 @@ class StepStack(Bijector):
     ):
         check_backprop(backprop)
         if num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+            raise ConfigError(f"num_steps must be >= 1, got {num_steps}")
 
         # Under jit, the K initialisations (QR, LU, ...) compile once as one program instead
         # of dispatching (and compiling) each small op eagerly.

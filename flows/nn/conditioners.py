@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flows.errors import ConfigError
 from flows.nn.conv import conv2d_same, dense
 
 hidden_kernel_init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
@@ -68,7 +69,7 @@ def check_compute_dtype(compute_dtype: str) -> str:
     """The canonical name of a coupling network's product dtype ('float32' or 'bfloat16')."""
     name = jnp.dtype(compute_dtype).name if compute_dtype is not None else "float32"
     if name not in COMPUTE_DTYPES:
-        raise ValueError(f"compute_dtype {compute_dtype!r}: use one of {list(COMPUTE_DTYPES)}")
+        raise ConfigError(f"compute_dtype {compute_dtype!r}: use one of {list(COMPUTE_DTYPES)}")
     return name
 
 

@@ -36,6 +36,7 @@ import os
 import string
 
 from flows import workdir as wd
+from flows.errors import FlowsError
 from flows.models.registry import describe_model
 
 EVAL_FILE = wd.EVAL_TEST
@@ -84,11 +85,12 @@ CSV_COLUMNS = (
     "accuracy_se",
     "chance_accuracy",
     "label_nll_nats",
+    "config_changed_at",
     "note",
 )
 
 
-class CompareError(ValueError):
+class CompareError(FlowsError, ValueError):
     """The runs cannot be compared as asked; the message is one line naming the workdir."""
 
 
@@ -104,6 +106,7 @@ class Run:
     evaluation: dict | None
     eval_file: str
     training_record: dict  # eval_test.json (provenance: num_params, train_steps, wall time)
+    config_history: list[dict] = dataclasses.field(default_factory=list)  # changes on resume
 
     @property
     def model_config(self) -> dict:
@@ -162,6 +165,7 @@ def load_run(workdir: str, *, eval_file: str = EVAL_FILE, name: str | None = Non
         training_record=wd.upgrade_record(_read_json(test_path))
         if os.path.exists(test_path)
         else {},
+        config_history=wd.read_config_history(workdir),
     )
 
 
@@ -336,6 +340,12 @@ def _row(run: Run) -> dict:
     elif value is None:
         what = "marginal bits/dim" if run.conditional else "bits/dim"
         row["note"] = f"no finite {what} in {run.eval_file}; not ranked"
+    if run.config_history:
+        changed = "; ".join(
+            f"step {h['step']}: {', '.join(sorted(h['changes']))}" for h in run.config_history
+        )
+        row["config_changed_at"] = changed
+        row["note"] = "; ".join(filter(None, [row["note"], f"config changed mid-run ({changed})"]))
     return row
 
 

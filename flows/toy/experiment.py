@@ -33,6 +33,7 @@ from fractions import Fraction
 import numpy as np
 from flax import nnx
 
+from flows.errors import ConfigError
 from flows.toy import exact, fit, models, quadrature, tables
 
 
@@ -44,7 +45,7 @@ def make_table(config) -> tables.Table:
         return tables.gender_age()
     if name == "counts":
         if not config.counts:
-            raise ValueError("table.name='counts' needs table.counts")
+            raise ConfigError("table.name='counts' needs table.counts")
         return tables.from_counts(
             np.asarray(config.counts),
             axes=tuple(config.axes) or None,
@@ -58,7 +59,7 @@ def make_table(config) -> tables.Table:
             zero_cells=config.zero_cells,
             max_count=config.max_count,
         )
-    raise ValueError(f"unknown table.name {name!r}; use 'gender_age', 'counts' or 'random'")
+    raise ConfigError(f"unknown table.name {name!r}; use 'gender_age', 'counts' or 'random'")
 
 
 @dataclasses.dataclass

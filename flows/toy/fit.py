@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from flows.errors import ConfigError
 from flows.metrics import mean_and_standard_error
 from flows.toy.models import batched_log_prob
 from flows.toy.tables import Table, cell_index_log_volume, dequantize_cells, sample_cells
@@ -42,7 +43,7 @@ def model_inputs(key, table: Table, num: int, kind: str, *, stratified: bool = F
     """A dequantized batch: ``(x, context, log_volume)`` for the joint (``x`` in [0,1]^D, no
     context) or the conditional model (``x`` the non-label axes, context the one-hot label)."""
     if kind not in (JOINT, CONDITIONAL):
-        raise ValueError(f"unknown toy model kind {kind!r}; use {JOINT!r} or {CONDITIONAL!r}")
+        raise ConfigError(f"unknown toy model kind {kind!r}; use {JOINT!r} or {CONDITIONAL!r}")
     kc, ku = jax.random.split(key)
     cells = sample_cells(kc, table, num, stratified=stratified)
     x = dequantize_cells(ku, cells, table.shape)

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flows.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Table:
@@ -30,20 +32,20 @@ class Table:
         counts = np.asarray(self.counts)
         if not np.issubdtype(counts.dtype, np.integer):
             if not np.all(counts == np.round(counts)):
-                raise ValueError("table counts must be whole numbers")
+                raise ConfigError("table counts must be whole numbers")
             counts = counts.astype(np.int64)
         if counts.ndim < 2:
-            raise ValueError(f"a table needs at least 2 axes (x and label), got {counts.ndim}")
+            raise ConfigError(f"a table needs at least 2 axes (x and label), got {counts.ndim}")
         if np.any(counts < 0) or counts.sum() <= 0:
-            raise ValueError("table counts must be non-negative with a positive total")
+            raise ConfigError("table counts must be non-negative with a positive total")
         if len(self.axes) != counts.ndim or len(self.categories) != counts.ndim:
-            raise ValueError(
+            raise ConfigError(
                 f"{counts.ndim} axes in the counts but {len(self.axes)} axis names and "
                 f"{len(self.categories)} category lists"
             )
         for axis, cats, n in zip(self.axes, self.categories, counts.shape, strict=True):
             if len(cats) != n:
-                raise ValueError(f"axis {axis!r} has {n} levels but {len(cats)} category names")
+                raise ConfigError(f"axis {axis!r} has {n} levels but {len(cats)} category names")
         object.__setattr__(self, "counts", counts)
         object.__setattr__(self, "axes", tuple(self.axes))
         object.__setattr__(self, "categories", tuple(tuple(c) for c in self.categories))
@@ -110,7 +112,7 @@ def from_records(
     counts = np.zeros([len(c) for c in categories], np.int64)
     for rec in records:
         if len(rec) != len(axes):
-            raise ValueError(f"record {rec!r} does not have one value per axis {tuple(axes)}")
+            raise ConfigError(f"record {rec!r} does not have one value per axis {tuple(axes)}")
         counts[tuple(list(c).index(v) for c, v in zip(categories, rec, strict=True))] += 1
     return Table(tuple(axes), tuple(tuple(c) for c in categories), counts, name)
 
@@ -135,7 +137,7 @@ def random_table(
     shape = tuple(int(n) for n in shape)
     rng = np.random.default_rng(seed)
     if zero_cells >= math.prod(shape):
-        raise ValueError(f"{zero_cells} zero cells leave nothing in a {shape} table")
+        raise ConfigError(f"{zero_cells} zero cells leave nothing in a {shape} table")
     for _ in range(1000):
         counts = rng.integers(1, max_count + 1, size=shape)
         flat = counts.reshape(-1)
@@ -145,7 +147,7 @@ def random_table(
             for d in range(len(shape))
         ):
             return from_counts(counts, name=f"random_{'x'.join(map(str, shape))}_seed{seed}")
-    raise ValueError(f"could not place {zero_cells} zero cells in a {shape} table")
+    raise ConfigError(f"could not place {zero_cells} zero cells in a {shape} table")
 
 
 def sample_cells(key: jax.Array, table: Table, num: int, *, stratified: bool = False):

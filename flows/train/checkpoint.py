@@ -3,7 +3,11 @@ plus a JSON record of the loop's own state (best validation so far). The step co
 data position (batches are a pure function of it, ``flows.data.batch_indices``).
 
 Orbax writes each checkpoint to a temporary directory and renames it when complete, so a run
-killed mid-save (even by SIGKILL) leaves the previous checkpoint intact.
+killed mid-save (even by SIGKILL) leaves the previous checkpoint intact; the temporary
+directory is removed when the manager next opens. A checkpoint damaged afterwards is reported
+by ``restore`` as unreadable (``flows.train.setup`` then falls back to an earlier one), and a
+checkpoint of another model (its arrays have other shapes) as ``ShapeMismatch``, before orbax
+is asked to read it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from flows.errors import CheckpointError
+
+
+class ShapeMismatch(CheckpointError):
+    """The checkpoint holds arrays of other shapes (or another tree) than the restore target."""
 
 
 @contextlib.contextmanager
@@ -42,7 +50,9 @@ class Checkpointer:
         with _quiet_absl():  # orbax logs damaged metadata itself; restore() reports it
             self._manager = ocp.CheckpointManager(
                 self.directory,
-                options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True),
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=self._max_to_keep, create=True, cleanup_tmp_directories=True
+                ),
             )
 
     def reload(self) -> None:
@@ -54,6 +64,13 @@ class Checkpointer:
         with _quiet_absl():
             return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        with _quiet_absl():
+            return sorted(self._manager.all_steps())
+
+    def step_path(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
     def delete_after(self, step: int) -> None:
         """Deletes every checkpoint of a later step than ``step``."""
         with _quiet_absl():
@@ -62,6 +79,19 @@ class Checkpointer:
                 self._manager.delete(s)
         if later:
             self.reload()
+
+    def move_away(self, step: int, destination: str) -> str:
+        """Moves checkpoint ``step`` out of the managed directory (to
+        ``destination/<dirname>-<step>``); returns where it went."""
+        os.makedirs(destination, exist_ok=True)
+        target = os.path.join(destination, f"{os.path.basename(self.directory)}-{step}")
+        suffix = 0
+        while os.path.exists(target + (f".{suffix}" if suffix else "")):
+            suffix += 1
+        target += f".{suffix}" if suffix else ""
+        os.replace(self.step_path(step), target)
+        self.reload()
+        return target
 
     def save(self, step: int, state, meta: dict) -> None:
         saved = self._manager.save(
@@ -83,6 +113,12 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
+        mismatch = self.shape_mismatch(step, abstract_state)
+        if mismatch:
+            raise ShapeMismatch(
+                f"checkpoint {self.step_path(step)} holds another model than the config builds "
+                f"({mismatch})"
+            )
         try:
             with _quiet_absl():  # orbax logs its own multi-line error before raising
                 restored = self._manager.restore(
@@ -95,8 +131,7 @@ class Checkpointer:
         except Exception as e:  # orbax raises many types for damaged files
             cause = " ".join(str(e).split())[:200] or type(e).__name__
             raise CheckpointError(
-                f"checkpoint {self.directory}/{step} is unreadable ({type(e).__name__}: {cause}); "
-                f"move it away to resume from an earlier one, or use a fresh --workdir"
+                f"checkpoint {self.step_path(step)} is unreadable ({type(e).__name__}: {cause})"
             ) from None
         # Copy into buffers XLA allocates itself: restored host buffers may be aligned
         # differently, and XLA:CPU's vectorised reductions can round differently on them,
@@ -104,12 +139,55 @@ class Checkpointer:
         state = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))(restored.state)
         return state, dict(restored.meta)
 
+    def shape_mismatch(self, step: int, abstract_state) -> str | None:
+        """The first array whose shape differs between checkpoint ``step`` and
+        ``abstract_state`` (``'path: saved (a, b) vs (c, d)'``), or None when all agree.
+        Reads only the checkpoint's metadata; raises CheckpointError when that is unreadable."""
+        try:
+            with _quiet_absl():
+                meta = ocp.StandardCheckpointer().metadata(
+                    os.path.join(self.step_path(step), "state")
+                )
+            saved = _shapes(meta.item_metadata)
+            if not saved:
+                raise ValueError("its metadata lists no arrays")
+        except Exception as e:
+            cause = " ".join(str(e).split())[:200] or type(e).__name__
+            raise CheckpointError(
+                f"checkpoint {self.step_path(step)} is unreadable ({type(e).__name__}: {cause})"
+            ) from None
+        wanted = _shapes(abstract_state)
+        for name in sorted(saved.keys() | wanted.keys()):
+            a, b = saved.get(name, "absent"), wanted.get(name, "absent")
+            if a != b:
+                return f"{name}: saved {a} vs {b}"
+        return None
+
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    """``{'params/levels/0/.../w1/value': shape}`` of a state pytree or of orbax metadata."""
+
+    def name(path):
+        parts = []
+        for k in path:
+            for attr in ("key", "name", "idx"):
+                if hasattr(k, attr):
+                    parts.append(str(getattr(k, attr)))
+                    break
+        return "/".join(parts)
+
+    return {
+        name(path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        if hasattr(leaf, "shape")
+    }
 
 
 def abstract_like(tree, sharding=None):

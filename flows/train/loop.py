@@ -26,13 +26,16 @@ from flows.train import periodic, sharding
 from flows.train.setup import Run, host_batch, setup_run
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     """Trains (resuming if ``workdir`` has a checkpoint), then evaluates on test.
 
-    Returns the test evaluation record (also written to ``eval_test.json``).
+    A ``config`` other than the one stored in ``workdir`` is refused (``ConfigError`` naming
+    each changed key) unless ``allow_config_change``, which records the change and its step in
+    the workdir's config history. Returns the test evaluation record (also written to
+    ``eval_test.json``).
     """
     t_start = time.time()
-    run = setup_run(config, workdir)
+    run = setup_run(config, workdir, allow_config_change=allow_config_change)
     try:
         run_steps(run)
         return finish(run, t_start)
@@ -41,12 +44,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def make_actions(run: Run, wall_time) -> list[periodic.PeriodicAction]:
+    """The actions that add to a step's metrics record, in the order they run."""
     tc = run.config.train
     return [
         periodic.LogTrainMetrics(tc.log_every, wall_time),
         periodic.Validate(tc.eval_every, wall_time),
         periodic.SampleGrid(tc.sample_every),
-        periodic.SaveCheckpoint(tc.checkpoint_every, wall_time),
     ]
 
 
@@ -54,7 +57,11 @@ def run_steps(run: Run) -> None:
     """Steps ``run.start_step .. num_train_steps - 1``, with the periodic actions after each."""
     tc = run.config.train
     session_start, wall_before = time.time(), run.meta["wall_time_s"]
-    actions = make_actions(run, lambda: wall_before + time.time() - session_start)
+    wall_time = lambda: wall_before + time.time() - session_start
+    actions = make_actions(run, wall_time)
+    # The checkpoint comes after the step's metrics record is written: a checkpoint never
+    # exists without the records up to its step (records after it are dropped on resume).
+    save_checkpoint = periodic.SaveCheckpoint(tc.checkpoint_every, wall_time)
     os.makedirs(wd.path(run.workdir, wd.SAMPLES), exist_ok=True)
     bar = tqdm(
         total=tc.num_train_steps,
@@ -69,11 +76,11 @@ def run_steps(run: Run) -> None:
         batch = sharding.shard_batch(host_batch(run.train, step, tc.batch_size, tc.seed), run.mesh)
         run.state, metrics = run.train_step(run.state, batch)
         bar.update(1)
-        done = step + 1
+        done, is_last = step + 1, step + 1 == tc.num_train_steps
         record = {"step": done}
         for action in actions:
             action.observe(metrics)
-            if action.due(done, done == tc.num_train_steps):
+            if action.due(done, is_last):
                 action(run, done, record)
         if len(record) > 1:
             last_val = record.get("val_bpd", last_val)
@@ -83,6 +90,8 @@ def run_steps(run: Run) -> None:
             bar.set_postfix(postfix)
             if run.is_main:
                 wd.append_metrics(run.workdir, record)
+        if save_checkpoint.due(done, is_last):
+            save_checkpoint(run, done, record)
     bar.close()
     run.checkpoints.wait()
     run.best.wait()
@@ -90,9 +99,10 @@ def run_steps(run: Run) -> None:
 
 def finish(run: Run, t_start: float) -> dict:
     """Selects the parameters, evaluates them on test, writes the record and pictures."""
-    selected = run.state
+    selected, source = run.state, run.checkpoints
     if run.validation is not None and run.best.latest_step() is not None:
         selected, _ = run.best.restore(run.replicated_like_state())
+        source = run.best
     model = run.model(selected)
     config = run.config
     record = evaluate(
@@ -107,11 +117,13 @@ def finish(run: Run, t_start: float) -> dict:
         n_bits=config.data.n_bits,
         parameters="ema" if run.use_ema else "raw",
         checkpoint_step=int(selected.step),
+        checkpoint=source.step_path(int(selected.step)),
         selected_by="best validation bits/dim" if run.validation is not None else "final step",
         num_params=run.num_params,
         train_steps=int(run.state.step),
         wall_time_s=float(run.meta["wall_time_s"]),
         total_time_s=time.time() - t_start,
+        config_changed_at=wd.config_changed_at(run.workdir),
     )
     if run.is_main:
         wd.write_json(wd.path(run.workdir, wd.EVAL_TEST), record)

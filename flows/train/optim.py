@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import optax
 
+from flows.errors import ConfigError
+
 OPTIMIZERS = {"adam": optax.adam, "adamax": optax.adamax}
 
 
@@ -20,7 +22,7 @@ def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
     elif config.schedule == "cosine":
         after = optax.cosine_decay_schedule(config.lr, max(total_steps - warmup, 1), alpha=0.01)
     else:
-        raise ValueError(f"unknown optim.schedule {config.schedule!r}; use 'constant' or 'cosine'")
+        raise ConfigError(f"unknown optim.schedule {config.schedule!r}; use 'constant' or 'cosine'")
     if warmup == 0:
         return after
     return optax.join_schedules(
@@ -31,7 +33,7 @@ def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
 def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
     """The optax transformation for ``config.optim``; non-finite gradients skip the update."""
     if config.name not in OPTIMIZERS:
-        raise ValueError(f"unknown optim.name {config.name!r}; choose one of {sorted(OPTIMIZERS)}")
+        raise ConfigError(f"unknown optim.name {config.name!r}; choose one of {sorted(OPTIMIZERS)}")
     schedule = learning_rate_schedule(config, total_steps)
     parts = []
     if config.grad_clip_norm and config.grad_clip_norm > 0:

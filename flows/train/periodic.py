@@ -72,7 +72,8 @@ class LogTrainMetrics(PeriodicAction):
         if record["consecutive_nonfinite"] >= run.config.optim.max_consecutive_nonfinite:
             raise TrainingError(
                 f"step {step}: {record['consecutive_nonfinite']} non-finite steps in a row; "
-                f"lower optim.lr or check the data (last checkpoint kept in {run.workdir})"
+                f"lower optim.lr or check the data (checkpoints saved so far stay in "
+                f"{run.workdir})"
             )
 
 
@@ -121,4 +122,7 @@ class SaveCheckpoint(PeriodicAction):
 
     def __call__(self, run: Run, step: int, record: dict) -> None:
         run.meta["wall_time_s"] = self.wall_time()
+        # The best state this meta names must be on disk before a checkpoint refers to it
+        # (saves are asynchronous): a resume then never finds best/ behind its meta.
+        run.best.wait()
         run.checkpoints.save(step, run.state, run.meta)

@@ -21,8 +21,9 @@ def load_run(workdir: str, *, checkpoint: str = "best", use_ema: bool | None = N
     """``(model, config, info)`` of a workdir's ``'best'`` (validation-selected, falling back
     to the latest when the run had no validation split) or ``'latest'`` checkpoint.
 
-    ``info`` has ``step``, ``parameters`` ('ema' | 'raw'), ``checkpoint`` (its path) and
-    ``num_bins`` (the data's levels per value).
+    ``info`` has ``checkpoint_step``, ``parameters`` ('ema' | 'raw'), ``checkpoint`` (its
+    path), ``num_bins`` (the data's levels per value) and ``config_changed_at`` (the config
+    changes accepted on resume, ``flows.workdir.config_changed_at``).
     ``use_ema=None`` follows ``config.eval.use_ema`` when the run kept an EMA.
     """
     if checkpoint not in CHECKPOINT_CHOICES:
@@ -52,9 +53,10 @@ def load_run(workdir: str, *, checkpoint: str = "best", use_ema: bool | None = N
     if use_ema is None:
         use_ema = bool(config.eval.use_ema) and state.ema is not None
     info = {
-        "step": step,
+        "checkpoint_step": step,
         "parameters": "ema" if use_ema else "raw",
-        "checkpoint": f"{ckpt.directory}/{step}",
+        "checkpoint": ckpt.step_path(step),
         "num_bins": int(data_info["num_bins"]),
+        "config_changed_at": wd.config_changed_at(workdir),
     }
     return state.model(graphdef, use_ema=use_ema), config, info

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import shutil
+import tempfile
 
 import jax
 import numpy as np
@@ -18,10 +19,11 @@ from flax import nnx
 
 from flows import data as data_lib
 from flows import workdir as wd
+from flows.errors import CheckpointError, ConfigError
 from flows.metrics import dequantize
 from flows.models import build_model, is_conditional
 from flows.train import sharding
-from flows.train.checkpoint import Checkpointer, abstract_like
+from flows.train.checkpoint import Checkpointer, ShapeMismatch, abstract_like
 from flows.train.objectives import density_loss
 from flows.train.optim import make_optimizer
 from flows.train.state import TrainState
@@ -106,6 +108,26 @@ def make_model_and_state(
     return graphdef, sharding.replicate(state, mesh)
 
 
+def _prepare_workdir(workdir: str, is_main: bool) -> dict | None:
+    """Creates ``workdir`` if needed, checks it is writable and removes temporary files of
+    writes a killed run left; returns the stored config (today's names) of the run already in
+    it, or None."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot write to --workdir {workdir} ({e.strerror or type(e).__name__}); "
+            "choose a writable directory"
+        ) from None
+    if is_main:
+        wd.remove_partial_writes(workdir)
+    if not os.path.exists(wd.path(workdir, wd.CONFIG)):
+        return None
+    return wd.load_config(workdir).to_dict()
+
+
 def _write_run_files(config, workdir, train) -> None:
     wd.write_text_atomic(wd.path(workdir, wd.CONFIG), config.to_json(indent=2) + "\n")
     info = {
@@ -128,37 +150,93 @@ def _compiled_train_step(graphdef, state, config, tx, num_bins, mesh):
     )
 
 
-def _resume(run: Run) -> None:
-    """Restores the latest checkpoint if there is one; drops what came after it (metrics
-    records, best-on-validation states the resumed run has not produced yet)."""
-    latest = run.checkpoints.latest_step()
-    if latest is None:
-        # A fresh run: anything in best/ is from an earlier run killed before its first
-        # checkpoint, and must not be selected for this one.
-        shutil.rmtree(run.best.directory, ignore_errors=True)
-        run.best.reload()
-        if run.is_main:
-            wd.write_text_atomic(wd.path(run.workdir, wd.METRICS), "")
-        return
-    run.state, run.meta = run.checkpoints.restore(run.replicated_like_state())
-    run.start_step = int(run.state.step)
-    run.best.delete_after(run.start_step)
-    if run.best.latest_step() != run.meta.get("best_step"):
-        run.meta.update(best_val_bpd=math.inf, best_step=None)  # select anew from here on
+def _start_afresh(run: Run, changes: dict) -> None:
+    """No checkpoint: this is a new run. Whatever an earlier run left without ever saving a
+    checkpoint (best/, samples, metrics, records, config history) must not be mixed into it."""
+    if changes:
+        print(f"{run.workdir} holds no checkpoint: starting afresh with the new config")
+    shutil.rmtree(run.best.directory, ignore_errors=True)
+    run.best.reload()
     if run.is_main:
-        wd.truncate_metrics(run.workdir, run.start_step)
-    print(f"resumed from {run.checkpoints.directory}/{run.start_step}")
+        shutil.rmtree(wd.path(run.workdir, wd.SAMPLES), ignore_errors=True)
+        for name in os.listdir(run.workdir):
+            if name == wd.CONFIG_HISTORY or (name.startswith("eval_") and name.endswith(".json")):
+                os.remove(wd.path(run.workdir, name))
+        wd.write_text_atomic(wd.path(run.workdir, wd.METRICS), "")
 
 
-def setup_run(config, workdir: str) -> Run:
-    """Everything a run needs, resumed from ``workdir``'s latest checkpoint if it has one."""
+def _newest_restorable(run: Run, changes: dict):
+    """``(step, state, meta, unreadable_steps)`` of the newest checkpoint that restores;
+    a checkpoint of another model is an error, an unreadable one is skipped."""
+    abstract = run.replicated_like_state()
+    unreadable, first_error = [], None
+    for step in reversed(run.checkpoints.all_steps()):
+        try:
+            state, meta = run.checkpoints.restore(abstract, step)
+        except ShapeMismatch as e:
+            if changes:
+                raise ConfigError(
+                    f"the config changes the model's shapes ({wd.describe_changes(changes)}), "
+                    f"so {run.workdir} cannot resume: rerun with the config in its "
+                    "config.json, or use a fresh --workdir"
+                ) from None
+            raise CheckpointError(f"{e}; use a fresh --workdir") from None
+        except CheckpointError as e:
+            unreadable.append(step)
+            first_error = first_error or e
+            continue
+        return step, state, meta, unreadable
+    raise CheckpointError(
+        f"no readable checkpoint in {run.workdir} (the newest: {first_error}); "
+        "use a fresh --workdir, or move checkpoints/ away to start this run again"
+    )
+
+
+def _resume(run: Run, stored_config: dict | None, allow_config_change: bool) -> None:
+    """Restores the newest readable checkpoint if there is one (moving newer unreadable ones
+    to ``corrupt/``) and drops what came after it (metrics records, best-on-validation states
+    the resumed run has not produced yet). A config that differs from the stored one is
+    refused unless ``allow_config_change``; an allowed change is recorded with its step."""
+    changes = {}
+    if stored_config is not None:
+        changes = wd.config_changes(stored_config, run.config.to_dict())
+    if not run.checkpoints.all_steps():
+        _start_afresh(run, changes)
+        return
+    step, state, meta, unreadable = _newest_restorable(run, changes)
+    if changes and not allow_config_change:
+        raise ConfigError(
+            f"the config differs from the run in {run.workdir}: {wd.describe_changes(changes)}; "
+            "rerun with --allow_config_change to resume with it anyway (recorded in "
+            f"{wd.CONFIG_HISTORY}), or use a fresh --workdir"
+        )
+    for bad in unreadable:
+        if run.is_main:
+            moved = run.checkpoints.move_away(bad, wd.path(run.workdir, wd.CORRUPT))
+            print(f"checkpoint {bad} is unreadable: moved to {moved}; resuming from step {step}")
+    run.state, run.meta, run.start_step = state, meta, step
+    run.best.delete_after(step)
+    if run.best.latest_step() != meta.get("best_step"):
+        print(
+            f"{run.best.directory} does not hold step {meta.get('best_step')} that the "
+            f"checkpoint recorded as best: model selection starts again at step {step}"
+        )
+        run.meta.update(best_val_bpd=math.inf, best_step=None)
+    if run.is_main:
+        wd.truncate_metrics(run.workdir, step)
+        if changes:
+            wd.append_config_history(run.workdir, step, changes)
+    print(f"resumed from {run.checkpoints.step_path(step)}")
+
+
+def setup_run(config, workdir: str, *, allow_config_change: bool = False) -> Run:
+    """Everything a run needs, resumed from ``workdir``'s newest readable checkpoint if it has
+    one. A config other than the stored one is refused unless ``allow_config_change``."""
     sharding.initialize_distributed(config.train.distributed)
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
+    stored_config = _prepare_workdir(workdir, is_main)
     datasets = data_lib.load_datasets(config.data)
     train = datasets["train"]
-    if is_main:
-        _write_run_files(config, workdir, train)
 
     tc = config.train
     mesh = sharding.data_mesh()
@@ -176,6 +254,8 @@ def setup_run(config, workdir: str) -> Run:
         mesh,
         label_counts=np.bincount(train.labels, minlength=train.num_classes),
     )
+    checkpoints = Checkpointer(wd.path(workdir, wd.CHECKPOINTS), max_to_keep=2)
+    best = Checkpointer(wd.path(workdir, wd.BEST), max_to_keep=1)
     run = Run(
         config=config,
         workdir=workdir,
@@ -187,11 +267,17 @@ def setup_run(config, workdir: str) -> Run:
         graphdef=graphdef,
         state=state,
         train_step=_compiled_train_step(graphdef, state, config, tx, train.num_bins, mesh),
-        checkpoints=Checkpointer(wd.path(workdir, wd.CHECKPOINTS), max_to_keep=2),
-        best=Checkpointer(wd.path(workdir, wd.BEST), max_to_keep=1),
+        checkpoints=checkpoints,
+        best=best,
         meta={"best_val_bpd": math.inf, "best_step": None, "wall_time_s": 0.0},
         start_step=0,
         num_params=int(sum(x.size for x in jax.tree.leaves(state.params))),
     )
-    _resume(run)
+    try:
+        _resume(run, stored_config, allow_config_change)
+        if is_main:
+            _write_run_files(config, workdir, train)
+    except BaseException:
+        run.close()  # no orbax threads left to fail at interpreter exit
+        raise
     return run

@@ -11,6 +11,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from flows.errors import ConfigError
+
 
 def initialize_distributed(config) -> None:
     """``jax.distributed.initialize`` from ``config.train.distributed`` (a no-op when off).
@@ -46,7 +48,7 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
     n = mesh.devices.size
     if batch_size % n:
-        raise ValueError(
+        raise ConfigError(
             f"batch size {batch_size} is not divisible by the {n} devices; use a multiple of {n}"
         )
 

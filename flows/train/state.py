@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from flows.errors import ConfigError
+
 
 @struct.dataclass
 class TrainState:
@@ -39,7 +41,7 @@ class TrainState:
     def model(self, graphdef: nnx.GraphDef, *, use_ema: bool = False) -> nnx.Module:
         """The model with this state's raw (or EMA) parameters."""
         if use_ema and self.ema is None:
-            raise ValueError("this run kept no EMA of the parameters (train.ema_decay = 0)")
+            raise ConfigError("this run kept no EMA of the parameters (train.ema_decay = 0)")
         return nnx.merge(graphdef, self.ema if use_ema else self.params, self.buffers)
 
     def step_key(self) -> jax.Array:

@@ -1,0 +1,170 @@
+"""Bad inputs a user can give the command-line tools: each is one line on stderr starting
+with ``error:`` and exit status 2, with nothing after it (README "Bad inputs" lists them).
+
+Anything that is not a user error keeps its traceback; ``--debug`` shows it for user errors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from configs import glow_digits_cond
+from flows.train.loop import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = "configs/glow_digits_cond.py:smoke"
+
+
+@pytest.fixture(scope="module")
+def cond_run(tmp_path_factory):
+    """A label-conditioned smoke run (20 steps, checkpoints at 10 and 20)."""
+    workdir = str(tmp_path_factory.mktemp("cond_smoke"))
+    config = glow_digits_cond.get_config("smoke")
+    config.train.progress = False
+    train_and_evaluate(config, workdir)
+    return workdir
+
+
+def _copy(run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(run, workdir)
+    return str(workdir)
+
+
+def _train(workdir, *overrides, config=SMOKE):
+    return [
+        "experiments.train",
+        f"--config={config}",
+        f"--workdir={workdir}",
+        "--config.train.progress=False",
+        *overrides,
+    ]
+
+
+def run_cli(args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+
+
+def assert_one_line_error(args, *expected):
+    """Exit status 2 and exactly one non-empty stderr line, ``error: ...`` naming ``expected``."""
+    out = run_cli(args)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
+    assert len(lines) == 1 and lines[0].startswith("error:"), out.stderr[-3000:]
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def _corrupt(directory):
+    for root, _, files in os.walk(directory):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+
+
+def test_misspelt_config_key(tmp_path):
+    assert_one_line_error(_train(tmp_path, "--config.model.num_stepz=3"), "num_stepz")
+
+
+def test_bad_value_type(tmp_path):
+    line = assert_one_line_error(_train(tmp_path, "--config.train.batch_size=abc"), "batch_size")
+    assert "'abc'" in line
+
+
+def test_unknown_dataset(tmp_path):
+    assert_one_line_error(_train(tmp_path, "--config.data.name=nosuchdata"), "nosuchdata")
+
+
+def test_unprepared_catalog_dataset(tmp_path):
+    data_dir = tmp_path / "tfds"
+    args = _train(
+        tmp_path / "run",
+        "--config.data.name=mnist",
+        f"--config.data.data_dir={data_dir}",
+        "--config.data.download=False",
+    )
+    assert_one_line_error(args, "'mnist'", "not prepared", str(data_dir))
+
+
+def test_image_shape_the_model_cannot_take(tmp_path):
+    # 8x8 digits cannot be squeezed four times (8 -> 4 -> 2 -> 1 -> ?).
+    assert_one_line_error(_train(tmp_path, "--config.model.num_levels=4"), "8x8", "pad_to")
+
+
+def test_every_checkpoint_corrupt(cond_run, tmp_path):
+    workdir = _copy(cond_run, tmp_path)
+    _corrupt(os.path.join(workdir, "checkpoints"))
+    assert_one_line_error(_train(workdir), "no readable checkpoint", "unreadable")
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]  # kept
+
+
+def test_changed_config_on_resume(cond_run, tmp_path):
+    workdir = _copy(cond_run, tmp_path)
+    line = assert_one_line_error(
+        _train(workdir, "--config.optim.lr=0.5", "--config.train.num_train_steps=40"),
+        "optim.lr 0.001 -> 0.5",
+        "train.num_train_steps 20 -> 40",
+        "--allow_config_change",
+    )
+    assert "model's shapes" not in line
+
+
+def test_model_shape_change_on_resume(cond_run, tmp_path):
+    workdir = _copy(cond_run, tmp_path)
+    for extra in ([], ["--allow_config_change"]):
+        line = assert_one_line_error(
+            _train(workdir, "--config.model.hidden_channels=32", *extra),
+            "changes the model's shapes",
+            "model.hidden_channels 16 -> 32",
+        )
+        assert "Event loop" not in line
+
+
+def test_out_of_range_label(cond_run):
+    assert_one_line_error(
+        ["experiments.sample", f"--workdir={cond_run}", "--label=10"], "--label", "0..9", "10"
+    )
+
+
+def test_non_finite_batches(tmp_path):
+    args = _train(
+        tmp_path,
+        "--config.optim.lr=1e30",
+        "--config.optim.max_consecutive_nonfinite=3",
+        config="configs/glow_digits.py:smoke",
+    )
+    assert_one_line_error(args, "TrainingError", "non-finite steps in a row")
+
+
+def test_workdir_that_cannot_be_written(tmp_path):
+    # Under a regular file (root ignores permission bits, so chmod would prove nothing).
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert_one_line_error(_train(blocker / "run"), "cannot write to --workdir", "a_file")
+
+
+def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
+    out = run_cli(_train(tmp_path, "--config.model.num_levels=4", "--debug"))
+    assert out.returncode != 0
+    assert "Traceback" in out.stderr and "ConfigError" in out.stderr
+
+
+def test_a_bug_keeps_its_traceback():
+    """Errors that are not the project's own (here a TypeError from the code) are bugs:
+    they are not turned into one line."""
+    script = "from experiments import cli\ndef main(argv):\n    return len(3)\ncli.run(main)\n"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 1 and "Traceback" in out.stderr and "TypeError" in out.stderr
+    assert "error: " not in out.stderr.splitlines()[-1]

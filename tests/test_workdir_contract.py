@@ -1,0 +1,131 @@
+"""The workdir is a contract: one config per run (changes refused, or allowed and recorded),
+model selection that cannot go stale, fallback past a corrupt checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from configs import glow_digits
+from flows import workdir as wd
+from flows.errors import ConfigError
+from flows.reporting import compare
+from flows.train.loop import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(**train):
+    config = glow_digits.get_config("smoke")
+    config.train.progress = False
+    config.train.update(train)
+    return config
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    """An unconditional smoke run: 20 steps, validation and checkpoints at 10 and 20."""
+    workdir = str(tmp_path_factory.mktemp("base"))
+    return workdir, train_and_evaluate(_config(), workdir)
+
+
+def _copy(run, tmp_path, name="run"):
+    workdir = str(tmp_path / name)
+    shutil.copytree(run, workdir)
+    return workdir
+
+
+def _steps(directory):
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def test_eval_record_names_the_checkpoint_it_evaluated(base_run):
+    workdir, record = base_run
+    step = record["checkpoint_step"]
+    assert record["checkpoint"] == os.path.join(os.path.abspath(workdir), "best", str(step))
+    assert record["parameters"] == "ema" and record["config_changed_at"] == []
+    assert _steps(os.path.join(workdir, "best")) == [step]
+
+
+def test_allowed_config_change_resumes_and_is_recorded(base_run, tmp_path):
+    workdir = _copy(base_run[0], tmp_path)
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "--config=configs/glow_digits.py:smoke",
+        f"--workdir={workdir}",
+        "--config.train.progress=False",
+        "--config.optim.lr=0.5",
+        "--config.train.num_train_steps=40",
+        "--allow_config_change",
+    ]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"resumed from {os.path.join(workdir, 'checkpoints', '20')}" in out.stdout
+    changes = {"optim.lr": [0.001, 0.5], "train.num_train_steps": [20, 40]}
+    assert wd.read_config_history(workdir) == [{"step": 20, "changes": changes}]
+    assert wd.load_config(workdir).optim.lr == 0.5  # config.json: the config from now on
+    record = wd.read_json(os.path.join(workdir, wd.EVAL_TEST))
+    assert record["config_changed_at"] == [{"step": 20, "keys": sorted(changes)}]
+    assert record["train_steps"] == 40
+
+    row = compare.compare([compare.load_run(workdir)]).rows[0]
+    assert row["config_changed_at"] == "step 20: optim.lr, train.num_train_steps"
+    assert "config changed mid-run" in row["note"]
+
+    # The stored config is now the changed one: it resumes as is, the original is refused.
+    new = _config(num_train_steps=40)
+    new.optim.lr = 0.5
+    train_and_evaluate(new, workdir)
+    with pytest.raises(ConfigError, match=r"optim.lr 0.5 -> 0.001.*num_train_steps 40 -> 20"):
+        train_and_evaluate(_config(), workdir)
+    assert len(wd.read_config_history(workdir)) == 1
+
+
+def _plant_stale_best(workdir, step=999):
+    """A best/ state of a step this run never reaches (left by an earlier run)."""
+    best = os.path.join(workdir, "best")
+    shutil.copytree(os.path.join(best, str(_steps(best)[-1])), os.path.join(best, str(step)))
+
+
+@pytest.mark.parametrize("checkpoints_left", ["first", "none"])
+def test_best_ahead_of_checkpoints_is_never_reported(base_run, tmp_path, checkpoints_left):
+    """best/ holds a step the rerun did not produce: resuming from step 10 (``first``), or a
+    fresh start (``none``: a run killed before its first checkpoint). The stale state is
+    dropped, and the rerun reports exactly what the uninterrupted run reported."""
+    workdir = _copy(base_run[0], tmp_path)
+    _plant_stale_best(workdir)
+    for step in _steps(os.path.join(workdir, "checkpoints")):
+        if checkpoints_left == "none" or step > 10:
+            shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
+    record = train_and_evaluate(_config(), workdir)
+    assert 999 not in _steps(os.path.join(workdir, "best"))
+    assert record["checkpoint_step"] <= 20
+    assert record["checkpoint_step"] == base_run[1]["checkpoint_step"]
+    assert record["bits_per_dim"] == base_run[1]["bits_per_dim"]
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(base_run, tmp_path, capsys):
+    workdir = _copy(base_run[0], tmp_path)
+    for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "20")):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    with open(os.path.join(workdir, ".config.json.abc.tmp"), "w") as f:
+        f.write('{"half": ')  # a write a killed run left half done
+    record = train_and_evaluate(_config(), workdir)
+    said = [line for line in capsys.readouterr().out.splitlines() if "unreadable" in line]
+    moved = os.path.join(workdir, "corrupt", "checkpoints-20")
+    assert said == [f"checkpoint 20 is unreadable: moved to {moved}; resuming from step 10"]
+    assert os.path.isdir(moved) and _steps(os.path.join(workdir, "checkpoints")) == [10, 20]
+    assert not os.path.exists(os.path.join(workdir, ".config.json.abc.tmp"))
+    assert record["bits_per_dim"] == base_run[1]["bits_per_dim"]
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        assert [json.loads(line)["step"] for line in f] == [5, 10, 15, 20]
