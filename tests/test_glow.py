@@ -58,6 +58,37 @@ def test_glow_log_det_matches_autodiff_jacobian(conditional):
             np.testing.assert_allclose(log_det[i], jnp.linalg.slogdet(jac)[1], rtol=1e-8)
 
 
+def test_glow_built_with_x64_runs_float32_images():
+    # x64 on: the parameters are float64, the images float32. Each scan's carry (initialize,
+    # the invertible forward, the inverse) must start in the steps' dtype, not be promoted by
+    # the first step.
+    with jax.enable_x64(True):
+        model = Glow(
+            (4, 4, 1),
+            num_levels=2,
+            num_steps=2,
+            hidden_channels=4,
+            num_classes=2,
+            condition_on="all",
+            backprop="invertible",
+            rngs=nnx.Rngs(0),
+        )
+        assert model.levels[0].steps.steps.bijectors[0].bias.dtype == jnp.float64
+        x = jax.random.uniform(jax.random.key(1), (3, 4, 4, 1), jnp.float32)
+        labels = jnp.array([0, 1, 1])
+        # A one-hot is exact in float32: it must not widen a float32 model under x64.
+        assert model.context_features(labels).dtype == jnp.float32
+        model.initialize(x, context=labels)
+        _perturb(model, 0.05)
+        latents, log_det = model.forward_and_log_det(x, context=labels)
+        assert log_det.dtype == jnp.float64
+        # float32 images are widened exactly: the same numbers as float64 images.
+        log_prob = model.log_prob(x, context=labels)
+        wide = model.log_prob(x.astype(jnp.float64), context=labels)
+        np.testing.assert_allclose(log_prob, wide, rtol=1e-12)
+        np.testing.assert_allclose(model.inverse(latents, context=labels), x, atol=1e-10)
+
+
 def test_sample_has_finite_log_prob_and_right_shape():
     model = Glow((8, 8, 1), num_levels=2, num_steps=2, hidden_channels=8, rngs=nnx.Rngs(0))
     model.initialize(jax.random.uniform(jax.random.key(0), (16, 8, 8, 1)))

@@ -21,7 +21,7 @@ and inherits ``inverse``, ``sample``, and for label-conditioned models (``num_cl
 an auxiliary loss (Glow's ``weight_y`` classifier) overrides it, so the trainer never needs to
 know which family it runs.
 
-Conditioning: ``context`` is integer labels ``(batch,)`` (one-hot encoded here) or class
+Conditioning: ``context`` is integer labels ``(batch,)`` (one-hot encoded here, in float32) or class
 weights ``(batch, num_classes)``; the label prior ``p(y)`` is a buffer, uniform until
 ``set_label_prior(counts)`` sets the training label frequencies.
 """
@@ -115,7 +115,7 @@ class DensityModel(nnx.Module):
             raise ValueError("this model is class-conditional: pass context=labels")
         labels = jnp.asarray(labels)
         if jnp.issubdtype(labels.dtype, jnp.integer):
-            return jax.nn.one_hot(labels, self.num_classes)
+            return jax.nn.one_hot(labels, self.num_classes, dtype=jnp.float32)
         if labels.ndim != 2 or labels.shape[1] != self.num_classes:
             raise ValueError(
                 f"context must be integer labels (batch,) or class weights (batch, "

@@ -17,6 +17,11 @@ with ``lax.scan``, so the compiled program, and the compile time, do not grow wi
 
 Only the forward (data -> latent) direction, the one training differentiates, is affected;
 the inverse (sampling) always runs the plain scan.
+
+The scan carries ``(h, log_det)`` in one dtype: the widest float dtype of the input, the
+context and the step parameters (``carry_dtype``). A model built with JAX's x64 mode on has
+float64 parameters; float32 images fed to it are widened (exactly) before the scan rather
+than promoted by the first step, which a scan carry does not allow.
 """
 
 from __future__ import annotations
@@ -40,6 +45,14 @@ def check_backprop(backprop: str) -> str:
     if backprop not in BACKPROP:
         raise ConfigError(f"unknown backprop {backprop!r}; choose one of {list(BACKPROP)}")
     return backprop
+
+
+def carry_dtype(x, context, state):
+    """``result_type`` of x, the context and every float leaf of ``state``: the dtype one step
+    returns for an input of that dtype, so a scan carry of it keeps its type."""
+    leaves = jax.tree.leaves((context, state))
+    floats = [v.dtype for v in leaves if jnp.issubdtype(v.dtype, jnp.inexact)]
+    return jnp.result_type(x.dtype, *floats)
 
 
 def make_permutation(kind: str, channels: int, *, rngs: nnx.Rngs) -> Bijector:
@@ -115,8 +128,13 @@ class StepStack(Bijector):
         self.num_steps = num_steps
         self.backprop = backprop
 
-    def _scan(self, apply, x, context, reverse):
+    def _split(self, x, context):
+        """``(graphdef, state, x)`` with x in the scan's carry dtype (``carry_dtype``)."""
         graphdef, state = nnx.split(self.steps)
+        return graphdef, state, x.astype(carry_dtype(x, context, state))
+
+    def _scan(self, apply, x, context, reverse):
+        graphdef, state, x = self._split(x, context)
 
         def body(carry, step_state):
             h, log_det = carry
@@ -131,7 +149,7 @@ class StepStack(Bijector):
 
     def forward_and_log_det(self, x, *, context=None):
         if self.backprop == "invertible":
-            graphdef, state = nnx.split(self.steps)
+            graphdef, state, x = self._split(x, context)
             return invertible_scan(graphdef, state, x, context)
         return self._scan(lambda s, h, c: s.forward_and_log_det(h, context=c), x, context, False)
 
@@ -139,7 +157,7 @@ class StepStack(Bijector):
         return self._scan(lambda s, h, c: s.inverse_and_log_det(h, context=c), z, context, True)
 
     def initialize(self, x, *, context=None):
-        graphdef, state = nnx.split(self.steps)
+        graphdef, state, x = self._split(x, context)
 
         def body(h, step_state):
             step = nnx.merge(graphdef, step_state)
