@@ -20,11 +20,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The largest float32 below 1 (1 - 2**-24): dequantized values are clamped to it.
+_BELOW_ONE = np.nextafter(np.float32(1), np.float32(0))
+
 
 def dequantize(key: jax.Array, values: jax.Array, num_bins: int) -> jax.Array:
-    """Uniform dequantization of integer ``values`` in ``[0, num_bins)`` onto [0, 1)."""
+    """Uniform dequantization of integer ``values`` in ``[0, num_bins)`` onto [0, 1):
+    ``dequantize_with_noise`` with ``u ~ U[0, 1)`` drawn from ``key``."""
     u = jax.random.uniform(key, values.shape, jnp.float32)
-    return (values.astype(jnp.float32) + u) / num_bins
+    return dequantize_with_noise(values, u, num_bins)
+
+
+def dequantize_with_noise(values: jax.Array, u: jax.Array, num_bins: int) -> jax.Array:
+    """``min((v + u) / K, 1 - 2**-24)`` in float32, for noise ``u`` in [0, 1).
+
+    In exact arithmetic ``(v + u) / K < 1``, but float32 rounds ``v + u`` to ``v + 1`` when
+    u is within about ``v * 2**-24`` of 1 (v = 16, u = 1 - 2**-24, K = 17 gives exactly 1.0),
+    outside the unit cube the density lives on (a logit with alpha = 0 maps it to inf).
+    The clamp moves only those rounded results, by one ulp, into the top cell: a set of
+    noise values of measure zero in exact arithmetic, so the dequantized distribution and
+    the bound are unchanged.
+    """
+    x = (values.astype(jnp.float32) + jnp.asarray(u, jnp.float32)) / num_bins
+    return jnp.minimum(x, _BELOW_ONE)
 
 
 def quantize(x: jax.Array, num_bins: int) -> jax.Array:

@@ -10,6 +10,7 @@ import pytest
 from flows.metrics import (
     bits_per_dim,
     dequantize,
+    dequantize_with_noise,
     importance_weighted_log_prob,
     mean_and_standard_error,
     quantize,
@@ -36,6 +37,19 @@ def test_dequantize_stays_in_its_cell_and_quantize_inverts_it():
     np.testing.assert_array_equal(quantize(x, 17), jnp.tile(values, (50, 1)))
     # Cell i is [i/17, (i+1)/17).
     assert bool(jnp.all(x * 17 - values >= 0)) and bool(jnp.all(x * 17 - values < 1))
+
+
+@pytest.mark.parametrize("num_bins", [17, 256])
+def test_dequantize_stays_below_one_for_the_largest_noise(num_bins):
+    u = np.nextafter(np.float32(1), np.float32(0))  # the largest float32 below 1
+    top = np.float32(num_bins - 1)
+    assert (top + u) / np.float32(num_bins) == 1.0  # float32 rounds the top cell up to 1
+    values = jnp.arange(num_bins)
+    x = dequantize_with_noise(values, jnp.full(values.shape, u), num_bins)
+    assert x.dtype == jnp.float32
+    assert float(x[-1]) == float(u)  # clamped to the largest float32 below 1
+    assert bool(jnp.all(x < 1)) and bool(jnp.all(x >= values / num_bins))
+    np.testing.assert_array_equal(dequantize_with_noise(values, 0.0, num_bins), values / num_bins)
 
 
 def test_importance_weighted_bound():
