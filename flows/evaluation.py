@@ -7,7 +7,10 @@ models), and Bayes' rule ``p(y|x)`` as a classifier: accuracy and the NLL of the
 Bits/dim per example under uniform dequantization with ``num_samples`` noise draws per
 example (1 = the plain variational bound; k > 1 = the importance-weighted bound
 ``log (1/k) sum_i p(x_i)``, tighter). Reported as mean and standard error over examples.
-The noise is a pure function of (key, example index), so an evaluation is reproducible.
+
+The noise is a pure function of (key, example index, draw index): draw i of example n is
+``uniform(fold_in(fold_in(key, n), i))`` (``dequantization_noise``), so an evaluation is
+reproducible and its per-example numbers do not depend on the batch size or on padding.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from flax import nnx
 
 from flows.metrics import (
     bits_per_dim,
-    dequantize,
+    dequantize_with_noise,
     importance_weighted_log_prob,
     mean_and_standard_error,
 )
@@ -34,20 +37,53 @@ def _batches(num_examples: int, batch_size: int):
         yield start, min(start + batch_size, num_examples)
 
 
+def _padded_batches(data, batch_size: int):
+    """``(a, b, images, labels, indices)`` per batch of ``batch_size`` examples: the last one
+    padded with copies of its last example, so the step compiles once; ``indices`` are the
+    examples' positions in the split (the padding's run on past the end)."""
+    for a, b in _batches(data.num_examples, batch_size):
+        images, labels = data.images[a:b], data.labels[a:b]
+        pad = batch_size - (b - a)
+        if pad:
+            images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
+            labels = np.concatenate([labels, np.repeat(labels[-1:], pad, 0)])
+        indices = np.arange(a, a + batch_size, dtype=np.int32)
+        yield a, b, jnp.asarray(images), jnp.asarray(labels), jnp.asarray(indices)
+
+
+def dequantization_noise(key, example_indices, draw, shape) -> jax.Array:
+    """The evaluation's noise ``u`` of draw ``draw`` for the examples ``example_indices``:
+    ``uniform(fold_in(fold_in(key, n), draw))`` for example n, shape ``(len, *shape)``."""
+
+    def one(n):
+        k = jax.random.fold_in(jax.random.fold_in(key, n), draw)
+        return jax.random.uniform(k, shape, jnp.float32)
+
+    return jax.vmap(one)(example_indices)
+
+
+def _over_draws(fn, images, indices, key, num_bins, num_samples):
+    """``fn(x)`` for each of the ``num_samples`` dequantizations x of the batch, stacked on
+    a new leading axis (one draw at a time, ``lax.map``)."""
+
+    def one_draw(draw):
+        u = dequantization_noise(key, indices, draw, images.shape[1:])
+        return fn(dequantize_with_noise(images, u, num_bins))
+
+    return jax.lax.map(one_draw, jnp.arange(num_samples))
+
+
 @functools.lru_cache(maxsize=16)
 def _batch_bits_per_dim_fn(graphdef, num_dims, num_bins, num_samples, conditional):
     """One jitted function per model structure, so repeated evaluations compile once."""
 
     @jax.jit
-    def batch_bpd(state, images, labels, key):
+    def batch_bpd(state, images, labels, indices, key):
         m = nnx.merge(graphdef, state)
-        keys = jax.random.split(key, num_samples)
-
-        def one_draw(k):
-            x = dequantize(k, images, num_bins)
-            return m.log_prob(x, context=labels if conditional else None)
-
-        log_probs = jax.lax.map(one_draw, keys)  # (k, B)
+        context = labels if conditional else None
+        log_probs = _over_draws(
+            lambda x: m.log_prob(x, context=context), images, indices, key, num_bins, num_samples
+        )  # (k, B)
         return bits_per_dim(importance_weighted_log_prob(log_probs), num_dims, num_bins)
 
     return batch_bpd
@@ -62,13 +98,8 @@ def per_example_bits_per_dim(
         graphdef, math.prod(data.image_shape), data.num_bins, num_samples, is_conditional(model)
     )
     out = np.empty((data.num_examples,), np.float64)
-    for i, (a, b) in enumerate(_batches(data.num_examples, batch_size)):
-        images, labels = data.images[a:b], data.labels[a:b]
-        pad = batch_size - (b - a)  # pad the last batch so the step compiles once
-        if pad:
-            images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
-            labels = np.concatenate([labels, np.repeat(labels[-1:], pad, 0)])
-        bpd = batch_bpd(state, jnp.asarray(images), jnp.asarray(labels), jax.random.fold_in(key, i))
+    for a, b, images, labels, indices in _padded_batches(data, batch_size):
+        bpd = batch_bpd(state, images, labels, indices, key)
         out[a:b] = np.asarray(bpd)[: b - a]
         if progress is not None:
             progress(b - a)
@@ -98,11 +129,10 @@ def _batch_conditional_fn(graphdef, num_dims, num_bins, num_samples):
     """Per example: conditional bits/dim, marginal bits/dim, log p(y|x) for every class."""
 
     @jax.jit
-    def batch_eval(state, images, labels, key):
+    def batch_eval(state, images, labels, indices, key):
         m = nnx.merge(graphdef, state)
-        keys = jax.random.split(key, num_samples)
-        per_draw = jax.lax.map(
-            lambda k: m.class_log_likelihoods(dequantize(k, images, num_bins)), keys
+        per_draw = _over_draws(
+            m.class_log_likelihoods, images, indices, key, num_bins, num_samples
         )  # (k, B, N)
         class_ll = importance_weighted_log_prob(per_draw)  # (B, N): log p(x|y), k-sample bound
         joint = class_ll + m.log_label_prior[...]
@@ -118,35 +148,41 @@ def _batch_conditional_fn(graphdef, num_dims, num_bins, num_samples):
     return batch_eval
 
 
-def evaluate_conditional(model, data, *, batch_size, key, num_samples=1, progress=None) -> dict:
-    """Conditional and marginal bits/dim, and Bayes-rule accuracy / NLL of p(y|x), with
-    standard errors over examples."""
+def per_example_conditional(
+    model, data, *, batch_size: int, key, num_samples: int = 1, progress=None
+) -> dict:
+    """Per example of ``data``: ``bits_per_dim`` (of p(x|y)), ``marginal_bits_per_dim``,
+    ``accuracy`` (1 where Bayes' rule picks the true label) and ``label_nll_nats``
+    (-log p(y|x)), each an array of shape (N,)."""
     graphdef, state = nnx.split(model)
     fn = _batch_conditional_fn(graphdef, math.prod(data.image_shape), data.num_bins, num_samples)
     n = data.num_examples
     cond, marg, correct, nll = (np.empty((n,)) for _ in range(4))
-    for i, (a, b) in enumerate(_batches(n, batch_size)):
-        images, labels = data.images[a:b], data.labels[a:b]
-        pad = batch_size - (b - a)
-        if pad:
-            images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
-            labels = np.concatenate([labels, np.repeat(labels[-1:], pad, 0)])
-        c, mg, log_post = jax.device_get(
-            fn(state, jnp.asarray(images), jnp.asarray(labels), jax.random.fold_in(key, i))
-        )
-        k = b - a
+    for a, b, images, labels, indices in _padded_batches(data, batch_size):
+        c, mg, log_post = jax.device_get(fn(state, images, labels, indices, key))
+        k, labels = b - a, data.labels[a:b]
         cond[a:b], marg[a:b] = c[:k], mg[:k]
-        correct[a:b] = np.argmax(log_post[:k], axis=1) == labels[:k]
-        nll[a:b] = -log_post[np.arange(k), labels[:k]]
+        correct[a:b] = np.argmax(log_post[:k], axis=1) == labels
+        nll[a:b] = -log_post[np.arange(k), labels]
         if progress is not None:
             progress(k)
+    return {
+        "bits_per_dim": cond,
+        "marginal_bits_per_dim": marg,
+        "accuracy": correct,
+        "label_nll_nats": nll,
+    }
+
+
+def evaluate_conditional(model, data, *, batch_size, key, num_samples=1, progress=None) -> dict:
+    """Conditional and marginal bits/dim, and Bayes-rule accuracy / NLL of p(y|x), with
+    standard errors over examples."""
+    per_example = per_example_conditional(
+        model, data, batch_size=batch_size, key=key, num_samples=num_samples, progress=progress
+    )
+    n = data.num_examples
     record = {}
-    for name, values in (
-        ("bits_per_dim", cond),
-        ("marginal_bits_per_dim", marg),
-        ("accuracy", correct),
-        ("label_nll_nats", nll),
-    ):
+    for name, values in per_example.items():
         mean, se = mean_and_standard_error(values)
         record[name], record[f"{name}_se"] = mean, se
     record.update(
