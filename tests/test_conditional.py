@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from flows.data import ImageData
+from flows.errors import DatasetError
 from flows.evaluation import (
     dequantization_noise,
     evaluate_conditional,
@@ -120,6 +121,24 @@ def test_marginal_and_bayes_posterior_match_brute_force(model, images, brute_for
     # Not vacuous: the label changes log p(x|y).
     log_likelihoods = brute_force_joint - np.log(COUNTS / COUNTS.sum())
     assert float(jnp.max(jnp.std(log_likelihoods, axis=1))) > 1e-3
+
+
+@pytest.mark.parametrize("bad", [NUM_CLASSES, -1])
+def test_concrete_labels_out_of_range_are_a_one_line_error(model, images, bad):
+    with pytest.raises(DatasetError, match=f"label {bad} is outside this model's classes 0..2"):
+        model.context_features(np.array([0, bad]))
+    with pytest.raises(DatasetError) as info:  # through the model, before any computation
+        model.log_prob(images, context=jnp.array([0, 1, 2, bad, 0]))
+    assert "\n" not in str(info.value) and isinstance(info.value, ValueError)
+
+
+def test_traced_labels_out_of_range_give_nan(model, images):
+    labels = jnp.array([0, 1, 2, NUM_CLASSES, -1])
+    features = nnx.jit(lambda m, y: m.context_features(y))(model, labels)
+    np.testing.assert_array_equal(features[:3], np.eye(NUM_CLASSES))
+    assert bool(jnp.all(jnp.isnan(features[3:])))
+    log_prob = _log_prob(model, images, labels)
+    assert bool(jnp.all(jnp.isfinite(log_prob[:3]))) and bool(jnp.all(jnp.isnan(log_prob[3:])))
 
 
 def _cut_label(model, where):

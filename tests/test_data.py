@@ -15,7 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import flows.data as fd
-from flows.data import batching
+from flows.data import batching, loading
 from flows.data import digits as digits_lib
 from flows.data import testing as data_testing
 
@@ -182,6 +182,33 @@ def test_split_validation_partitions_the_examples():
     assert same is data and none is None
     with pytest.raises(fd.DatasetError):
         fd.split_validation(data, n, seed=3)
+
+
+@pytest.mark.parametrize("bad", [10, -1])
+def test_labels_outside_num_classes_are_a_one_line_dataset_error(bad):
+    with pytest.raises(fd.DatasetError, match=f"fake:train: label {bad} of example 2") as info:
+        fd.ImageData(
+            images=np.zeros((4, 2, 2, 1), np.uint8),
+            labels=np.array([0, 9, bad, 3], np.int32),
+            num_bins=2,
+            num_classes=10,
+            name="fake:train",
+        )
+    assert "0..9" in _one_line(info.value)
+
+
+def test_load_split_checks_the_labels_it_reads(digits_dir, monkeypatch):
+    read_all = loading._read_all
+
+    def read_with_a_bad_label(*args):
+        images, labels = read_all(*args)
+        labels[5] = 10  # digits has 10 classes: 0..9
+        return images, labels
+
+    monkeypatch.setattr(loading, "_read_all", read_with_a_bad_label)
+    with pytest.raises(fd.DatasetError, match="digits:test: label 10 of example 5") as info:
+        fd.load_split("digits", "test", data_dir=digits_dir)
+    _one_line(info.value)
 
 
 # ----------------------------------------------------------------------------- levels, padding

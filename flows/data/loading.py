@@ -62,7 +62,8 @@ class ImageData:
 
     Attributes:
       images: (N, H, W, C) uint8 (uint16 for 16-bit data), integer levels 0..num_bins-1.
-      labels: (N,) int32 class labels (all 0 when the dataset has no class label).
+      labels: (N,) int32 class labels in 0..num_classes-1 (all 0 when the dataset has no
+        class label); other labels raise ``DatasetError`` (``check_labels``).
       num_bins: K, the number of levels per value (17 for digits, 2**n_bits after reduction).
       num_classes: number of classes (1 when the dataset has no class label).
       name: provenance, dataset and split, e.g. ``"digits:train"``.
@@ -80,6 +81,7 @@ class ImageData:
                 f"{self.name}: expected images (N, H, W, C) and labels (N,), got "
                 f"{self.images.shape} and {self.labels.shape}"
             )
+        check_labels(self.labels, self.num_classes, self.name)
 
     @property
     def num_examples(self) -> int:
@@ -88,6 +90,18 @@ class ImageData:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.images.shape[1:])
+
+
+def check_labels(labels: np.ndarray, num_classes: int, name: str) -> None:
+    """Raises ``DatasetError`` unless every label is in ``[0, num_classes)`` (a model one-hots
+    them; an out-of-range label would condition on nothing)."""
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise DatasetError(
+            f"{name}: label {labels[bad[0]]} of example {bad[0]} ({bad.size} such) is outside "
+            f"0..{num_classes - 1} (num_classes={num_classes}); fix the labels or num_classes "
+            "(re-prepare a dataset whose labels disagree with its ClassLabel feature)"
+        )
 
 
 def default_data_dir() -> str:

@@ -21,9 +21,10 @@ and inherits ``inverse``, ``sample``, and for label-conditioned models (``num_cl
 an auxiliary loss (Glow's ``weight_y`` classifier) overrides it, so the trainer never needs to
 know which family it runs.
 
-Conditioning: ``context`` is integer labels ``(batch,)`` (one-hot encoded here, in float32) or class
-weights ``(batch, num_classes)``; the label prior ``p(y)`` is a buffer, uniform until
-``set_label_prior(counts)`` sets the training label frequencies.
+Conditioning: ``context`` is integer labels ``(batch,)`` in ``[0, num_classes)`` (one-hot
+encoded here, in float32; out of range: ``DatasetError`` for concrete labels, NaN features
+under jit) or class weights ``(batch, num_classes)``; the label prior ``p(y)`` is a buffer,
+uniform until ``set_label_prior(counts)`` sets the training label frequencies.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from flows.bijectors import Buffer
+from flows.errors import DatasetError
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -113,15 +116,34 @@ class DensityModel(nnx.Module):
             return None
         if labels is None:
             raise ValueError("this model is class-conditional: pass context=labels")
-        labels = jnp.asarray(labels)
+        if not isinstance(labels, jax.core.Tracer):
+            labels = np.asarray(labels)  # concrete: checked in _one_hot
         if jnp.issubdtype(labels.dtype, jnp.integer):
-            return jax.nn.one_hot(labels, self.num_classes, dtype=jnp.float32)
+            return self._one_hot(labels)
         if labels.ndim != 2 or labels.shape[1] != self.num_classes:
             raise ValueError(
                 f"context must be integer labels (batch,) or class weights (batch, "
                 f"{self.num_classes}), got {labels.dtype} {labels.shape}"
             )
-        return labels
+        return jnp.asarray(labels)
+
+    def _one_hot(self, labels):
+        """One-hot float32 features of integer labels in ``[0, num_classes)``.
+
+        Out of range, ``jax.nn.one_hot`` gives an all-zero row (no class at all); so concrete
+        labels out of range raise ``DatasetError``, and traced ones (under jit, where they
+        cannot be checked) give a row of NaN, which makes the log-density NaN, not wrong.
+        """
+        n = self.num_classes
+        if isinstance(labels, np.ndarray):
+            bad = labels[(labels < 0) | (labels >= n)]
+            if bad.size:
+                raise DatasetError(
+                    f"label {bad[0]} is outside this model's classes 0..{n - 1} "
+                    f"(num_classes={n}): pass labels in [0, {n})"
+                )
+        in_range = (labels >= 0) & (labels < n)
+        return jnp.where(in_range[..., None], jax.nn.one_hot(labels, n, dtype=jnp.float32), jnp.nan)
 
     def check_images(self, x):
         if tuple(x.shape[1:]) != self.image_shape:
