@@ -177,15 +177,25 @@ def test_conditioning_changes_samples(model, condition_on):
     assert bool(jnp.all(jnp.isfinite(a))) and bool(jnp.all(jnp.isfinite(b)))
 
 
-def test_auxiliary_classifier_logits(images):
-    m = perturbed_glow("top", num_levels=1, weight_y=0.01)
+def test_auxiliary_classifier_logits_and_loss_in_bits(images):
+    weight_y = 0.01
+    m = perturbed_glow("top", num_levels=1, weight_y=weight_y)  # classifier nudged off zero
     labels = jnp.array([0, 1, 2, 0, 1])
-    log_prob, logits = nnx.jit(lambda m, x, y: m.log_prob_and_aux_logits(x, context=y))(
-        m, images, labels
-    )
+
+    @nnx.jit
+    def both(m, x, y):
+        return m.log_prob_and_aux_logits(x, context=y), m.log_prob_and_aux_loss(x, context=y)
+
+    (log_prob, logits), (log_prob_again, aux_loss, metrics) = both(m, images, labels)
     assert logits.shape == (5, NUM_CLASSES)
     assert bool(jnp.all(jnp.isfinite(logits)))
     np.testing.assert_allclose(log_prob, _log_prob(m, images, labels), rtol=1e-5)
+    np.testing.assert_allclose(log_prob_again, log_prob, rtol=1e-6)
+    # openai/glow: loss = bits/dim + weight_y * CE / ln 2 (the cross-entropy in bits).
+    ce_nats = -np.mean(np.asarray(jax.nn.log_softmax(logits))[np.arange(5), labels])
+    assert abs(ce_nats - math.log(NUM_CLASSES)) > 1e-3  # not the zero-initialised classifier
+    assert float(aux_loss) == pytest.approx(weight_y * ce_nats / math.log(2), rel=1e-5)
+    assert float(metrics["aux_ce_bits"]) == pytest.approx(ce_nats / math.log(2), rel=1e-5)
 
 
 def test_evaluate_conditional_record(model):

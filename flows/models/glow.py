@@ -23,6 +23,8 @@ top prior), ``'all'`` (priors and every coupling network, through a learned clas
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -127,8 +129,8 @@ class Glow(DensityModel):
         three give the same gradients (up to rounding); see ``flows.models.steps``.
       weight_y: Glow's auxiliary classifier: with ``weight_y > 0`` (needs ``num_classes``) a
         zero-initialised linear classifier of the mean-pooled top features is trained with
-        ``weight_y`` times its cross-entropy (nats) added to the loss
-        (``log_prob_and_aux_loss``).
+        ``weight_y`` times its cross-entropy in bits (``CE / ln 2`` per example, as in
+        openai/glow) added to the mean bits/dim (``log_prob_and_aux_loss``).
       compute_dtype: matrix-product dtype of the coupling networks, ``'float32'`` or
         ``'bfloat16'`` (products rounded to bf16, summed in f32; ActNorm, 1x1 convolutions,
         priors and every log-det stay float32, so log p(x) is exact for the map computed).
@@ -267,14 +269,19 @@ class Glow(DensityModel):
         return log_prob, logits
 
     def log_prob_and_aux_loss(self, x, *, context=None):
-        """Training hook: ``weight_y`` times the auxiliary classifier's cross-entropy (nats)
-        of the labels in ``context``, computed in the same pass as log p(x|y)."""
+        """Training hook: ``weight_y * CE / ln 2``, the auxiliary classifier's mean
+        cross-entropy of the labels in ``context`` in bits (openai/glow's ``weight_y *
+        bits_y``, added to the bits/dim), computed in the same pass as log p(x|y).
+
+        Metric ``aux_ce_bits``: that cross-entropy in bits, ``-mean log2 q(y | x)``.
+        """
         log_prob, logits = self.log_prob_and_aux_logits(x, context=context)
         if logits is None:
             return log_prob, jnp.zeros((), jnp.float32), {}
         targets = self.context_features(context)  # one-hot (or given class weights)
-        ce = -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits), axis=1))
-        return log_prob, self.weight_y * ce, {"aux_ce": ce}
+        ce_nats = -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits), axis=1))
+        ce_bits = ce_nats / math.log(2.0)
+        return log_prob, self.weight_y * ce_bits, {"aux_ce_bits": ce_bits}
 
     def sample_latents(self, key, num: int, temperature: float = 1.0):
         keys = jax.random.split(key, len(self.latent_shapes))
@@ -310,7 +317,7 @@ def describe_glow(m) -> str:
         "permutation": "conv1x1_lu",
         "logit_alpha": None,  # None: shift to [-0.5, 0.5); a float: RealNVP's logit map
         "condition_on": "top",  # with model.conditional: 'top', 'priors' or 'all'
-        "weight_y": 0.0,  # Glow's auxiliary classifier (conditional runs)
+        "weight_y": 0.0,  # Glow's auxiliary classifier (conditional runs): weight of its CE in bits
         "backprop": "autodiff",  # 'autodiff' | 'checkpoint' | 'invertible'
         # Matrix-product dtype of the coupling networks: "float32", or "bfloat16" for mixed
         # precision (products rounded to bf16, summed in f32; log-dets and priors stay f32).

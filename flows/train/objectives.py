@@ -3,7 +3,8 @@
 The loss of a batch of integer images ``v`` (K = ``num_bins`` levels) is the mean over
 examples of ``bits_per_dim(log p((v + u) / K))`` with fresh noise ``u`` each step (see
 ``flows.metrics``), plus the model's own auxiliary loss (``DensityModel.log_prob_and_aux_loss``;
-Glow's ``weight_y`` classifier). For a label-conditioned model ``p`` is ``p(x | y)``.
+Glow's ``weight_y`` times its classifier's cross-entropy in bits, reported as ``aux_ce_bits``).
+For a label-conditioned model ``p`` is ``p(x | y)``. Metric ``bpd``: the mean bits/dim alone.
 """
 
 from __future__ import annotations
