@@ -197,6 +197,21 @@ def test_labels_outside_num_classes_are_a_one_line_dataset_error(bad):
     assert "0..9" in _one_line(info.value)
 
 
+@pytest.mark.parametrize(
+    "images, expected",
+    [
+        (np.full((4, 2, 2, 1), 17, np.uint8), "span 17..17, outside the 17 levels 0..16"),
+        (np.full((4, 2, 2, 1), np.nan, np.float32), "integer levels 0..16, got dtype float32"),
+    ],
+)
+def test_images_outside_the_levels_are_a_one_line_dataset_error(images, expected):
+    with pytest.raises(fd.DatasetError, match=expected) as info:
+        fd.ImageData(
+            images=images, labels=np.zeros(4, np.int32), num_bins=17, num_classes=10, name="x"
+        )
+    _one_line(info.value)
+
+
 def test_load_split_checks_the_labels_it_reads(digits_dir, monkeypatch):
     read_all = loading._read_all
 

@@ -77,10 +77,11 @@ class ImageData:
 
     def __post_init__(self):
         if self.images.ndim != 4 or self.labels.shape != self.images.shape[:1]:
-            raise ValueError(
+            raise DatasetError(
                 f"{self.name}: expected images (N, H, W, C) and labels (N,), got "
                 f"{self.images.shape} and {self.labels.shape}"
             )
+        check_levels(self.images, self.num_bins, self.name)
         check_labels(self.labels, self.num_classes, self.name)
 
     @property
@@ -90,6 +91,21 @@ class ImageData:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.images.shape[1:])
+
+
+def check_levels(images: np.ndarray, num_bins: int, name: str) -> None:
+    """Raises ``DatasetError`` unless the images are integers in ``[0, num_bins)`` (the values
+    dequantization spreads over [0, 1); a value outside would leave the unit cube, a float
+    image (NaN included) has no bins)."""
+    if not np.issubdtype(images.dtype, np.integer):
+        raise DatasetError(
+            f"{name}: images must hold integer levels 0..{num_bins - 1}, got dtype {images.dtype}"
+        )
+    if images.size and (images.min() < 0 or images.max() >= num_bins):
+        raise DatasetError(
+            f"{name}: image values span {images.min()}..{images.max()}, outside the "
+            f"{num_bins} levels 0..{num_bins - 1}; fix num_bins (or n_bits) or the data"
+        )
 
 
 def check_labels(labels: np.ndarray, num_classes: int, name: str) -> None:
