@@ -148,15 +148,18 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 _ABSENT = "(absent)"
+# Keys that change how a run is shown, never what it computes: free to differ on resume.
+PRESENTATION_KEYS = frozenset({"train.progress"})
 
 
 def config_changes(old: dict, new: dict) -> dict[str, tuple]:
     """``{dotted key: (old value, new value)}`` for every key whose value differs (a key on
-    one side only has the value ``'(absent)'`` on the other), in sorted key order."""
+    one side only has the value ``'(absent)'`` on the other), in sorted key order;
+    ``PRESENTATION_KEYS`` are not compared."""
     a, b = flatten(json.loads(json.dumps(old))), flatten(json.loads(json.dumps(new)))
     return {
         k: (a.get(k, _ABSENT), b.get(k, _ABSENT))
-        for k in sorted(a.keys() | b.keys())
+        for k in sorted((a.keys() | b.keys()) - PRESENTATION_KEYS)
         if a.get(k, _ABSENT) != b.get(k, _ABSENT)
     }
 

@@ -80,8 +80,9 @@ def test_allowed_config_change_resumes_and_is_recorded(base_run, tmp_path):
     assert row["config_changed_at"] == "step 20: optim.lr, train.num_train_steps"
     assert "config changed mid-run" in row["note"]
 
-    # The stored config is now the changed one: it resumes as is, the original is refused.
-    new = _config(num_train_steps=40)
+    # The stored config is now the changed one: it resumes as is (the progress bar is not
+    # part of the contract), the original is refused.
+    new = _config(num_train_steps=40, progress=True)
     new.optim.lr = 0.5
     train_and_evaluate(new, workdir)
     with pytest.raises(ConfigError, match=r"optim.lr 0.5 -> 0.001.*num_train_steps 40 -> 20"):
