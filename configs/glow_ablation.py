@@ -8,7 +8,8 @@
 
 The paper ran this on CIFAR-10 (K=32, L=3, 512 channels); by default it runs on the offline
 digits with the digits model, so the whole grid finishes on a CPU. Add ``,cifar10`` to the
-argument for the paper's setting. ``,smoke`` shrinks it for tests.
+argument for the paper's setting. ``,smoke`` shrinks it for tests. A permutation or coupling
+left out is Glow's (``conv1x1_lu``, ``affine``), so ``:smoke`` is the default cell, shrunk.
 """
 
 from configs import glow_cifar10, glow_digits
@@ -17,15 +18,16 @@ from flows.models.steps import PERMUTATIONS
 
 
 def get_config(arg: str | None = None):
-    parts = [p for p in (arg or "conv1x1_lu,affine").split(",") if p]
-    perm = [p for p in parts if p in PERMUTATIONS]
-    coup = [p for p in parts if p in COUPLINGS]
+    parts = [p for p in (arg or "").split(",") if p]
+    perm = [p for p in parts if p in PERMUTATIONS] or ["conv1x1_lu"]
+    coup = [p for p in parts if p in COUPLINGS] or ["affine"]
     rest = [p for p in parts if p not in PERMUTATIONS and p not in COUPLINGS]
     unknown = [p for p in rest if p not in ("cifar10", "smoke")]
     if len(perm) != 1 or len(coup) != 1 or unknown:
         raise ValueError(
-            f"glow_ablation takes 'PERMUTATION,COUPLING[,cifar10][,smoke]' with PERMUTATION in "
-            f"{list(PERMUTATIONS)} and COUPLING in {sorted(COUPLINGS)}; got {arg!r}"
+            f"glow_ablation takes '[PERMUTATION][,COUPLING][,cifar10][,smoke]' (at most one "
+            f"of each) with PERMUTATION in {list(PERMUTATIONS)} and COUPLING in "
+            f"{sorted(COUPLINGS)}; got {arg!r}"
         )
     base = glow_cifar10 if "cifar10" in rest else glow_digits
     c = base.get_config("smoke" if "smoke" in rest else None)
