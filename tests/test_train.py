@@ -1,21 +1,13 @@
-"""End-to-end training on :smoke configs: files written, a catalog dataset under mock data,
-4 forced CPU devices equal 1. Resume after SIGKILL: test_crash_resume.py; bad inputs:
-test_bad_inputs.py; the workdir contract: test_workdir_contract.py."""
+"""Four forced CPU devices train like one. Training end to end: test_user_paths.py (every
+config's :smoke and every CLI), test_crash_resume.py (SIGKILL and resume),
+test_bad_inputs.py, test_workdir_contract.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import textwrap
-
-import numpy as np
-import pytest
-
-from configs import glow_digits, glow_mnist
-from flows.data.testing import mock_data
-from flows.train.loop import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,45 +16,6 @@ def _env(**extra):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("digits_smoke"))
-    config = glow_digits.get_config("smoke")
-    config.train.progress = False
-    record = train_and_evaluate(config, workdir)
-    return workdir, record
-
-
-def test_train_end_to_end_writes_everything(digits_run):
-    workdir, record = digits_run
-    for name in ("config.json", "metrics.jsonl", "samples.png", "learning_curves.png"):
-        assert os.path.exists(os.path.join(workdir, name)), name
-    assert os.listdir(os.path.join(workdir, "checkpoints"))
-    with open(os.path.join(workdir, "eval_test.json")) as f:
-        saved = json.load(f)
-    assert saved["bits_per_dim"] == pytest.approx(record["bits_per_dim"])
-    assert np.isfinite(record["bits_per_dim"]) and record["bits_per_dim"] > 0
-    assert record["split"] == "digits:test" and record["num_examples"] == 300
-    assert record["num_bins"] == 17 and record["dequantization"] == "uniform"
-    assert record["selected_by"] == "best validation bits/dim"
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
-    assert [r["step"] for r in records] == [5, 10, 15, 20]
-    assert all("val_bpd" in r for r in records if r["step"] % 10 == 0)
-    # Training lowers bits/dim from the start (the uniform model is log2(17) = 4.09).
-    assert records[-1]["train_bpd"] < records[0]["train_bpd"]
-
-
-def test_catalog_dataset_trains_under_mock_data(tmp_path):
-    config = glow_mnist.get_config("smoke")
-    config.train.progress = False
-    config.data.data_dir = str(tmp_path / "tfds")
-    with mock_data(num_examples=40):
-        record = train_and_evaluate(config, str(tmp_path / "run"))
-    assert record["image_shape"] == [32, 32, 1] and record["num_bins"] == 256
-    assert np.isfinite(record["bits_per_dim"])
 
 
 def test_four_cpu_devices_match_one_device():

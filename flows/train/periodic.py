@@ -46,6 +46,13 @@ class PeriodicAction:
 
 
 class LogTrainMetrics(PeriodicAction):
+    """Means since the last log of the step metrics: ``train_bpd``, ``grad_norm``, and every
+    metric the model's ``log_prob_and_aux_loss`` adds, as ``train_<name>``."""
+
+    LOOP_METRICS = frozenset(
+        {"bpd", "loss", "grad_norm", "nonfinite_steps", "consecutive_nonfinite"}
+    )
+
     def __init__(self, every: int, wall_time):
         super().__init__(every)
         self.pending, self.t_last = [], time.time()
@@ -65,6 +72,8 @@ class LogTrainMetrics(PeriodicAction):
             images_per_s=len(stats) * run.config.train.batch_size / max(now - self.t_last, 1e-9),
             wall_time_s=self.wall_time(),
         )
+        for name in stats[-1].keys() - self.LOOP_METRICS:  # the model's own (e.g. aux_ce_bits)
+            record[f"train_{name}"] = float(np.mean([m[name] for m in stats]))
         self.pending, self.t_last = [], now
         if record["nonfinite_steps"] > self.skipped_reported:
             self.skipped_reported = record["nonfinite_steps"]
