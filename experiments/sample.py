@@ -19,6 +19,7 @@ from experiments import cli
 from flows import plotting
 from flows.errors import ConfigError
 from flows.metrics import quantize
+from flows.models import sample_compiled
 from flows.train.restore import load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
@@ -50,7 +51,7 @@ def main(argv):
             labels = jnp.full((_PER_CELL.value,), y)
             for i, t in enumerate(temps):
                 k = jax.random.fold_in(jax.random.fold_in(key, y), i)
-                rows.append(model.sample(_PER_CELL.value, k, temperature=t, context=labels))
+                rows.append(sample_compiled(model, _PER_CELL.value, k, t, labels))
         images = np.asarray(quantize(jnp.concatenate(rows), num_bins))
         ncols = _PER_CELL.value * len(temps)
         name = f"class_grid_T{'-'.join(_TEMPS.value)}.png"
@@ -61,7 +62,7 @@ def main(argv):
             y = _LABEL.value
             context = jnp.full((_NUM.value,), y) if y is not None else jnp.arange(_NUM.value)
             context = context % model.num_classes
-        x = model.sample(_NUM.value, key, temperature=_T.value, context=context)
+        x = sample_compiled(model, _NUM.value, key, _T.value, context)
         images, ncols = np.asarray(quantize(x, num_bins)), None
         suffix = f"_label{_LABEL.value}" if _LABEL.value is not None else ""
         name = f"samples_T{_T.value}{suffix}.png"

@@ -5,7 +5,12 @@ family is one module that calls ``registry.register_model``, imported here.
 """
 
 from flows.models import glow  # noqa: F401  (registers 'glow')
-from flows.models.base import DensityModel, is_conditional, standard_normal_log_prob
+from flows.models.base import (
+    DensityModel,
+    is_conditional,
+    sample_compiled,
+    standard_normal_log_prob,
+)
 from flows.models.glow import Glow
 from flows.models.registry import build_model, get_family, model_families, register_model
 
@@ -17,5 +22,6 @@ __all__ = [
     "is_conditional",
     "model_families",
     "register_model",
+    "sample_compiled",
     "standard_normal_log_prob",
 ]

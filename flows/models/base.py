@@ -29,6 +29,7 @@ uniform until ``set_label_prior(counts)`` sets the training label frequencies.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -177,3 +178,12 @@ class DensityModel(nnx.Module):
         """Bayes' rule: ``p(y|x) = p(x|y) p(y) / p(x)``, shape (batch, num_classes)."""
         joint = self.class_log_likelihoods(x) + self.log_label_prior[...]
         return jax.nn.softmax(joint, axis=1)
+
+
+@functools.partial(nnx.jit, static_argnums=1)
+def sample_compiled(model: DensityModel, num: int, key, temperature, context=None):
+    """``model.sample(num, key, temperature=..., context=...)`` as one compiled program; the
+    temperature and the labels are traced, so a grid over temperatures and classes compiles
+    once per ``num`` (eager ``sample`` compiles each layer's ops separately, on every call).
+    Labels are not range-checked here (traced): out-of-range ones give NaN images."""
+    return model.sample(num, key, temperature=temperature, context=context)

@@ -25,7 +25,7 @@ from flows import workdir as wd
 from flows.errors import TrainingError
 from flows.evaluation import evaluate_bits_per_dim
 from flows.metrics import quantize
-from flows.models import is_conditional
+from flows.models import is_conditional, sample_compiled
 from flows.train.setup import Run
 
 
@@ -110,7 +110,7 @@ def save_sample_grid(path, run: Run, model, key) -> None:
     context = None
     if is_conditional(model):
         context = jnp.arange(tc.num_grid_samples) % model.num_classes
-    x = model.sample(tc.num_grid_samples, key, temperature=tc.sample_temperature, context=context)
+    x = sample_compiled(model, tc.num_grid_samples, key, tc.sample_temperature, context)
     bins = run.train.num_bins
     plotting.save_image_grid(path, np.asarray(quantize(x, bins)), bins)
 
