@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from configs import glow_digits_cond
+from flows.errors import ConfigError
 from flows.train.loop import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,13 +121,17 @@ def test_changed_config_on_resume(cond_run, tmp_path):
 
 def test_model_shape_change_on_resume(cond_run, tmp_path):
     workdir = _copy(cond_run, tmp_path)
-    for extra in ([], ["--allow_config_change"]):
-        line = assert_one_line_error(
-            _train(workdir, "--config.model.hidden_channels=32", *extra),
-            "changes the model's shapes",
-            "model.hidden_channels 16 -> 32",
-        )
-        assert "Event loop" not in line
+    assert_one_line_error(
+        _train(workdir, "--config.model.hidden_channels=32"),
+        "changes the model's shapes",
+        "model.hidden_channels 16 -> 32",
+    )
+    # Allowing config changes does not allow another model.
+    config = glow_digits_cond.get_config("smoke")
+    config.train.progress = False
+    config.model.hidden_channels = 32
+    with pytest.raises(ConfigError, match="model.hidden_channels 16 -> 32"):
+        train_and_evaluate(config, workdir, allow_config_change=True)
 
 
 def test_out_of_range_label(cond_run):

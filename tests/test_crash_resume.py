@@ -1,6 +1,7 @@
-"""Crash safety, the short version of ``scripts/kill_resume.py`` (README "Crash safety"):
-SIGKILL inside a checkpoint save, inside an atomic file write and at a fixed instant; the
-reruns end with every array of the final checkpoint byte-equal to an uninterrupted run."""
+"""Crash safety, the short version of ``scripts/kill_resume.py`` (README "Runs you can
+trust"): SIGKILL inside a checkpoint save and inside an atomic file write; the reruns end
+with every array of the final checkpoint byte-equal to an uninterrupted run. (Kills at
+random instants: the full script.)"""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_three_kills_end_bitwise_equal_to_an_uninterrupted_run(tmp_path):
+def test_kills_inside_writes_end_bitwise_equal_to_an_uninterrupted_run(tmp_path):
     cmd = [
         sys.executable,
         "scripts/kill_resume.py",
         "--steps=40",
-        "--plan=checkpoint:2,write:2,time:12",
+        "--plan=checkpoint:2,write:2",
         f"--out={tmp_path}",
     ]
     env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -9,7 +9,7 @@ from flax import nnx
 from flows import Glow
 from flows.bijectors import ActNorm, Conv1x1LU, LearnedPrior, conv_coupling
 from flows.bijectors.base import Chain
-from flows.models import standard_normal_log_prob
+from flows.models import sample_compiled, standard_normal_log_prob
 
 
 def _perturb(module, scale, seed=0):
@@ -42,18 +42,22 @@ def test_glow_log_det_matches_autodiff_jacobian(conditional):
         )
         x = jax.random.uniform(jax.random.key(1), (2, 4, 4, 2), jnp.float64)
         labels = jnp.array([0, 2]) if conditional else None
-        model.initialize(x, context=labels)
+        nnx.jit(lambda m, x, y: m.initialize(x, context=y))(model, x, labels)
         _perturb(model, 0.05)
-        latents, log_det = model.forward_and_log_det(x, context=labels)
-        np.testing.assert_allclose(model.inverse(latents, context=labels), x, atol=1e-10)
+        latents, log_det = nnx.jit(lambda m, x, y: m.forward_and_log_det(x, context=y))(
+            model, x, labels
+        )
+        inverse = nnx.jit(lambda m, z, y: m.inverse(z, context=y))
+        np.testing.assert_allclose(inverse(model, latents, labels), x, atol=1e-10)
+
+        def f(flat, ctx):
+            zs, _ = model.forward_and_log_det(flat.reshape(1, 4, 4, 2), context=ctx)
+            return _flat_latents(zs)[0]
+
+        jacobian = jax.jit(jax.jacrev(f))  # one compilation for both examples
         for i in range(2):
             ctx = None if labels is None else labels[i : i + 1]
-
-            def f(flat, ctx=ctx):
-                zs, _ = model.forward_and_log_det(flat.reshape(1, 4, 4, 2), context=ctx)
-                return _flat_latents(zs)[0]
-
-            jac = jax.jacrev(f)(x[i].reshape(-1))
+            jac = jacobian(x[i].reshape(-1), ctx)
             assert jac.shape == (32, 32)
             np.testing.assert_allclose(log_det[i], jnp.linalg.slogdet(jac)[1], rtol=1e-8)
 
@@ -78,23 +82,28 @@ def test_glow_built_with_x64_runs_float32_images():
         labels = jnp.array([0, 1, 1])
         # A one-hot is exact in float32: it must not widen a float32 model under x64.
         assert model.context_features(labels).dtype == jnp.float32
-        model.initialize(x, context=labels)
+        # Compiled as a whole (eager calls would compile op by op: slow); tracing is where
+        # a scan's carry types are checked.
+        nnx.jit(lambda m, x, y: m.initialize(x, context=y))(model, x, labels)
         _perturb(model, 0.05)
-        latents, log_det = model.forward_and_log_det(x, context=labels)
+        forward = nnx.jit(lambda m, x, y: m.forward_and_log_det(x, context=y))
+        log_prob = nnx.jit(lambda m, x, y: m.log_prob(x, context=y))
+        inverse = nnx.jit(lambda m, z, y: m.inverse(z, context=y))
+        latents, log_det = forward(model, x, labels)
         assert log_det.dtype == jnp.float64
         # float32 images are widened exactly: the same numbers as float64 images.
-        log_prob = model.log_prob(x, context=labels)
-        wide = model.log_prob(x.astype(jnp.float64), context=labels)
-        np.testing.assert_allclose(log_prob, wide, rtol=1e-12)
-        np.testing.assert_allclose(model.inverse(latents, context=labels), x, atol=1e-10)
+        wide = log_prob(model, x.astype(jnp.float64), labels)
+        np.testing.assert_allclose(log_prob(model, x, labels), wide, rtol=1e-12)
+        np.testing.assert_allclose(inverse(model, latents, labels), x, atol=1e-10)
 
 
 def test_sample_has_finite_log_prob_and_right_shape():
     model = Glow((8, 8, 1), num_levels=2, num_steps=2, hidden_channels=8, rngs=nnx.Rngs(0))
-    model.initialize(jax.random.uniform(jax.random.key(0), (16, 8, 8, 1)))
-    x = model.sample(6, jax.random.key(1), temperature=0.7)
+    images = jax.random.uniform(jax.random.key(0), (16, 8, 8, 1))
+    nnx.jit(lambda m, x: m.initialize(x))(model, images)
+    x = sample_compiled(model, 6, jax.random.key(1), 0.7)
     assert x.shape == (6, 8, 8, 1)
-    assert bool(jnp.all(jnp.isfinite(model.log_prob(x))))
+    assert bool(jnp.all(jnp.isfinite(nnx.jit(lambda m, x: m.log_prob(x))(model, x))))
 
 
 def test_actnorm_initialize_standardises_per_channel():

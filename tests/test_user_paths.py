@@ -198,7 +198,7 @@ def test_evaluate_importance_weighted_bound(run, request, cli):
         assert k4[field] == k1[field], field
     # Same parameters (EMA of the best-on-validation checkpoint) and the same noise seed.
     assert k4["parameters"] == k1["parameters"] == "ema"
-    assert k4["step"] == k1["checkpoint_step"] and "/best/" in k4["checkpoint"]
+    assert k4["checkpoint_step"] == k1["checkpoint_step"] and "/best/" in k4["checkpoint"]
     fields = ("bits_per_dim", "marginal_bits_per_dim") if run.config.model.conditional else ()
     fields = fields or ("bits_per_dim",)
     for field in fields:
@@ -222,7 +222,7 @@ def test_evaluate_validation_split_of_the_latest_checkpoint(cond_run, cli):
     path = os.path.join(workdir, "eval_validation_k1.json")
     assert out.strip().endswith(f"-> {path}")
     record = _read_json(path)
-    assert record["step"] == last and f"/checkpoints/{last}" in record["checkpoint"]
+    assert record["checkpoint_step"] == last and f"/checkpoints/{last}" in record["checkpoint"]
     assert record["split"].startswith("digits:train[shuffle(seed=0)]")
     assert record["num_examples"] == cond_run.config.data.validation_size
     assert record["conditional"] is True and record["importance_samples"] == 1

@@ -155,8 +155,7 @@ def _start_afresh(run: Run, changes: dict) -> None:
     checkpoint (best/, samples, metrics, records, config history) must not be mixed into it."""
     if changes:
         print(f"{run.workdir} holds no checkpoint: starting afresh with the new config")
-    shutil.rmtree(run.best.directory, ignore_errors=True)
-    run.best.reload()
+    run.best.delete_after(-1)  # through orbax: its manager may be writing in the directory
     if run.is_main:
         shutil.rmtree(wd.path(run.workdir, wd.SAMPLES), ignore_errors=True)
         for name in os.listdir(run.workdir):
