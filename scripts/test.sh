@@ -8,7 +8,7 @@ export JAX_PLATFORMS=cpu
 # One compilation cache for the whole run: the end-to-end tests start several training
 # processes that compile the same programs.
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$(mktemp -d)/jax-cache}"
-export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0.5}"
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0}"
 # Tests compile many small programs and run few steps: LLVM's optimisation of the compiled
 # CPU code is most of their time (2.5x on the bijector tests, AMD EPYC), so the suite skips it.
 # Results stay exact to the tests' tolerances; benchmarks and real runs keep the default.

@@ -138,6 +138,7 @@ def test_out_of_range_label(cond_run):
     assert_one_line_error(
         ["experiments.sample", f"--workdir={cond_run}", "--label=10"], "--label", "0..9", "10"
     )
+    assert not os.path.exists(os.path.join(cond_run, "samples_T0.7_label10.png"))
 
 
 def test_non_finite_batches(tmp_path):
