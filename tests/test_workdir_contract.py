@@ -130,3 +130,16 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(base_run, tmp_path
     assert record["bits_per_dim"] == base_run[1]["bits_per_dim"]
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         assert [json.loads(line)["step"] for line in f] == [5, 10, 15, 20]
+
+
+def test_a_directory_no_run_wrote_in_keeps_its_files(base_run, tmp_path):
+    """A fresh start clears what an earlier run left (above) only where a run wrote its
+    config.json: a user's own directory keeps its files."""
+    workdir = tmp_path / "mine"
+    (workdir / "samples").mkdir(parents=True)
+    (workdir / "samples" / "figure.png").write_bytes(b"png")
+    (workdir / "eval_notes.json").write_text("{}")
+    record = train_and_evaluate(_config(), str(workdir))
+    assert (workdir / "samples" / "figure.png").read_bytes() == b"png"
+    assert (workdir / "eval_notes.json").read_text() == "{}"
+    assert record["bits_per_dim"] == base_run[1]["bits_per_dim"]

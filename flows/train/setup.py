@@ -150,17 +150,20 @@ def _compiled_train_step(graphdef, state, config, tx, num_bins, mesh):
     )
 
 
-def _start_afresh(run: Run, changes: dict) -> None:
-    """No checkpoint: this is a new run. Whatever an earlier run left without ever saving a
-    checkpoint (best/, samples, metrics, records, config history) must not be mixed into it."""
+def _start_afresh(run: Run, earlier_run: bool, changes: dict) -> None:
+    """No checkpoint: this is a new run. What an earlier run in the workdir (one that wrote
+    config.json but never a checkpoint) left (best/, samples, records, config history) must
+    not be mixed into it; a directory no run wrote in keeps its files."""
     if changes:
         print(f"{run.workdir} holds no checkpoint: starting afresh with the new config")
-    run.best.delete_after(-1)  # through orbax: its manager may be writing in the directory
-    if run.is_main:
+    if earlier_run:
+        run.best.delete_after(-1)  # through orbax: its manager may be writing in best/
+    if run.is_main and earlier_run:
         shutil.rmtree(wd.path(run.workdir, wd.SAMPLES), ignore_errors=True)
         for name in os.listdir(run.workdir):
             if name == wd.CONFIG_HISTORY or (name.startswith("eval_") and name.endswith(".json")):
                 os.remove(wd.path(run.workdir, name))
+    if run.is_main:
         wd.write_text_atomic(wd.path(run.workdir, wd.METRICS), "")
 
 
@@ -200,7 +203,7 @@ def _resume(run: Run, stored_config: dict | None, allow_config_change: bool) -> 
     if stored_config is not None:
         changes = wd.config_changes(stored_config, run.config.to_dict())
     if not run.checkpoints.all_steps():
-        _start_afresh(run, changes)
+        _start_afresh(run, stored_config is not None, changes)
         return
     step, state, meta, unreadable = _newest_restorable(run, changes)
     if changes and not allow_config_change:
