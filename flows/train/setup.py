@@ -121,10 +121,10 @@ def _prepare_workdir(workdir: str, is_main: bool) -> dict | None:
             f"cannot write to --workdir {workdir} ({e.strerror or type(e).__name__}); "
             "choose a writable directory"
         ) from None
+    if not os.path.exists(wd.path(workdir, wd.CONFIG)):
+        return None  # no run wrote here: nothing of ours to tidy
     if is_main:
         wd.remove_partial_writes(workdir)
-    if not os.path.exists(wd.path(workdir, wd.CONFIG)):
-        return None
     return wd.load_config(workdir).to_dict()
 
 
