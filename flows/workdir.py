@@ -92,6 +92,11 @@ def write_json(file: str, obj) -> None:
     write_text_atomic(file, json.dumps(obj, indent=2) + "\n")
 
 
+def write_jsonl(file: str, records: list[dict]) -> None:
+    """One JSON record per line, the whole file written atomically."""
+    write_text_atomic(file, "".join(json.dumps(r) + "\n" for r in records))
+
+
 def read_json(file: str):
     with open(file) as f:
         return json.load(f)
@@ -129,7 +134,7 @@ def append_metrics(workdir: str, record: dict) -> None:
 def truncate_metrics(workdir: str, last_step: int) -> None:
     """On resume: keep only the records up to the step resumed from (atomically)."""
     kept = [r for r in read_metrics(workdir) if r["step"] <= last_step]
-    write_text_atomic(path(workdir, METRICS), "".join(json.dumps(r) + "\n" for r in kept))
+    write_jsonl(path(workdir, METRICS), kept)
 
 
 # -- the config contract ------------------------------------------------------------------
@@ -182,8 +187,7 @@ def append_config_history(workdir: str, step: int, changes: dict[str, tuple]) ->
     """Records that the config ``changes`` took effect at ``step`` (atomically)."""
     history = read_config_history(workdir)
     history.append({"step": int(step), "changes": {k: list(v) for k, v in changes.items()}})
-    text = "".join(json.dumps(h) + "\n" for h in history)
-    write_text_atomic(path(workdir, CONFIG_HISTORY), text)
+    write_jsonl(path(workdir, CONFIG_HISTORY), history)
 
 
 def config_changed_at(workdir: str) -> list[dict]:

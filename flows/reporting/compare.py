@@ -106,7 +106,8 @@ class Run:
     evaluation: dict | None
     eval_file: str
     training_record: dict  # eval_test.json (provenance: num_params, train_steps, wall time)
-    config_history: list[dict] = dataclasses.field(default_factory=list)  # changes on resume
+    # Config changes accepted on resume (flows.workdir.config_changed_at): [{step, keys}].
+    config_changed_at: list[dict] = dataclasses.field(default_factory=list)
 
     @property
     def model_config(self) -> dict:
@@ -165,7 +166,7 @@ def load_run(workdir: str, *, eval_file: str = EVAL_FILE, name: str | None = Non
         training_record=wd.upgrade_record(_read_json(test_path))
         if os.path.exists(test_path)
         else {},
-        config_history=wd.read_config_history(workdir),
+        config_changed_at=wd.config_changed_at(workdir),
     )
 
 
@@ -340,9 +341,9 @@ def _row(run: Run) -> dict:
     elif value is None:
         what = "marginal bits/dim" if run.conditional else "bits/dim"
         row["note"] = f"no finite {what} in {run.eval_file}; not ranked"
-    if run.config_history:
+    if run.config_changed_at:
         changed = "; ".join(
-            f"step {h['step']}: {', '.join(sorted(h['changes']))}" for h in run.config_history
+            f"step {c['step']}: {', '.join(c['keys'])}" for c in run.config_changed_at
         )
         row["config_changed_at"] = changed
         row["note"] = "; ".join(filter(None, [row["note"], f"config changed mid-run ({changed})"]))

@@ -129,10 +129,7 @@ class Checkpointer:
                     ),
                 )
         except Exception as e:  # orbax raises many types for damaged files
-            cause = " ".join(str(e).split())[:200] or type(e).__name__
-            raise CheckpointError(
-                f"checkpoint {self.step_path(step)} is unreadable ({type(e).__name__}: {cause})"
-            ) from None
+            raise self._unreadable(step, e) from None
         # Copy into buffers XLA allocates itself: restored host buffers may be aligned
         # differently, and XLA:CPU's vectorised reductions can round differently on them,
         # which would break bitwise-exact resumption.
@@ -152,16 +149,20 @@ class Checkpointer:
             if not saved:
                 raise ValueError("its metadata lists no arrays")
         except Exception as e:
-            cause = " ".join(str(e).split())[:200] or type(e).__name__
-            raise CheckpointError(
-                f"checkpoint {self.step_path(step)} is unreadable ({type(e).__name__}: {cause})"
-            ) from None
+            raise self._unreadable(step, e) from None
         wanted = _shapes(abstract_state)
         for name in sorted(saved.keys() | wanted.keys()):
             a, b = saved.get(name, "absent"), wanted.get(name, "absent")
             if a != b:
                 return f"{name}: saved {a} vs {b}"
         return None
+
+    def _unreadable(self, step: int, error: Exception) -> CheckpointError:
+        """One line naming checkpoint ``step`` and what reading it raised."""
+        cause = " ".join(str(error).split())[:200] or type(error).__name__
+        return CheckpointError(
+            f"checkpoint {self.step_path(step)} is unreadable ({type(error).__name__}: {cause})"
+        )
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
