@@ -16,6 +16,7 @@ import pytest
 from configs import glow_digits_cond
 from flows.errors import ConfigError
 from flows.train.loop import train_and_evaluate
+from tests import cli_checks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "configs/glow_digits_cond.py:smoke"
@@ -54,35 +55,22 @@ def run_cli(args):
     )
 
 
-def assert_one_line_error(args, *expected):
-    """Exit status 2 and exactly one non-empty stderr line, ``error: ...`` naming ``expected``."""
-    out = run_cli(args)
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
-    assert len(lines) == 1 and lines[0].startswith("error:"), out.stderr[-3000:]
-    for text in expected:
-        assert text in lines[0], lines[0]
-    return lines[0]
-
-
-def _corrupt(directory):
-    for root, _, files in os.walk(directory):
-        for name in files:
-            with open(os.path.join(root, name), "wb") as f:
-                f.write(b"garbage")
+def fails_in_one_line(args, *expected):
+    """Runs the command; exit status 2 after one ``error:`` line naming ``expected``."""
+    return cli_checks.assert_one_line_error(run_cli(args), *expected)
 
 
 def test_misspelt_config_key(tmp_path):
-    assert_one_line_error(_train(tmp_path, "--config.model.num_stepz=3"), "num_stepz")
+    fails_in_one_line(_train(tmp_path, "--config.model.num_stepz=3"), "num_stepz")
 
 
 def test_bad_value_type(tmp_path):
-    line = assert_one_line_error(_train(tmp_path, "--config.train.batch_size=abc"), "batch_size")
+    line = fails_in_one_line(_train(tmp_path, "--config.train.batch_size=abc"), "batch_size")
     assert "'abc'" in line
 
 
 def test_unknown_dataset(tmp_path):
-    assert_one_line_error(_train(tmp_path, "--config.data.name=nosuchdata"), "nosuchdata")
+    fails_in_one_line(_train(tmp_path, "--config.data.name=nosuchdata"), "nosuchdata")
 
 
 def test_unprepared_catalog_dataset(tmp_path):
@@ -93,24 +81,24 @@ def test_unprepared_catalog_dataset(tmp_path):
         f"--config.data.data_dir={data_dir}",
         "--config.data.download=False",
     )
-    assert_one_line_error(args, "'mnist'", "not prepared", str(data_dir))
+    fails_in_one_line(args, "'mnist'", "not prepared", str(data_dir))
 
 
 def test_image_shape_the_model_cannot_take(tmp_path):
     # 8x8 digits cannot be squeezed four times (8 -> 4 -> 2 -> 1 -> ?).
-    assert_one_line_error(_train(tmp_path, "--config.model.num_levels=4"), "8x8", "pad_to")
+    fails_in_one_line(_train(tmp_path, "--config.model.num_levels=4"), "8x8", "pad_to")
 
 
 def test_every_checkpoint_corrupt(cond_run, tmp_path):
     workdir = _copy(cond_run, tmp_path)
-    _corrupt(os.path.join(workdir, "checkpoints"))
-    assert_one_line_error(_train(workdir), "no readable checkpoint", "unreadable")
+    cli_checks.corrupt_files(os.path.join(workdir, "checkpoints"))
+    fails_in_one_line(_train(workdir), "no readable checkpoint", "unreadable")
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]  # kept
 
 
 def test_changed_config_on_resume(cond_run, tmp_path):
     workdir = _copy(cond_run, tmp_path)
-    line = assert_one_line_error(
+    line = fails_in_one_line(
         _train(workdir, "--config.optim.lr=0.5", "--config.train.num_train_steps=40"),
         "optim.lr 0.001 -> 0.5",
         "train.num_train_steps 20 -> 40",
@@ -121,7 +109,7 @@ def test_changed_config_on_resume(cond_run, tmp_path):
 
 def test_model_shape_change_on_resume(cond_run, tmp_path):
     workdir = _copy(cond_run, tmp_path)
-    assert_one_line_error(
+    fails_in_one_line(
         _train(workdir, "--config.model.hidden_channels=32"),
         "changes the model's shapes",
         "model.hidden_channels 16 -> 32",
@@ -135,7 +123,7 @@ def test_model_shape_change_on_resume(cond_run, tmp_path):
 
 
 def test_out_of_range_label(cond_run):
-    assert_one_line_error(
+    fails_in_one_line(
         ["experiments.sample", f"--workdir={cond_run}", "--label=10"], "--label", "0..9", "10"
     )
     assert not os.path.exists(os.path.join(cond_run, "samples_T0.7_label10.png"))
@@ -148,14 +136,14 @@ def test_non_finite_batches(tmp_path):
         "--config.optim.max_consecutive_nonfinite=3",
         config="configs/glow_digits.py:smoke",
     )
-    assert_one_line_error(args, "TrainingError", "non-finite steps in a row")
+    fails_in_one_line(args, "TrainingError", "non-finite steps in a row")
 
 
 def test_workdir_that_cannot_be_written(tmp_path):
     # Under a regular file (root ignores permission bits, so chmod would prove nothing).
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    assert_one_line_error(_train(blocker / "run"), "cannot write to --workdir", "a_file")
+    fails_in_one_line(_train(blocker / "run"), "cannot write to --workdir", "a_file")
 
 
 def test_debug_shows_the_traceback_of_a_user_error(tmp_path):

@@ -28,6 +28,7 @@ from PIL import Image
 from configs import glow_digits, glow_digits_cond
 from flows.data.testing import mock_data
 from flows.train.loop import train_and_evaluate
+from tests.cli_checks import assert_one_line_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS_SHAPE = (8, 8, 1)
@@ -61,14 +62,6 @@ def cli(tmp_path_factory):
 def _ok(result):
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
-
-
-def _one_line_error(result):
-    """Exit status 2 and exactly one stderr line, starting with ``error:``."""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr[-3000:]
-    return lines[0]
 
 
 def _read_json(path):
@@ -283,7 +276,7 @@ def test_sample_unconditional(uncond_run, cli):
 
 def test_sample_label_of_an_unconditional_run_is_one_line_error(uncond_run, cli):
     # An out-of-range label on a conditional run: tests/test_bad_inputs.py.
-    _one_line_error(cli("sample", f"--workdir={uncond_run.workdir}", "--label=3"))
+    assert_one_line_error(cli("sample", f"--workdir={uncond_run.workdir}", "--label=3"))
     assert not os.path.exists(os.path.join(uncond_run.workdir, "samples_T0.7_label3.png"))
 
 

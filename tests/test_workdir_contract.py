@@ -16,6 +16,7 @@ from flows import workdir as wd
 from flows.errors import ConfigError
 from flows.reporting import compare
 from flows.train.loop import train_and_evaluate
+from tests.cli_checks import corrupt_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -115,10 +116,7 @@ def test_best_ahead_of_checkpoints_is_never_reported(base_run, tmp_path, checkpo
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(base_run, tmp_path, capsys):
     workdir = _copy(base_run[0], tmp_path)
-    for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "20")):
-        for name in files:
-            with open(os.path.join(root, name), "wb") as f:
-                f.write(b"garbage")
+    corrupt_files(os.path.join(workdir, "checkpoints", "20"))
     with open(os.path.join(workdir, ".config.json.abc.tmp"), "w") as f:
         f.write('{"half": ')  # a write a killed run left half done
     record = train_and_evaluate(_config(), workdir)
