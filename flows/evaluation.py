@@ -4,13 +4,17 @@ For a label-conditioned model it also reports the marginal
 ``log p(x) = logsumexp_y [log p(x|y) + log p(y)]`` (the number comparable with unconditional
 models), and Bayes' rule ``p(y|x)`` as a classifier: accuracy and the NLL of the true label.
 
-Bits/dim per example under uniform dequantization with ``num_samples`` noise draws per
-example (1 = the plain variational bound; k > 1 = the importance-weighted bound
-``log (1/k) sum_i p(x_i)``, tighter). Reported as mean and standard error over examples.
+Bits/dim per example under the model's dequantization (uniform, or a learned ``q(u | v)``:
+``DensityModel.dequantize`` returns ``x`` and ``log q(u | v)``) with ``num_samples`` noise
+draws per example: k = 1 gives the variational bound (the ELBO)
+``log p(x) - log q(u | v)``; k > 1 the importance-weighted bound
+``log (1/k) sum_i p(x_i) / q(u_i | v)``, tighter. Reported as mean and standard error over
+examples; the record names the dequantization and the bound.
 
 The noise is a pure function of (key, example index, draw index): draw i of example n is
-``uniform(fold_in(fold_in(key, n), i))`` (``dequantization_noise``), so an evaluation is
-reproducible and its per-example numbers do not depend on the batch size or on padding.
+``uniform(fold_in(fold_in(key, n), i))`` (``dequantization_noise``; a variational dequantizer
+maps it through its flow), so an evaluation is reproducible and its per-example numbers do
+not depend on the batch size or on padding.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from flax import nnx
 
 from flows.metrics import (
     bits_per_dim,
-    dequantize_with_noise,
     importance_weighted_log_prob,
     mean_and_standard_error,
 )
@@ -62,15 +65,25 @@ def dequantization_noise(key, example_indices, draw, shape) -> jax.Array:
     return jax.vmap(one)(example_indices)
 
 
-def _over_draws(fn, images, indices, key, num_bins, num_samples):
-    """``fn(x)`` for each of the ``num_samples`` dequantizations x of the batch, stacked on
-    a new leading axis (one draw at a time, ``lax.map``)."""
+def _over_draws(model, fn, images, indices, key, num_bins, num_samples):
+    """``fn(x) - log q(u | v)`` for each of the ``num_samples`` dequantizations
+    ``(x, log q) = model.dequantize(images, noise)`` of the batch, stacked on a new leading
+    axis (one draw at a time, ``lax.map``); ``fn(x)`` is (B,) or (B, classes)."""
 
     def one_draw(draw):
-        u = dequantization_noise(key, indices, draw, images.shape[1:])
-        return fn(dequantize_with_noise(images, u, num_bins))
+        noise = dequantization_noise(key, indices, draw, images.shape[1:])
+        x, log_q = model.dequantize(images, noise, num_bins)
+        out = fn(x)
+        return out - log_q.reshape(log_q.shape + (1,) * (out.ndim - 1))
 
     return jax.lax.map(one_draw, jnp.arange(num_samples))
+
+
+def bound_name(num_samples: int) -> str:
+    """The bound a k-draw evaluation reports."""
+    if num_samples == 1:
+        return "variational bound (ELBO, k=1)"
+    return f"importance-weighted bound (k={num_samples})"
 
 
 @functools.lru_cache(maxsize=16)
@@ -82,7 +95,13 @@ def _batch_bits_per_dim_fn(graphdef, num_dims, num_bins, num_samples, conditiona
         m = nnx.merge(graphdef, state)
         context = labels if conditional else None
         log_probs = _over_draws(
-            lambda x: m.log_prob(x, context=context), images, indices, key, num_bins, num_samples
+            m,
+            lambda x: m.log_prob(x, context=context),
+            images,
+            indices,
+            key,
+            num_bins,
+            num_samples,
         )  # (k, B)
         return bits_per_dim(importance_weighted_log_prob(log_probs), num_dims, num_bins)
 
@@ -119,8 +138,9 @@ def evaluate_bits_per_dim(model, data, *, batch_size, key, num_samples=1, progre
         "num_examples": int(data.num_examples),
         "num_bins": int(data.num_bins),
         "image_shape": list(data.image_shape),
-        "dequantization": "uniform",
+        "dequantization": model.dequantizer.kind,
         "importance_samples": int(num_samples),
+        "bound": bound_name(num_samples),
     }
 
 
@@ -132,7 +152,7 @@ def _batch_conditional_fn(graphdef, num_dims, num_bins, num_samples):
     def batch_eval(state, images, labels, indices, key):
         m = nnx.merge(graphdef, state)
         per_draw = _over_draws(
-            m.class_log_likelihoods, images, indices, key, num_bins, num_samples
+            m, m.class_log_likelihoods, images, indices, key, num_bins, num_samples
         )  # (k, B, N)
         class_ll = importance_weighted_log_prob(per_draw)  # (B, N): log p(x|y), k-sample bound
         joint = class_ll + m.log_label_prior[...]
@@ -191,8 +211,9 @@ def evaluate_conditional(model, data, *, batch_size, key, num_samples=1, progres
         num_examples=int(n),
         num_bins=int(data.num_bins),
         image_shape=list(data.image_shape),
-        dequantization="uniform",
+        dequantization=model.dequantizer.kind,
         importance_samples=int(num_samples),
+        bound=bound_name(num_samples),
         chance_accuracy=float(np.max(np.bincount(data.labels)) / n),
     )
     return record
@@ -218,6 +239,7 @@ def summary_line(record: dict) -> str:
         )
     where = (
         f"{record['split']}, {record['num_examples']} examples, {record['num_bins']} levels, "
+        f"{record.get('dequantization', 'uniform')} dequantization, "
         f"k={record['importance_samples']} importance sample(s), {record.get('parameters', '?')} "
         f"params, step {record.get('checkpoint_step', record.get('step', '?'))}"
     )

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from flax import nnx
 
 from flows import bijectors as B
+from flows.bijectors.dequantizer import VariationalDequantizer
 from flows.bijectors.spline import RationalQuadraticSpline, spline_coupling
 from flows.bijectors.vector import mlp_coupling
 from flows.models.glow import GlowLevel
@@ -25,7 +26,7 @@ class Entry:
     name: str
     make: Callable[[nnx.Rngs], B.Bijector]
     event_shape: tuple[int, ...]
-    context_features: int | None = None
+    context_features: int | tuple[int, ...] | None = None  # a tuple: a feature map's shape
     domain: str = "real"  # 'real': x ~ N(0, 1); 'unit': x ~ U(0, 1)
 
 
@@ -140,4 +141,14 @@ REGISTRY: list[Entry] = [
         (2, 2, 5),
     ),
     Entry("probit", lambda r: B.Probit(), (3,), domain="unit"),
+    # ---- variational dequantization (issue 14): noise e -> u on the unit cube, given v ----
+    Entry(
+        "variational_dequantizer",
+        lambda r: VariationalDequantizer(
+            (4, 2, 1), hidden_channels=4, num_steps=2, num_segments=3, rngs=r
+        ),
+        (4, 2, 1),
+        context_features=(4, 2, 1),
+        domain="unit",
+    ),
 ]

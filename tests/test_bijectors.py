@@ -22,7 +22,9 @@ def _inputs(entry, dtype, seed=0):
         x = jax.random.normal(kx, shape, dtype)
     ctx = None
     if entry.context_features:
-        ctx = jax.random.normal(kc, (BATCH, entry.context_features), dtype)
+        features = entry.context_features
+        features = (features,) if isinstance(features, int) else tuple(features)
+        ctx = jax.random.normal(kc, (BATCH, *features), dtype)
     return x, ctx
 
 

@@ -13,7 +13,7 @@ from configs.base import base_config, finalize
 from flows import workdir as wd
 from flows.errors import ConfigError
 from flows.models import DensityModel, build_model, get_family, model_families, register_model
-from flows.models.registry import unregister_model
+from flows.models.registry import COMMON_FIELDS, unregister_model
 from flows.train.loop import train_and_evaluate
 from flows.train.restore import load_run
 
@@ -93,7 +93,10 @@ def test_a_family_registered_in_a_test_trains_through_the_loop(
     assert diagonal_family in model_families() and "glow" in model_families()
     config = _smoke_config(diagonal_family)
     config.model.conditional = conditional
-    assert set(config.model.keys()) == {"name", "conditional", "init_log_sigma"}
+    # Any family can have a variational dequantizer (flows.models.registry attaches it).
+    config.model.dequantization = "variational" if conditional else "uniform"
+    config.model.dequantizer_hidden_channels, config.model.dequantizer_steps = 8, 2
+    assert set(config.model.keys()) == set(COMMON_FIELDS) | {"init_log_sigma"}
     record = train_and_evaluate(config, str(tmp_path))
     metrics = wd.read_metrics(str(tmp_path))
     train_bpd = [r["train_bpd"] for r in metrics if "train_bpd" in r]
@@ -105,6 +108,10 @@ def test_a_family_registered_in_a_test_trains_through_the_loop(
         assert record["accuracy"] > record["chance_accuracy"]
     model, loaded_config, info = load_run(str(tmp_path))
     assert isinstance(model, DiagonalGaussian) and loaded_config.model.name == diagonal_family
+    assert record["dequantization"] == model.dequantizer.kind == config.model.dequantization
+    if conditional:  # the dequantizer trained with the model: q moved away from the uniform
+        log_q_bits = [r["train_dequant_log_q_bits"] for r in metrics if "train_bpd" in r]
+        assert abs(log_q_bits[-1]) > 1e-3, log_q_bits
     assert info["checkpoint_step"] == record["checkpoint_step"] and info["num_bins"] == 17
 
 

@@ -19,7 +19,10 @@ and inherits ``inverse``, ``sample``, and for label-conditioned models (``num_cl
 ``class_log_likelihoods``, ``marginal_log_prob``, ``classify`` (Bayes' rule) and
 ``set_label_prior``. ``log_prob_and_aux_loss`` is the training objective's hook: a family with
 an auxiliary loss (Glow's ``weight_y`` classifier) overrides it, so the trainer never needs to
-know which family it runs.
+know which family it runs. ``dequantize(images, noise, num_bins) -> (x, log q(u | v))``
+turns integer images into x with the model's dequantizer (uniform unless the config asks for
+a variational one, ``flows.bijectors.dequantizer``); objectives and evaluation bound
+``log P(v)`` through it, whatever the family.
 
 Conditioning: ``context`` is integer labels ``(batch,)`` in ``[0, num_classes)`` (one-hot
 encoded here, in float32; out of range: ``DatasetError`` for concrete labels, NaN features
@@ -38,6 +41,7 @@ import numpy as np
 from flax import nnx
 
 from flows.bijectors import Buffer
+from flows.bijectors.dequantizer import UniformDequantizer
 from flows.errors import DatasetError
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -73,6 +77,9 @@ class DensityModel(nnx.Module):
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.image_shape = image_shape
         self.num_classes = num_classes
+        # How integer images become x on the unit scale; build_model may replace it with a
+        # learned one (model.dequantization = 'variational').
+        self.dequantizer = UniformDequantizer()
         if num_classes is not None:
             # log p(y) for the marginal and Bayes' rule: uniform until set_label_prior().
             self.log_label_prior = Buffer(jnp.full((num_classes,), -math.log(num_classes)))
@@ -91,6 +98,14 @@ class DensityModel(nnx.Module):
         raise NotImplementedError
 
     # -- derived ------------------------------------------------------------------------
+    def dequantize(self, images, noise, num_bins: int):
+        """``(x, log q(u | v))`` per example: integer ``images`` v dequantized to the unit
+        scale with ``noise`` in [0, 1) by the model's dequantizer (uniform: ``x = (v + u)/K``,
+        ``log q = 0``; variational: u a learned function of the noise and v). Every bound on
+        ``log P(v)`` is ``bits_per_dim(log p(x) - log q(u | v))``
+        (``flows.bijectors.dequantizer``)."""
+        return self.dequantizer.dequantize(images, noise, num_bins)
+
     def log_prob(self, x, *, context=None):
         """Per-example log density of x on the unit scale, in nats (log p(x|y) if conditional)."""
         return latent_log_prob(*self.forward_and_log_det(x, context=context))

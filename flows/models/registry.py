@@ -6,10 +6,12 @@ A family registers itself in its own module (``flows/models/glow.py`` for Glow):
     def build_glow(model_config, image_shape, num_classes, *, rngs) -> DensityModel: ...
 
 ``config.model`` holds ``name``, ``conditional`` (p(x|y) with ``num_classes`` taken from the
-dataset) and the family's own fields. ``build_model`` is the only place that maps a config to
-a model; the trainer, evaluation, sampling and compare call it and then use only the
-``DensityModel`` interface (``flows.models.base``). Adding a family is one module that calls
-``register_model`` (imported by ``flows.models``), plus its config files.
+dataset), ``dequantization`` with the sizes of a variational dequantizer (attached to any
+family's model here, ``flows.bijectors.dequantizer``) and the family's own fields.
+``build_model`` is the only place that maps a config to a model; the trainer, evaluation,
+sampling and compare call it and then use only the ``DensityModel`` interface
+(``flows.models.base``). Adding a family is one module that calls ``register_model``
+(imported by ``flows.models``), plus its config files.
 """
 
 from __future__ import annotations
@@ -20,12 +22,24 @@ from typing import Any
 
 from flax import nnx
 
+from flows.bijectors.dequantizer import make_dequantizer
 from flows.errors import ConfigError
 
 # Fields every family's config.model has.
 COMMON_FIELDS: dict[str, Any] = {
     "name": None,
     "conditional": False,  # True: p(x|y) with num_classes from the dataset
+    # How integer images become continuous (flows.bijectors.dequantizer): 'uniform', or
+    # 'variational' (a learned q(u|v), Flow++) with the sizes of its flow below.
+    "dequantization": "uniform",
+    "dequantizer_hidden_channels": 32,
+    "dequantizer_steps": 4,
+    "dequantizer_segments": 8,
+}
+DEQUANTIZER_FIELDS = {
+    "dequantizer_hidden_channels": "hidden_channels",
+    "dequantizer_steps": "num_steps",
+    "dequantizer_segments": "num_segments",
 }
 
 Builder = Callable[..., nnx.Module]
@@ -45,14 +59,19 @@ class ModelFamily:
 
     def summary(self, model_config: Mapping[str, Any]) -> str:
         """A short description of a model config (for ``compare``'s tables)."""
+        values = {**self.config_defaults(), **model_config}
         if self.describe is not None:
-            return self.describe({**self.config_defaults(), **model_config})
-        changed = [
-            f"{k}={v}"
-            for k, v in model_config.items()
-            if k not in COMMON_FIELDS and v != self.defaults.get(k)
-        ]
-        return " ".join([self.name, *changed])
+            text = self.describe(values)
+        else:
+            changed = [
+                f"{k}={v}"
+                for k, v in model_config.items()
+                if k not in COMMON_FIELDS and v != self.defaults.get(k)
+            ]
+            text = " ".join([self.name, *changed])
+        if values["dequantization"] != "uniform":
+            text += f", {values['dequantization']} dequantization"
+        return text
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
@@ -115,9 +134,16 @@ def build_model(model_config, image_shape, num_classes: int, *, rngs: nnx.Rngs) 
             f"model.name={family.name!r} has no field(s) {unknown}; its fields: {sorted(known)}"
         )
     values = {**family.config_defaults(), **{k: model_config[k] for k in model_config.keys()}}
-    return family.build(
+    image_shape = tuple(int(d) for d in image_shape)
+    model = family.build(
         values,
-        tuple(int(d) for d in image_shape),
+        image_shape,
         int(num_classes) if values["conditional"] else None,
         rngs=rngs,
     )
+    if values["dequantization"] != "uniform":
+        sizes = {arg: int(values[field]) for field, arg in DEQUANTIZER_FIELDS.items()}
+        model.dequantizer = make_dequantizer(
+            values["dequantization"], image_shape, rngs=rngs, **sizes
+        )
+    return model
