@@ -29,6 +29,7 @@ def make_run(
     dataset="digits",
     eval_file="eval_test.json",
     legacy=False,
+    dequantization="uniform",
 ):
     """A fake training workdir: config.json, data_info.json, metrics.jsonl, eval record.
 
@@ -47,6 +48,7 @@ def make_run(
         "conditional": conditional,
         "condition_on": "top",
         "weight_y": 0.01 if conditional else 0.0,
+        "dequantization": dequantization,
     }
     config = {"data": {"name": dataset, "n_bits": None}, "model": model, "train": {}}
     levels_key = "num_levels" if legacy else "num_bins"
@@ -78,7 +80,7 @@ def make_run(
             "num_examples": 300,
             levels_key: num_bins,
             "image_shape": list(image_shape),
-            "dequantization": "uniform",
+            "dequantization": dequantization,
             "importance_samples": importance_samples,
             "dataset": dataset,
             "n_bits": None,
@@ -126,6 +128,20 @@ def test_table_lists_every_run_and_ranks_comparable_runs(tmp_path):
     assert rows["better"]["best"] and not rows["worse"]["best"]
     assert "1/3 best" in table
     assert "All evaluated runs are comparable" in table
+
+
+def test_uniform_and_variational_dequantization_are_ranked_together(tmp_path):
+    """Both bound the same discrete likelihood: one group, the model column says which."""
+    dirs = [
+        make_run(tmp_path, "uniform", bpd=1.5),
+        make_run(tmp_path, "variational", bpd=1.4, dequantization="variational"),
+    ]
+    rows = _rows(compare.compare(compare.load_runs(dirs)))
+    assert rows["uniform"]["group"] == rows["variational"]["group"]
+    assert (rows["variational"]["rank"], rows["uniform"]["rank"]) == (1, 2)
+    assert rows["variational"]["dequantization"] == "variational"
+    assert rows["variational"]["model"].endswith(", variational dequantization")
+    assert "dequantization" not in rows["uniform"]["model"]
 
 
 @pytest.mark.parametrize(

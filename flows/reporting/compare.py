@@ -6,9 +6,12 @@ A run is read from the files its workdir holds (``flows.workdir``): ``config.jso
 
 Comparability. Two bits/dim are compared only when they were measured the same way: same
 dataset and split, same number of evaluation examples, same levels per value (``num_bins``,
-which ``n_bits`` sets), same image shape (padding changes D), same dequantization and same
-number of importance samples (k = 1 is the plain variational bound; a larger k gives a tighter,
-lower bound for the same model). Runs are grouped by these fields (``COMPARABILITY_FIELDS``);
+which ``n_bits`` sets), same image shape (padding changes D) and same number of importance
+samples (k = 1 is the plain variational bound; a larger k gives a tighter, lower bound for the
+same model). The dequantization is part of the model, not of the measurement: uniform and
+variational noise (``flows.bijectors.dequantizer``) both bound the same discrete likelihood
+``-log2 P(v) / D``, so they are ranked together (Flow++'s ablation compares them so) and the
+model column says which. Runs are grouped by these fields (``COMPARABILITY_FIELDS``);
 ranks, and the mark of the best run, are given within a group only, and the notes name what
 differs between groups. Nothing is ranked across groups.
 
@@ -48,7 +51,6 @@ COMPARABILITY_FIELDS = (
     ("num_examples", "number of evaluation examples"),
     ("num_bins", "levels per value (num_bins, n_bits)"),
     ("image_shape", "image shape"),
-    ("dequantization", "dequantization"),
     ("importance_samples", "importance samples (k)"),
 )
 
@@ -217,7 +219,6 @@ def protocol(run: Run) -> dict:
         "num_examples": ev.get("num_examples"),
         "num_bins": ev.get("num_bins", run.data_info.get("num_bins")),
         "image_shape": tuple(shape) if shape is not None else None,
-        "dequantization": ev.get("dequantization"),
         "importance_samples": ev.get("importance_samples"),
     }
 
@@ -254,7 +255,7 @@ def _shape_text(shape) -> str:
 def _protocol_text(p: dict) -> str:
     return (
         f"{p['split'] or p['dataset']}, {p['num_examples']} examples, {p['num_bins']} levels, "
-        f"{_shape_text(p['image_shape'])}, {p['dequantization']} dequantization, "
+        f"{_shape_text(p['image_shape'])}, "
         f"k={p['importance_samples']}"
     )
 
@@ -312,7 +313,7 @@ def _row(run: Run) -> dict:
         n_bits=ev.get("n_bits", run.config.get("data", {}).get("n_bits")),
         num_bins=p["num_bins"],
         image_shape=_shape_text(p["image_shape"]),
-        dequantization=p["dequantization"],
+        dequantization=ev.get("dequantization"),
         importance_samples=p["importance_samples"],
         parameters=ev.get("parameters"),
         checkpoint_step=ev.get("checkpoint_step", ev.get("step")),
