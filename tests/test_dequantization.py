@@ -64,8 +64,8 @@ def test_the_objective_with_a_fresh_variational_dequantizer_is_the_uniform_bound
             nnx.jit(loss_fn)(m, batch, key) for m in (model, _with_uniform(model))
         )
         assert abs(float(loss_v) - float(loss_u)) < 1e-6 * abs(float(loss_u))
-        assert abs(float(metrics_v["dequant_log_q_bits"])) < 1e-6
-        assert "dequant_log_q_bits" not in metrics_u
+        assert abs(float(metrics_v["dequant_entropy_bits"])) < 1e-6
+        assert "dequant_entropy_bits" not in metrics_u
 
 
 def test_evaluation_names_the_dequantization_and_equals_uniform_at_init():

@@ -110,7 +110,7 @@ def test_a_family_registered_in_a_test_trains_through_the_loop(
     assert isinstance(model, DiagonalGaussian) and loaded_config.model.name == diagonal_family
     assert record["dequantization"] == model.dequantizer.kind == config.model.dequantization
     if conditional:  # the dequantizer trained with the model: q moved away from the uniform
-        log_q_bits = [r["train_dequant_log_q_bits"] for r in metrics if "train_bpd" in r]
+        log_q_bits = [r["train_dequant_entropy_bits"] for r in metrics if "train_bpd" in r]
         assert abs(log_q_bits[-1]) > 1e-3, log_q_bits
     assert info["checkpoint_step"] == record["checkpoint_step"] and info["num_bins"] == 17
 

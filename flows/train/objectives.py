@@ -8,8 +8,9 @@ with fresh uniform noise ``e`` each step: for uniform dequantization ``x = (v + 
 auxiliary loss (``DensityModel.log_prob_and_aux_loss``; Glow's ``weight_y`` times its
 classifier's cross-entropy in bits, reported as ``aux_ce_bits``). For a label-conditioned
 model ``p`` is ``p(x | y)``. Metric ``bpd``: the mean bits/dim alone; with a variational
-dequantizer also ``dequant_log_q_bits``, the mean ``-log q(u | v)`` in bits/dim (0 for uniform
-noise: how far ``q`` has moved from it).
+dequantizer also ``dequant_entropy_bits``, ``-mean log q(u | v) / (D log 2)``: a one-draw
+estimate of q's entropy in bits/dim, 0 for uniform noise and negative as q concentrates
+(``bpd`` = the model's cross-entropy term minus it).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def density_loss(num_bins: int):
         bpd = jnp.mean(bits_per_dim(log_prob - log_q, num_dims, num_bins))
         metrics = {"bpd": bpd, **aux_metrics}
         if model.dequantizer.kind != "uniform":
-            metrics["dequant_log_q_bits"] = -jnp.mean(log_q) / (num_dims * math.log(2.0))
+            metrics["dequant_entropy_bits"] = -jnp.mean(log_q) / (num_dims * math.log(2.0))
         return bpd + aux_loss, metrics
 
     return loss_fn
