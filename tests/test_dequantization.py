@@ -15,7 +15,11 @@ import pytest
 from flax import nnx
 
 from configs import glow_digits
-from flows.bijectors.dequantizer import UniformDequantizer, VariationalDequantizer
+from flows.bijectors.dequantizer import (
+    UniformDequantizer,
+    VariationalDequantizer,
+    image_context,
+)
 from flows.data import ImageData
 from flows.errors import ConfigError
 from flows.evaluation import evaluate_bits_per_dim
@@ -53,10 +57,17 @@ def _perturb_dequantizer(model, scale=0.3, seed=1):
 
 
 def test_the_objective_with_a_fresh_variational_dequantizer_is_the_uniform_bound():
-    """Zero-initialised couplings make g_v the identity: q = U[0, 1)^D and log q = 0, so the
-    training loss equals the uniform-dequantization loss (float64: to rounding)."""
+    """Zero-initialised couplings make g_v the identity: q = U[0, 1)^D and log q = 0 (float64
+    noise: to 1e-12), so the training loss, whose noise is float32, equals the uniform-
+    dequantization loss to float32 rounding."""
     with jax.enable_x64(True):
         model = _variational_glow()
+        images, noise = _images(), jax.random.uniform(jax.random.key(2), (16, *SHAPE), jnp.float64)
+        u, log_det = model.dequantizer.forward_and_log_det(
+            noise, context=image_context(images, BINS, jnp.float64)
+        )
+        assert float(jnp.max(jnp.abs(u - noise))) < 1e-12
+        assert float(jnp.max(jnp.abs(log_det))) < 1e-12
         loss_fn = density_loss(BINS)
         batch = {"image": _images(), "label": jnp.zeros((16,), jnp.int32)}
         key = jax.random.key(3)
