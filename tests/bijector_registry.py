@@ -145,7 +145,7 @@ REGISTRY: list[Entry] = [
     Entry(
         "variational_dequantizer",
         lambda r: VariationalDequantizer(
-            (4, 2, 1), hidden_channels=4, num_steps=2, num_segments=3, rngs=r
+            (4, 2, 1), hidden_channels=4, num_steps=1, num_segments=3, rngs=r
         ),
         (4, 2, 1),
         context_features=(4, 2, 1),
