@@ -19,8 +19,8 @@ deterministic: no random crop, and the splits come from a seeded permutation (Nu
 
   So a patch covers a 16x16-pixel square of the photograph. Label: 0 for china, 1 for flower.
   Split: ``RandomState(0).permutation(2080)``; ``train`` the first 1780, ``test`` the last
-  300. Unlike digits (about half of all values are 0, a patch's values spread over about 6
-  levels), most patches are smooth: their values spread over about one level. The JPEG
+  300. Unlike digits (about half of all values are 0; the standard deviation of the values
+  within an image has median 6.0 levels), most patches are smooth (median 0.48). The JPEG
   decoder (PIL's libjpeg) may round a pixel differently on another version, so the exact
   values are reproducible per installation, not across every one.
 
