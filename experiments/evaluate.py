@@ -1,13 +1,22 @@
 """Evaluate a trained run on a full split: bits/dim with standard error and provenance.
 
     python -m experiments.evaluate --workdir=runs/digits [--split=test] [--num_samples=8] \
-        [--params=ema|raw] [--checkpoint=best|latest]
+        [--params=ema|raw] [--checkpoint=best|latest] [--dataset=NAME[:SPLIT]]
 
 For label-conditioned runs it reports conditional and marginal bits/dim, and the Bayes-rule
 classifier's accuracy and NLL of p(y|x). Writes ``<workdir>/eval_<split>_k<k>.json``.
+
+``--dataset=NAME[:SPLIT]`` (SPLIT default ``test``; a TFDS version goes in NAME with a
+split, ``name:1.0.0:test``) is out-of-distribution evaluation: the run's ``--split`` and
+split SPLIT of dataset NAME (same image shape and levels, read with the run's data_dir,
+n_bits and pad_to), both with the same parameters and noise, per-example bits/dim of p(x)
+(the marginal for a conditional run) and the AUROC of bits/dim as the OOD score
+(``flows.ood``). Writes ``eval_ood_<name>_<split>.json`` and ``ood_<name>_<split>.png`` (the
+two histograms). Offline OOD sets for the digits: ``photo_patches``, ``digits_inverted``.
 """
 
 import os
+import re
 import time
 
 import jax
@@ -16,9 +25,11 @@ from tqdm import tqdm
 
 from experiments import cli
 from flows import data as data_lib
+from flows import ood
 from flows import workdir as wd
 from flows.errors import ConfigError
 from flows.evaluation import evaluate, summary_line
+from flows.plotting import plot_ood_histogram
 from flows.train.restore import load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
@@ -30,34 +41,129 @@ _BATCH = flags.DEFINE_integer("batch_size", 0, "Eval batch size (0: the config's
 _SEED = flags.DEFINE_integer(
     "seed", None, "Seed of the dequantization noise (default: the training run's test noise)."
 )
+_DATASET = flags.DEFINE_string(
+    "dataset",
+    None,
+    "NAME[:SPLIT] (SPLIT default test): out-of-distribution evaluation against this dataset "
+    "(same image shape and levels), e.g. photo_patches or digits_inverted for the digits.",
+)
 flags.mark_flags_as_required(["workdir"])
 
+_VERSION = re.compile(r"\d+(\.\d+)*")
 
-def main(argv):
-    cli.no_extra_arguments(argv)
-    use_ema = None if _PARAMS.value == "auto" else _PARAMS.value == "ema"
-    model, config, info = load_run(_WORKDIR.value, checkpoint=_CHECKPOINT.value, use_ema=use_ema)
+
+def parse_dataset(value: str) -> tuple[str, str]:
+    """``'NAME[:SPLIT]'`` -> ``(name, split)``; split ``'test'`` when absent. The split is
+    after the last ``:`` unless that part is a version (``mnist:3.0.1`` is a name)."""
+    name, sep, split = value.strip().rpartition(":")
+    if not sep or _VERSION.fullmatch(split):
+        name, split = value.strip(), "test"
+    if not name or not split:
+        raise ConfigError(f"--dataset must be NAME or NAME:SPLIT, got {value!r}")
+    return name, split
+
+
+def _file_part(text: str) -> str:
+    """``text`` with every run of characters other than letters, digits, ``.``, ``-`` and
+    ``_`` replaced by ``_`` (a dataset or split name as part of a file name)."""
+    return re.sub(r"[^\w.-]+", "_", text).strip("_") or "_"
+
+
+def _key(config):
+    if _SEED.value is not None:
+        return jax.random.key(_SEED.value)
+    return jax.random.fold_in(jax.random.key(config.eval.seed), 1)
+
+
+def _in_distribution(config) -> data_lib.ImageData:
     data = data_lib.load_datasets(config.data)[_SPLIT.value]
     if data is None:
         raise ConfigError(f"the run has no {_SPLIT.value} split (data.validation_size = 0)")
+    return data
+
+
+def run_split(workdir: str) -> None:
+    use_ema = None if _PARAMS.value == "auto" else _PARAMS.value == "ema"
+    model, config, info = load_run(workdir, checkpoint=_CHECKPOINT.value, use_ema=use_ema)
+    data = _in_distribution(config)
     t0 = time.time()
     with tqdm(total=data.num_examples, desc=f"eval {data.name}", unit="img") as bar:
         record = evaluate(
             model,
             data,
             batch_size=_BATCH.value or config.eval.batch_size,
-            key=jax.random.key(_SEED.value)
-            if _SEED.value is not None
-            else jax.random.fold_in(jax.random.key(config.eval.seed), 1),
+            key=_key(config),
             num_samples=_NUM_SAMPLES.value,
             progress=bar.update,
         )
     record.update(
         info, dataset=config.data.name, n_bits=config.data.n_bits, eval_s=time.time() - t0
     )
-    path = os.path.join(_WORKDIR.value, f"eval_{_SPLIT.value}_k{_NUM_SAMPLES.value}.json")
+    path = os.path.join(workdir, f"eval_{_SPLIT.value}_k{_NUM_SAMPLES.value}.json")
     wd.write_json(path, record)
     print(f"{summary_line(record)} -> {path}")
+
+
+def run_ood(workdir: str, dataset: str) -> None:
+    """The run's split and ``dataset``'s, same parameters and noise: record, histogram."""
+    name, split = parse_dataset(dataset)
+    config, data_info = wd.load_config(workdir), wd.load_data_info(workdir)
+    dc = {**data_lib.DATA_CONFIG_DEFAULTS, **config.data.to_dict()}
+    pad_to = tuple(dc["pad_to"]) if dc["pad_to"] is not None else None
+    ood_data = data_lib.load_split(  # first: a wrong dataset fails before the model loads
+        name,
+        split,
+        data_dir=dc["data_dir"],
+        n_bits=dc["n_bits"],
+        pad_to=pad_to,
+        download=dc["download"],
+    )
+    trained_on = f"{config.data.name}, {wd.path(workdir, wd.DATA_INFO)}"
+    ood.check_same_data(ood_data, data_info["image_shape"], data_info["num_bins"], trained_on)
+    use_ema = None if _PARAMS.value == "auto" else _PARAMS.value == "ema"
+    model, config, info = load_run(workdir, checkpoint=_CHECKPOINT.value, use_ema=use_ema)
+    in_data = _in_distribution(config)
+    t0 = time.time()
+    total = in_data.num_examples + ood_data.num_examples
+    with tqdm(total=total, desc=f"eval {in_data.name}, {ood_data.name}", unit="img") as bar:
+        record, in_bpd, ood_bpd = ood.evaluate_ood(
+            model,
+            in_data,
+            ood_data,
+            batch_size=_BATCH.value or config.eval.batch_size,
+            key=_key(config),
+            num_samples=_NUM_SAMPLES.value,
+            progress=bar.update,
+        )
+    record.update(
+        info, dataset=config.data.name, n_bits=config.data.n_bits, eval_s=time.time() - t0
+    )
+    stem = f"{_file_part(name)}_{_file_part(split)}"
+    path = os.path.join(workdir, f"eval_ood_{stem}.json")
+    png = os.path.join(workdir, f"ood_{stem}.png")
+    wd.write_json(path, record)
+    what = "marginal bits/dim" if record["conditional"] else "bits/dim"
+    plot_ood_histogram(
+        png,
+        in_bpd,
+        ood_bpd,
+        in_label=f"in-distribution {in_data.name}",
+        ood_label=f"OOD {ood_data.name}",
+        auroc=record["auroc"],
+        title=f"{os.path.basename(os.path.normpath(workdir))}: step {info['checkpoint_step']}, "
+        f"{info['parameters']} params",
+        xlabel=f"{what} per example (-log2 p(x) / D; uniform dequantization, "
+        f"k={_NUM_SAMPLES.value})",
+    )
+    print(f"{ood.ood_summary_line(record)} -> {path}, {png}")
+
+
+def main(argv):
+    cli.no_extra_arguments(argv)
+    if _DATASET.value is None:
+        run_split(_WORKDIR.value)
+    else:
+        run_ood(_WORKDIR.value, _DATASET.value)
 
 
 if __name__ == "__main__":

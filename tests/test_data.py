@@ -15,7 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import flows.data as fd
-from flows.data import batching, loading
+from flows.data import batching, digits_ood, loading
 from flows.data import digits as digits_lib
 from flows.data import testing as data_testing
 
@@ -366,3 +366,58 @@ def test_batch_indices_are_deterministic_and_stateless():
     np.testing.assert_array_equal(fd.batch_indices(8, 4, 0, 3), [6, 3, 2, 4])  # epoch 1, 2nd
     with pytest.raises(ValueError):
         fd.batch_indices(10, 11, 0, 0)
+
+
+# ----------------------------------------------------------------------------- OOD companions
+
+
+def test_photo_patches_recipe_on_a_hand_made_photo():
+    # 16x32 RGB -> luma -> 2x2 block means (8x16) -> floor(g * 16/255 + 1/2) -> two 8x8 tiles.
+    photo = np.zeros((17, 33, 3), np.uint8)  # the 17th row and 33rd column are cropped away
+    photo[:, :16] = 255  # left tile white: level 16
+    photo[:16, 16:] = (255, 0, 0)  # right tile pure red: luma 0.299 * 255 -> level 4.784 -> 5
+    photo[0, 16] = (0, 0, 0)  # 1 black + 3 red in a 2x2 block: 0.75 * 76.245 -> 3.59 -> 4
+    photo[16, :] = 128  # cropped: no effect
+    images, labels = digits_ood.photo_patches([photo, photo[:, :15]])
+    assert images.shape == (2, 8, 8) and images.dtype == np.uint8  # 17x15: no 16x16 tile
+    np.testing.assert_array_equal(images[0], np.full((8, 8), 16))
+    expected = np.full((8, 8), 5)
+    expected[0, 0] = 4
+    np.testing.assert_array_equal(images[1], expected)
+    np.testing.assert_array_equal(labels, [0, 0])
+
+
+def _check_digits_like(data, name, split, size):
+    """8x8x1 uint8 images with the digits' 17 levels, all of them used."""
+    assert data.images.shape == (size, 8, 8, 1) and data.images.dtype == np.uint8
+    assert data.num_bins == 17 and data.images.min() == 0 and data.images.max() == 16
+    assert data.name == f"{name}:{split}" and data.labels.dtype == np.int32
+
+
+def test_photo_patches_load_offline_as_documented(digits_dir, no_network):
+    images, labels = digits_ood.load_photo_patches()  # recomputed from the photographs
+    assert images.shape == (2080, 8, 8) and np.bincount(labels).tolist() == [1040, 1040]
+    indices = digits_ood.patch_split_indices(2080)
+    np.testing.assert_array_equal(
+        np.r_[indices["train"], indices["test"]], np.random.RandomState(0).permutation(2080)
+    )
+    # The seeded split is pinned (NumPy keeps the RandomState stream frozen).
+    sizes, label_counts = {"train": 1780, "test": 300}, {"train": [887, 893], "test": [153, 147]}
+    for split, size in sizes.items():
+        data = fd.load_split("photo_patches", split, data_dir=digits_dir)  # prepared offline
+        _check_digits_like(data, "photo_patches", split, size)
+        assert data.num_classes == 2 and np.bincount(data.labels).tolist() == label_counts[split]
+        np.testing.assert_array_equal(data.images[..., 0], images[indices[split]])
+        np.testing.assert_array_equal(data.labels, labels[indices[split]])
+    # Natural patches are smooth (median spread within a patch 0.48 levels; digits 6.0).
+    assert np.median(images.std(axis=(1, 2))) < 2
+
+
+def test_digits_inverted_loads_offline_as_digits_with_levels_inverted(digits_dir, no_network):
+    for split, size in {"train": 1497, "test": 300}.items():
+        plain = fd.load_split("digits", split, data_dir=digits_dir)
+        inverted = fd.load_split("digits_inverted", split, data_dir=digits_dir)  # offline
+        _check_digits_like(inverted, "digits_inverted", split, size)
+        np.testing.assert_array_equal(inverted.images, 16 - plain.images)
+        np.testing.assert_array_equal(inverted.labels, plain.labels)
+        assert inverted.num_classes == 10

@@ -60,3 +60,46 @@ def test_importance_weighted_bound():
 def test_mean_and_standard_error():
     mean, se = mean_and_standard_error([1.0, 2.0, 3.0, 4.0])
     assert mean == 2.5 and se == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
+
+
+# -- AUROC of an OOD score (flows.ood.auroc) ---------------------------------------------------
+
+
+def test_auroc_perfect_reversed_and_tied():
+    from flows.ood import auroc
+
+    assert auroc([1.0, 2.0, 3.0], [4.0, 5.0]) == 1.0  # every OOD score above every in-dist one
+    assert auroc([4.0, 5.0], [1.0, 2.0, 3.0]) == 0.0  # every OOD score below
+    assert auroc([2.0, 2.0], [2.0, 2.0, 2.0]) == 0.5  # all tied: each pair counts 1/2
+    assert auroc([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 0.5  # same scores: 3 ties + 3 of 6 above
+    assert auroc([1.0, -np.inf], [np.inf]) == 1.0
+
+
+def test_auroc_hand_computed():
+    from flows.ood import auroc
+
+    # In-distribution 1, 2, 3; OOD 2, 4. Pairs (OOD above: 1, tie: 1/2):
+    # o=2: above 1, tied with 2, below 3 -> 1 + 1/2; o=4: above all three -> 3. 4.5 / 6.
+    assert auroc([3.0, 1.0, 2.0], [4.0, 2.0]) == 0.75
+    # o=1 ties with both 1s (1/2 + 1/2) and is below 5 -> 1 of 3 pairs.
+    assert auroc([1, 1, 5], [1]) == pytest.approx(1 / 3)
+
+
+def test_auroc_matches_the_pairwise_definition_with_ties_and_is_antisymmetric():
+    from flows.ood import auroc
+
+    rng = np.random.RandomState(0)
+    in_scores, out_scores = rng.randint(0, 6, size=37), rng.randint(2, 9, size=23)  # many ties
+    o, s = out_scores[:, None], in_scores[None, :]  # all 23 x 37 pairs
+    expected = np.mean((o > s) + 0.5 * (o == s))
+    assert 0.6 < expected < 1 and auroc(in_scores, out_scores) == pytest.approx(expected, abs=1e-12)
+    assert auroc(in_scores, out_scores) + auroc(out_scores, in_scores) == pytest.approx(1.0)
+
+
+def test_auroc_rejects_nan_and_empty_scores():
+    from flows.ood import auroc
+
+    with pytest.raises(ValueError, match="NaN"):
+        auroc([1.0, np.nan], [2.0])
+    with pytest.raises(ValueError, match="both sets"):
+        auroc([], [2.0])

@@ -381,3 +381,71 @@ def test_smoke_variant_trains(name, variant, request, tmp_path):
         channels = {"mnist": 1, "cifar10": 3}[config.data.name]
         assert record["image_shape"] == [32, 32, channels] and record["num_bins"] == 256
         assert record["num_examples"] == 40  # the mocked test split
+
+
+# -- 7. out-of-distribution evaluation --------------------------------------------------------
+
+OOD_CASES = [("uncond_run", "photo_patches"), ("cond_run", "digits_inverted:test")]
+
+
+@pytest.mark.parametrize("run, dataset", OOD_CASES, ids=[r for r, _ in OOD_CASES])
+def test_evaluate_against_an_offline_ood_set(run, dataset, request, cli):
+    """``--dataset=NAME[:SPLIT]`` (split default test): both sets' bits/dim of p(x) (the
+    marginal for the conditional run), the AUROC, the record and the histogram."""
+    run = request.getfixturevalue(run)
+    name = dataset.split(":")[0]
+    out = _ok(cli("evaluate", f"--workdir={run.workdir}", f"--dataset={dataset}"))
+    path = os.path.join(run.workdir, f"eval_ood_{name}_test.json")
+    png = os.path.join(run.workdir, f"ood_{name}_test.png")
+    assert out.strip().endswith(f"-> {path}, {png}"), out
+    record, own = _read_json(path), run.eval_test
+    assert (record["in_split"], record["ood_split"]) == ("digits:test", f"{name}:test")
+    assert record["in_num_examples"] == record["ood_num_examples"] == 300
+    for prefix in ("in", "ood"):
+        mean, se = record[f"{prefix}_bits_per_dim"], record[f"{prefix}_bits_per_dim_se"]
+        assert _finite(mean, se) and mean > 0 and se > 0, prefix
+    assert _finite(record["auroc"]) and 0.0 <= record["auroc"] <= 1.0
+    # The same checkpoint, parameters and noise as the run's own test evaluation, so the
+    # in-distribution numbers are its bits/dim of p(x), example for example.
+    field = "marginal_bits_per_dim" if run.config.model.conditional else "bits_per_dim"
+    assert record["score"] == field and record["conditional"] == run.config.model.conditional
+    assert record["in_bits_per_dim"] == pytest.approx(own[field], abs=1e-5)
+    assert record["in_bits_per_dim_se"] == pytest.approx(own[f"{field}_se"], abs=1e-5)
+    for key in ("checkpoint", "checkpoint_step", "parameters", "num_bins", "image_shape"):
+        assert record[key] == own[key], key
+    with Image.open(png) as image:
+        assert image.format == "PNG" and min(image.size) >= 400
+
+
+def test_evaluate_against_a_dataset_of_another_shape_is_one_line_error(uncond_run, tmp_path, cli):
+    """A workdir of a run on 16x16x1 images with 256 levels (its config.json and
+    data_info.json): the OOD set is checked before a model is loaded. (An unknown dataset is
+    ``load_split``'s one-line error: tests/test_bad_inputs.py, tests/test_data.py.)"""
+    other = tmp_path / "run16"
+    other.mkdir()
+    config = _read_json(os.path.join(uncond_run.workdir, "config.json"))
+    info = _read_json(os.path.join(uncond_run.workdir, "data_info.json"))
+    info.update(image_shape=[16, 16, 1], num_bins=256)
+    for file, content in (("config.json", config), ("data_info.json", info)):
+        (other / file).write_text(json.dumps(content))
+    result = cli("evaluate", f"--workdir={other}", "--dataset=photo_patches")
+    assert_one_line_error(result, "ConfigError", "photo_patches:test", "8x8x1", "16x16x1", "256")
+    assert sorted(os.listdir(other)) == ["config.json", "data_info.json"]
+
+
+def test_ood_data_check_names_both_shapes_and_the_offline_sets():
+    from flows.data import ImageData
+    from flows.errors import ConfigError
+    from flows.ood import check_same_data
+
+    def data(shape, num_bins):
+        return ImageData(np.zeros((2, *shape), np.uint8), np.zeros(2, np.int32), num_bins, 1, "x")
+
+    check_same_data(data(DIGITS_SHAPE, 17), [8, 8, 1], 17, "digits")  # same: no error
+    for other in (data(DIGITS_SHAPE, 256), data((28, 28, 1), 17)):
+        with pytest.raises(ConfigError) as info:
+            check_same_data(other, [8, 8, 1], 17, "digits")
+        message = str(info.value)
+        assert "\n" not in message and "8x8x1 images with 17 levels (digits)" in message
+        assert f"x has {'x'.join(map(str, other.image_shape))} images" in message
+        assert "photo_patches, digits_inverted" in message

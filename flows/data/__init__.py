@@ -1,7 +1,9 @@
 """Datasets through tensorflow-datasets (TFDS), read without TensorFlow.
 
 Importing this package registers the offline ``digits`` builder with TFDS (so
-``tfds.builder('digits')`` finds it) and applies the TFDS workarounds of ``tfds_compat``.
+``tfds.builder('digits')`` finds it), and its offline out-of-distribution companions
+``photo_patches`` and ``digits_inverted`` (``digits_ood``), and applies the TFDS workarounds
+of ``tfds_compat``.
 
 Public API:
   load_split(name, split, *, data_dir, n_bits, pad_to, download) -> ImageData
@@ -9,12 +11,13 @@ Public API:
   ImageData, DatasetError, DATA_CONFIG_DEFAULTS, default_data_dir
   reduce_bits, pad_images, split_validation
   epoch_permutation, batch_indices, steps_per_epoch   (stateless deterministic batching)
-  Digits (the TFDS builder)
+  Digits (the TFDS builder); PhotoPatches, DigitsInverted (its OOD companions)
 """
 
 from flows.data import tfds_compat  # noqa: F401  (first: TFDS workarounds)
 from flows.data.batching import batch_indices, epoch_permutation, steps_per_epoch
 from flows.data.digits import Digits
+from flows.data.digits_ood import DigitsInverted, PhotoPatches
 from flows.data.loading import (
     DATA_CONFIG_DEFAULTS,
     DatasetError,
@@ -31,7 +34,9 @@ __all__ = [
     "DATA_CONFIG_DEFAULTS",
     "DatasetError",
     "Digits",
+    "DigitsInverted",
     "ImageData",
+    "PhotoPatches",
     "batch_indices",
     "default_data_dir",
     "epoch_permutation",

@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from flows.data import digits as _digits  # noqa: F401  (registers the `digits` builder)
+from flows.data import digits_ood as _digits_ood  # noqa: F401  (and its OOD companions)
 from flows.data import tfds_compat
 from flows.errors import DatasetError
 
