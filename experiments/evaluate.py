@@ -152,7 +152,7 @@ def run_ood(workdir: str, dataset: str) -> None:
         auroc=record["auroc"],
         title=f"{os.path.basename(os.path.normpath(workdir))}: step {info['checkpoint_step']}, "
         f"{info['parameters']} params",
-        xlabel=f"{what} per example (-log2 p(x) / D; uniform dequantization, "
+        xlabel=f"{what} per example (-log2 p(x) / D; {record['dequantization']} dequantization, "
         f"k={_NUM_SAMPLES.value})",
     )
     print(f"{ood.ood_summary_line(record)} -> {path}, {png}")

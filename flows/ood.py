@@ -70,7 +70,7 @@ def _shape(shape) -> str:
 
 def per_example_scores(model, data, *, batch_size: int, key, num_samples: int = 1, progress=None):
     """Bits/dim of ``p(x)`` per example of ``data``, shape (N,): ``-log2 p(x) / D`` under
-    uniform dequantization with the evaluation's noise (``flows.evaluation``); for a
+    the model's dequantization with the evaluation's noise (``flows.evaluation``); for a
     label-conditioned model the marginal ``p(x) = sum_y p(x|y) p(y)``.
 
     The marginal reads no label, so a conditional model sees labels 0 (an OOD set's labels,
@@ -112,7 +112,7 @@ def evaluate_ood(model, in_data, ood_data, *, batch_size, key, num_samples=1, pr
         conditional=bool(conditional),
         num_bins=int(in_data.num_bins),
         image_shape=list(in_data.image_shape),
-        dequantization="uniform",
+        dequantization=model.dequantizer.kind,
         importance_samples=int(num_samples),
     )
     return record, in_bpd, ood_bpd
