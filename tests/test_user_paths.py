@@ -381,3 +381,28 @@ def test_smoke_variant_trains(name, variant, request, tmp_path):
         channels = {"mnist": 1, "cifar10": 3}[config.data.name]
         assert record["image_shape"] == [32, 32, channels] and record["num_bins"] == 256
         assert record["num_examples"] == 40  # the mocked test split
+
+
+# -- 8. TensorBoard --------------------------------------------------------------------------
+
+
+def test_logged_learning_rate_is_the_one_the_optimizer_used_with_skipped_steps():
+    """``lr`` of a record is ``learning_rate_of_step``: checked against the count optax's
+    schedule keeps (advanced only by applied updates) with non-finite steps 2, 3 and 7."""
+    import jax
+    import optax
+
+    from flows.train.optim import learning_rate_of_step, learning_rate_schedule, make_optimizer
+
+    optim = glow_digits.get_config("smoke").optim
+    tx, schedule = make_optimizer(optim, 20), jax.jit(learning_rate_schedule(optim, 20))
+    params = {"w": np.ones(3, np.float32)}
+    state, update = tx.init(params), jax.jit(tx.update)
+    is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)
+    for step in range(1, 12):
+        (count,) = [x.count for x in jax.tree.leaves(state, is_leaf=is_schedule) if is_schedule(x)]
+        used = float(schedule(count))  # the rate this step's update is made with
+        grads = {"w": np.full(3, np.nan if step in (2, 3, 7) else 1.0, np.float32)}
+        _, state = update(grads, state, params)
+        skipped, this = int(state.total_notfinite), int(state.notfinite_count) > 0
+        assert learning_rate_of_step(schedule, step, skipped, this) == used, step

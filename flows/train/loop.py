@@ -22,7 +22,7 @@ from tqdm import tqdm
 from flows import plotting
 from flows import workdir as wd
 from flows.evaluation import evaluate
-from flows.train import periodic, sharding
+from flows.train import optim, periodic, sharding
 from flows.train.setup import Run, host_batch, setup_run
 
 
@@ -46,8 +46,10 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
 def make_actions(run: Run, wall_time) -> list[periodic.PeriodicAction]:
     """The actions that add to a step's metrics record, in the order they run."""
     tc = run.config.train
+    # The schedule of the optimizer setup_run built (make_optimizer, same arguments).
+    schedule = optim.learning_rate_schedule(run.config.optim, tc.num_train_steps)
     return [
-        periodic.LogTrainMetrics(tc.log_every, wall_time),
+        periodic.LogTrainMetrics(tc.log_every, wall_time, schedule),
         periodic.Validate(tc.eval_every, wall_time),
         periodic.SampleGrid(tc.sample_every),
     ]
