@@ -8,7 +8,8 @@ the step's record; the loop writes a record to ``metrics.jsonl`` whenever one wa
   learning rate, skipped steps and speed since the last log; stops the run after too many
   non-finite steps.
 * ``Validate`` (``train.eval_every``): validation bits/dim; keeps the best state in ``best/``.
-* ``SampleGrid`` (``train.sample_every``): a sample grid PNG in ``samples/``.
+* ``SampleGrid`` (``train.sample_every``): a sample grid PNG in ``samples/`` (and in
+  TensorBoard, ``flows.train.tensorboard``).
 * ``SaveCheckpoint`` (``train.checkpoint_every``): the whole TrainState and the loop's meta.
 """
 
@@ -30,6 +31,7 @@ from flows.metrics import quantize
 from flows.models import is_conditional, sample_compiled
 from flows.train.optim import learning_rate_of_step
 from flows.train.setup import Run
+from flows.train.tensorboard import PERIODIC_SAMPLES, Board
 
 
 class PeriodicAction:
@@ -126,25 +128,35 @@ class Validate(PeriodicAction):
             run.best.save(step, run.state, dict(run.meta, wall_time_s=self.wall_time()))
 
 
-def save_sample_grid(path, run: Run, model, key) -> None:
+def save_sample_grid(path, run: Run, model, key) -> np.ndarray:
     """``train.num_grid_samples`` samples at ``train.sample_temperature`` (one class per
-    sample, cycling, for a conditional model) as a PNG grid."""
+    sample, cycling, for a conditional model) as a PNG grid; returns them (integer levels,
+    (N, H, W, C))."""
     tc = run.config.train
     context = None
     if is_conditional(model):
         context = jnp.arange(tc.num_grid_samples) % model.num_classes
     x = sample_compiled(model, tc.num_grid_samples, key, tc.sample_temperature, context)
     bins = run.train.num_bins
-    plotting.save_image_grid(path, np.asarray(quantize(x, bins)), bins)
+    levels = np.asarray(quantize(x, bins))
+    plotting.save_image_grid(path, levels, bins)
+    return levels
 
 
 class SampleGrid(PeriodicAction):
     on_last = False  # the final grid is drawn from the selected parameters (loop.finish)
 
+    def __init__(self, every: int, board: Board | None):
+        super().__init__(every)
+        self.board = board
+
     def __call__(self, run: Run, step: int, record: dict) -> None:
         if run.is_main:
             path = wd.path(run.workdir, f"{wd.SAMPLES}/step_{step:06d}.png")
-            save_sample_grid(path, run, run.model(), jax.random.fold_in(run.eval_key, step))
+            key = jax.random.fold_in(run.eval_key, step)
+            levels = save_sample_grid(path, run, run.model(), key)
+            if self.board is not None:
+                self.board.samples(PERIODIC_SAMPLES, step, levels, run.train.num_bins)
 
 
 class SaveCheckpoint(PeriodicAction):
