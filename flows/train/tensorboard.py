@@ -18,12 +18,13 @@ every step up to a checkpoint are on disk before the checkpoint is saved.
 
 Sessions. Each session (the first run, each resume) writes its own event file and starts it
 with the restart marker ``SummaryWriter(purge_step=p)`` writes (``SessionLog.START`` at step
-``p``): TensorBoard's readers drop the events of earlier sessions at steps ``>= p``, so a
-step a killed session logged after its last checkpoint and the resumed session logs again
-is shown once. ``p`` is the first step the session writes: ``start_step + 1``; a session
-with no steps left (a rerun after the last checkpoint) writes the final evaluation at
-``start_step`` again, so its marker is at ``start_step`` and it first rewrites that step's
-record from ``metrics.jsonl`` (a periodic sample grid of that step is not rewritten).
+``p``): TensorBoard's reader (``event_accumulator``) drops the events of earlier sessions at
+steps ``>= p``, so a step a killed session logged after its last checkpoint and the resumed
+session logs again is shown once (TensorBoard's default data server, ``--load_fast``, showed
+each step once too). ``p`` is the first step the session writes: ``start_step + 1``; a
+session with no steps left (a rerun after the last checkpoint) writes the final evaluation
+at ``start_step`` again, so its marker is at ``start_step`` and it first rewrites that
+step's record from ``metrics.jsonl`` (a periodic sample grid of that step is not rewritten).
 
 A SIGKILL. Event files are appended to; a kill inside a write can leave a truncated last
 record, which TensorBoard's reader skips (it stops reading that file there; the next
@@ -32,6 +33,7 @@ session's file is read after it). Every complete record before it is kept.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import time
@@ -84,7 +86,11 @@ class Board:
 
     def __init__(self, workdir: str, first_step: int):
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
-        self.path = os.path.join(workdir, f"{name}.{os.getpid()}")
+        self.path = base = os.path.join(workdir, f"{name}.{os.getpid()}")
+        for n in itertools.count(1):  # the writer truncates: never reuse a name (same second)
+            if not os.path.exists(self.path):
+                break
+            self.path = f"{base}.{n}"
         self._writer = RecordWriter(self.path)
         self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
         start = SessionLog(status=SessionLog.START)
