@@ -59,6 +59,7 @@ def base_config(model: str = "glow") -> ml_collections.ConfigDict:
     c.train.num_grid_samples = 64
     c.train.sample_temperature = 0.7
     c.train.progress = True
+    c.train.tensorboard = True  # TensorBoard event files in the workdir (flows.train.tensorboard)
     c.train.distributed = ml_collections.ConfigDict()
     c.train.distributed.enabled = False  # jax.distributed.initialize for multi-host
     c.train.distributed.coordinator_address = ""

@@ -12,6 +12,7 @@ What a workdir holds after ``flows.train.train_and_evaluate``::
     eval_test.json          test bits/dim of the selected parameters, with provenance
     config_history.jsonl    config changes accepted on resume (``--allow_config_change``)
     corrupt/                unreadable checkpoints moved out of the way on resume
+    events.out.tfevents.*   TensorBoard event files, one per session (flows.train.tensorboard)
 
 The workdir is a contract: ``config.json`` is the config of every step the run made. A rerun
 with another config is refused (``config_changes`` names each changed key) unless the change
@@ -153,8 +154,10 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 _ABSENT = "(absent)"
-# Keys that change how a run is shown, never what it computes: free to differ on resume.
-PRESENTATION_KEYS = frozenset({"train.progress"})
+# Keys that change how a run is shown, never what it computes: free to differ on resume, and
+# free to be absent from a stored config written before they existed (train.tensorboard: a
+# resumed run writes event files from the step it resumed at).
+PRESENTATION_KEYS = frozenset({"train.progress", "train.tensorboard"})
 
 
 def config_changes(old: dict, new: dict) -> dict[str, tuple]:

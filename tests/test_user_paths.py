@@ -449,3 +449,69 @@ def test_ood_data_check_names_both_shapes_and_the_offline_sets():
         assert "\n" not in message and "8x8x1 images with 17 levels (digits)" in message
         assert f"x has {'x'.join(map(str, other.image_shape))} images" in message
         assert "photo_patches, digits_inverted" in message
+
+
+# -- 8. TensorBoard --------------------------------------------------------------------------
+
+
+def _warmup_cosine(lr, warmup, total, n):
+    """configs/glow_digits.py's schedule after ``n`` updates (linear warmup from lr / warmup,
+    then cosine decay to 1% of lr), written out independently of flows.train.optim."""
+    if n < warmup:
+        return lr * (1 / warmup + (1 - 1 / warmup) * n / warmup)
+    t = min(n - warmup, total - warmup) / (total - warmup)
+    return lr * (0.01 + 0.99 * (1 + math.cos(math.pi * t)) / 2)
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_tensorboard_event_files_hold_the_metrics(run, request):
+    """The run's event file, read back by TensorBoard's reader, holds every field of every
+    metrics.jsonl record at its step (float32), the test bits/dim and the final sample grid
+    (the grid of samples.png); metrics.jsonl has the learning rate of each logged step."""
+    import io  # here, to keep this section's changes together
+
+    from tests.tensorboard_checks import assert_events_match_metrics
+
+    run = request.getfixturevalue(run)
+    workdir, config = run.workdir, run.config
+    assert len(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))) == 1
+    acc = assert_events_match_metrics(workdir, run.eval_test)
+
+    logged = [r for r in _metrics(workdir) if "train_bpd" in r]
+    assert [r["step"] for r in logged] == [5, 10, 15, 20]
+    for r in logged:  # no step was skipped: the update of step s is the schedule's (s - 1)-th
+        want = _warmup_cosine(config.optim.lr, config.optim.warmup_steps, 20, r["step"] - 1)
+        assert r["lr"] == pytest.approx(want, rel=1e-6), r
+        assert r["nonfinite_steps"] == 0 and _finite(r["grad_norm"], r["train_loss"])
+
+    assert acc.Tags()["images"] == ["samples/final"]  # sample_every = 0: no periodic grids
+    (image,) = acc.Images("samples/final")
+    assert image.step == run.record["train_steps"] == 20
+    grid = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("L"))
+    png = np.asarray(Image.open(os.path.join(workdir, "samples.png")))  # upscaled, nearest
+    assert grid.shape == (37, 37)  # 16 samples: 4 x 4 images of 8 x 8, 1-pixel borders
+    scale = png.shape[0] // grid.shape[0]
+    assert png.shape == (37 * scale, 37 * scale)
+    np.testing.assert_array_equal(png[::scale, ::scale], grid)
+
+
+def test_logged_learning_rate_is_the_one_the_optimizer_used_with_skipped_steps():
+    """``lr`` of a record is ``learning_rate_of_step``: checked against the count optax's
+    schedule keeps (advanced only by applied updates) with non-finite steps 2, 3 and 7."""
+    import jax
+    import optax
+
+    from flows.train.optim import learning_rate_of_step, learning_rate_schedule, make_optimizer
+
+    optim = glow_digits.get_config("smoke").optim
+    tx, schedule = make_optimizer(optim, 20), jax.jit(learning_rate_schedule(optim, 20))
+    params = {"w": np.ones(3, np.float32)}
+    state, update = tx.init(params), jax.jit(tx.update)
+    is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)
+    for step in range(1, 12):
+        (count,) = [x.count for x in jax.tree.leaves(state, is_leaf=is_schedule) if is_schedule(x)]
+        used = float(schedule(count))  # the rate this step's update is made with
+        grads = {"w": np.full(3, np.nan if step in (2, 3, 7) else 1.0, np.float32)}
+        _, state = update(grads, state, params)
+        skipped, this = int(state.total_notfinite), int(state.notfinite_count) > 0
+        assert learning_rate_of_step(schedule, step, skipped, this) == used, step

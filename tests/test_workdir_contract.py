@@ -17,6 +17,7 @@ from flows.errors import ConfigError
 from flows.reporting import compare
 from flows.train.loop import train_and_evaluate
 from tests.cli_checks import corrupt_files
+from tests.tensorboard_checks import assert_events_match_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,10 +83,17 @@ def test_allowed_config_change_resumes_and_is_recorded(base_run, tmp_path):
     assert "config changed mid-run" in row["note"]
 
     # The stored config is now the changed one: it resumes as is (the progress bar is not
-    # part of the contract), the original is refused.
+    # part of the contract, nor is train.tensorboard, absent from a config.json written
+    # before it existed), the original is refused.
+    stored = wd.read_json(os.path.join(workdir, wd.CONFIG))
+    del stored["train"]["tensorboard"]
+    wd.write_json(os.path.join(workdir, wd.CONFIG), stored)
     new = _config(num_train_steps=40, progress=True)
     new.optim.lr = 0.5
-    train_and_evaluate(new, workdir)
+    record = train_and_evaluate(new, workdir)
+    # TensorBoard, after three sessions (0-20, 20-40, and this one, which trained nothing
+    # and rewrote the final evaluation at step 40): every step once.
+    assert_events_match_metrics(workdir, record)
     with pytest.raises(ConfigError, match=r"optim.lr 0.5 -> 0.001.*num_train_steps 40 -> 20"):
         train_and_evaluate(_config(), workdir)
     assert len(wd.read_config_history(workdir)) == 1
@@ -112,6 +120,8 @@ def test_best_ahead_of_checkpoints_is_never_reported(base_run, tmp_path, checkpo
     assert record["checkpoint_step"] <= 20
     assert record["checkpoint_step"] == base_run[1]["checkpoint_step"]
     assert record["bits_per_dim"] == base_run[1]["bits_per_dim"]
+    # TensorBoard: the copied run's events are dropped by the restart marker of the rerun.
+    assert_events_match_metrics(workdir, record)
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(base_run, tmp_path, capsys):
@@ -128,6 +138,18 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(base_run, tmp_path
     assert record["bits_per_dim"] == base_run[1]["bits_per_dim"]
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         assert [json.loads(line)["step"] for line in f] == [5, 10, 15, 20]
+    # TensorBoard: steps 15 and 20 once each, with the resumed session's values (its
+    # images_per_s differs from the first session's).
+    assert_events_match_metrics(workdir, record)
+
+
+def test_presentation_keys_may_differ_or_be_absent():
+    """``train.progress`` and ``train.tensorboard`` change what a run shows, not what it
+    computes: no config change, also against a config.json written before they existed."""
+    stored = _config().to_dict()
+    del stored["train"]["tensorboard"]
+    assert wd.config_changes(stored, _config().to_dict()) == {}
+    assert wd.config_changes(stored, _config(tensorboard=False, progress=True).to_dict()) == {}
 
 
 def test_a_directory_no_run_wrote_in_keeps_its_files(base_run, tmp_path):

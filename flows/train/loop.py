@@ -6,6 +6,10 @@
 * ``finish``: model selection on validation, one evaluation on test, the final sample grid
   and the learning curves.
 
+Every record written to ``metrics.jsonl`` also goes to the run's TensorBoard event file
+(``flows.train.tensorboard``, main process, ``train.tensorboard``), with the sample grids and
+the test bits/dim.
+
 The test split never picks anything: with a validation split, the best-on-validation state
 is evaluated on test; without one, the final state is. The files a run writes are listed in
 ``flows.workdir``.
@@ -22,7 +26,7 @@ from tqdm import tqdm
 from flows import plotting
 from flows import workdir as wd
 from flows.evaluation import evaluate
-from flows.train import periodic, sharding
+from flows.train import optim, periodic, sharding, tensorboard
 from flows.train.setup import Run, host_batch, setup_run
 
 
@@ -36,29 +40,40 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
     """
     t_start = time.time()
     run = setup_run(config, workdir, allow_config_change=allow_config_change)
+    board = None
     try:
-        run_steps(run)
-        return finish(run, t_start)
+        board = tensorboard.open_board(run)
+        run_steps(run, board)
+        return finish(run, t_start, board)
     finally:
-        run.close()
+        try:
+            if board is not None:
+                board.close()
+        finally:
+            run.close()
 
 
-def make_actions(run: Run, wall_time) -> list[periodic.PeriodicAction]:
+def make_actions(
+    run: Run, wall_time, board: tensorboard.Board | None = None
+) -> list[periodic.PeriodicAction]:
     """The actions that add to a step's metrics record, in the order they run."""
     tc = run.config.train
+    # The schedule of the optimizer setup_run built (make_optimizer, same arguments).
+    schedule = optim.learning_rate_schedule(run.config.optim, tc.num_train_steps)
     return [
-        periodic.LogTrainMetrics(tc.log_every, wall_time),
+        periodic.LogTrainMetrics(tc.log_every, wall_time, schedule),
         periodic.Validate(tc.eval_every, wall_time),
-        periodic.SampleGrid(tc.sample_every),
+        periodic.SampleGrid(tc.sample_every, board),
     ]
 
 
-def run_steps(run: Run) -> None:
-    """Steps ``run.start_step .. num_train_steps - 1``, with the periodic actions after each."""
+def run_steps(run: Run, board: tensorboard.Board | None = None) -> None:
+    """Steps ``run.start_step .. num_train_steps - 1``, with the periodic actions after each;
+    each step's record goes to metrics.jsonl, then to ``board``."""
     tc = run.config.train
     session_start, wall_before = time.time(), run.meta["wall_time_s"]
     wall_time = lambda: wall_before + time.time() - session_start
-    actions = make_actions(run, wall_time)
+    actions = make_actions(run, wall_time, board)
     # The checkpoint comes after the step's metrics record is written: a checkpoint never
     # exists without the records up to its step (records after it are dropped on resume).
     save_checkpoint = periodic.SaveCheckpoint(tc.checkpoint_every, wall_time)
@@ -90,6 +105,8 @@ def run_steps(run: Run) -> None:
             bar.set_postfix(postfix)
             if run.is_main:
                 wd.append_metrics(run.workdir, record)
+            if board is not None:
+                board.record(record)  # flushed: on disk before the checkpoint below
         if save_checkpoint.due(done, is_last):
             save_checkpoint(run, done, record)
     bar.close()
@@ -97,8 +114,9 @@ def run_steps(run: Run) -> None:
     run.best.wait()
 
 
-def finish(run: Run, t_start: float) -> dict:
-    """Selects the parameters, evaluates them on test, writes the record and pictures."""
+def finish(run: Run, t_start: float, board: tensorboard.Board | None = None) -> dict:
+    """Selects the parameters, evaluates them on test, writes the record and pictures (and
+    the test bits/dim and final grid to ``board``, at the last step)."""
     selected, source = run.state, run.checkpoints
     if run.validation is not None and run.best.latest_step() is not None:
         selected, _ = run.best.restore(run.replicated_like_state())
@@ -127,9 +145,14 @@ def finish(run: Run, t_start: float) -> dict:
     )
     if run.is_main:
         wd.write_json(wd.path(run.workdir, wd.EVAL_TEST), record)
-        periodic.save_sample_grid(
+        levels = periodic.save_sample_grid(
             wd.path(run.workdir, "samples.png"), run, model, jax.random.fold_in(run.eval_key, 2)
         )
+        if board is not None:
+            board.test(record["train_steps"], record)
+            board.samples(
+                tensorboard.FINAL_SAMPLES, record["train_steps"], levels, run.train.num_bins
+            )
         plotting.plot_learning_curves(
             wd.path(run.workdir, "learning_curves.png"),
             {os.path.basename(os.path.normpath(run.workdir)): wd.read_metrics(run.workdir)},

@@ -16,6 +16,11 @@ OPTIMIZERS = {"adam": optax.adam, "adamax": optax.adamax}
 
 
 def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
+    """The learning rate as a function of the number of updates applied so far, ``n``:
+    ``lr * (1/w + (1 - 1/w) n / w)`` for ``n < w = warmup_steps`` (linear from ``lr / w`` to
+    ``lr``), then ``lr`` (constant) or ``lr * (0.01 + 0.99 (1 + cos(pi t)) / 2)`` with
+    ``t = min(n - w, T) / T``, ``T = max(total_steps - w, 1)`` (cosine). ``make_optimizer``
+    trains with it; the loop logs it through ``learning_rate_of_step``."""
     warmup = max(int(config.warmup_steps), 0)
     if config.schedule == "constant":
         after = optax.constant_schedule(config.lr)
@@ -28,6 +33,18 @@ def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
     return optax.join_schedules(
         [optax.linear_schedule(config.lr / max(warmup, 1), config.lr, warmup), after], [warmup]
     )
+
+
+def learning_rate_of_step(
+    schedule: optax.Schedule, step: int, skipped: int, skipped_this_step: bool
+) -> float:
+    """The learning rate step ``step`` (1-based) was made with: ``schedule(c)`` where ``c`` is
+    the number of updates applied before it, ``c = step - 1 - (skipped - skipped_this_step)``
+    (``skipped``: the non-finite steps up to and including ``step``). optax counts only
+    applied updates (``apply_if_finite`` leaves the count of a skipped step unchanged), so
+    every skipped step delays the schedule by one step; for a skipped step this is the rate
+    its update would have had."""
+    return float(schedule(step - 1 - (skipped - int(skipped_this_step))))
 
 
 def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:

@@ -4,15 +4,18 @@ An action runs after step ``s`` (1-based count of steps done) when ``every > 0``
 ``s % every == 0``, and after the last step when ``on_last``. Each action may add fields to
 the step's record; the loop writes a record to ``metrics.jsonl`` whenever one was added.
 
-* ``LogTrainMetrics`` (``train.log_every``): mean train bits/dim, gradient norm, skipped
-  steps and speed since the last log; stops the run after too many non-finite steps.
+* ``LogTrainMetrics`` (``train.log_every``): mean train bits/dim and loss, gradient norm,
+  learning rate, skipped steps and speed since the last log; stops the run after too many
+  non-finite steps.
 * ``Validate`` (``train.eval_every``): validation bits/dim; keeps the best state in ``best/``.
-* ``SampleGrid`` (``train.sample_every``): a sample grid PNG in ``samples/``.
+* ``SampleGrid`` (``train.sample_every``): a sample grid PNG in ``samples/`` (and in
+  TensorBoard, ``flows.train.tensorboard``).
 * ``SaveCheckpoint`` (``train.checkpoint_every``): the whole TrainState and the loop's meta.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import jax
@@ -26,7 +29,9 @@ from flows.errors import TrainingError
 from flows.evaluation import evaluate_bits_per_dim
 from flows.metrics import quantize
 from flows.models import is_conditional, sample_compiled
+from flows.train.optim import learning_rate_of_step
 from flows.train.setup import Run
+from flows.train.tensorboard import PERIODIC_SAMPLES, Board
 
 
 class PeriodicAction:
@@ -45,18 +50,30 @@ class PeriodicAction:
         raise NotImplementedError
 
 
+def mean_of_applied(grad_norms) -> float:
+    """The mean of the finite gradient norms (the steps whose update was applied: a skipped
+    step's gradients are NaN); NaN when every step was skipped."""
+    finite = [g for g in grad_norms if np.isfinite(g)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
 class LogTrainMetrics(PeriodicAction):
-    """Means since the last log of the step metrics: ``train_bpd``, ``grad_norm``, and every
-    metric the model's ``log_prob_and_aux_loss`` adds, as ``train_<name>``."""
+    """Over the steps since the last log: the means ``train_bpd`` and ``train_loss`` (bits/dim
+    plus the model's auxiliary loss), ``grad_norm`` (``mean_of_applied``: the steps that
+    updated the parameters), every metric the model's ``log_prob_and_aux_loss`` adds, as
+    ``train_<name>``; at the last step: ``lr`` (``optim.learning_rate_of_step``: the rate
+    that step's update was made with), ``nonfinite_steps`` (skipped so far),
+    ``consecutive_nonfinite``; ``images_per_s`` and ``wall_time_s``."""
 
     LOOP_METRICS = frozenset(
         {"bpd", "loss", "grad_norm", "nonfinite_steps", "consecutive_nonfinite"}
     )
 
-    def __init__(self, every: int, wall_time):
+    def __init__(self, every: int, wall_time, schedule):
         super().__init__(every)
         self.pending, self.t_last = [], time.time()
         self.wall_time = wall_time  # () -> seconds of training so far, over every session
+        self.schedule = schedule  # the optimizer's learning-rate schedule (optim.py)
         self.skipped_reported = 0
 
     def observe(self, metrics) -> None:
@@ -64,15 +81,23 @@ class LogTrainMetrics(PeriodicAction):
 
     def __call__(self, run: Run, step: int, record: dict) -> None:
         stats, now = jax.device_get(self.pending), time.time()
+        last = stats[-1]
         record.update(
             train_bpd=float(np.mean([m["bpd"] for m in stats])),
-            grad_norm=float(np.mean([m["grad_norm"] for m in stats])),
-            nonfinite_steps=int(stats[-1]["nonfinite_steps"]),
-            consecutive_nonfinite=int(stats[-1]["consecutive_nonfinite"]),
+            train_loss=float(np.mean([m["loss"] for m in stats])),
+            grad_norm=mean_of_applied([m["grad_norm"] for m in stats]),
+            lr=learning_rate_of_step(
+                self.schedule,
+                step,
+                int(last["nonfinite_steps"]),
+                skipped_this_step=int(last["consecutive_nonfinite"]) > 0,
+            ),
+            nonfinite_steps=int(last["nonfinite_steps"]),
+            consecutive_nonfinite=int(last["consecutive_nonfinite"]),
             images_per_s=len(stats) * run.config.train.batch_size / max(now - self.t_last, 1e-9),
             wall_time_s=self.wall_time(),
         )
-        for name in stats[-1].keys() - self.LOOP_METRICS:  # the model's own (e.g. aux_ce_bits)
+        for name in last.keys() - self.LOOP_METRICS:  # the model's own (e.g. aux_ce_bits)
             record[f"train_{name}"] = float(np.mean([m[name] for m in stats]))
         self.pending, self.t_last = [], now
         if record["nonfinite_steps"] > self.skipped_reported:
@@ -103,25 +128,35 @@ class Validate(PeriodicAction):
             run.best.save(step, run.state, dict(run.meta, wall_time_s=self.wall_time()))
 
 
-def save_sample_grid(path, run: Run, model, key) -> None:
+def save_sample_grid(path, run: Run, model, key) -> np.ndarray:
     """``train.num_grid_samples`` samples at ``train.sample_temperature`` (one class per
-    sample, cycling, for a conditional model) as a PNG grid."""
+    sample, cycling, for a conditional model) as a PNG grid; returns them (integer levels,
+    (N, H, W, C))."""
     tc = run.config.train
     context = None
     if is_conditional(model):
         context = jnp.arange(tc.num_grid_samples) % model.num_classes
     x = sample_compiled(model, tc.num_grid_samples, key, tc.sample_temperature, context)
     bins = run.train.num_bins
-    plotting.save_image_grid(path, np.asarray(quantize(x, bins)), bins)
+    levels = np.asarray(quantize(x, bins))
+    plotting.save_image_grid(path, levels, bins)
+    return levels
 
 
 class SampleGrid(PeriodicAction):
     on_last = False  # the final grid is drawn from the selected parameters (loop.finish)
 
+    def __init__(self, every: int, board: Board | None):
+        super().__init__(every)
+        self.board = board
+
     def __call__(self, run: Run, step: int, record: dict) -> None:
         if run.is_main:
             path = wd.path(run.workdir, f"{wd.SAMPLES}/step_{step:06d}.png")
-            save_sample_grid(path, run, run.model(), jax.random.fold_in(run.eval_key, step))
+            key = jax.random.fold_in(run.eval_key, step)
+            levels = save_sample_grid(path, run, run.model(), key)
+            if self.board is not None:
+                self.board.samples(PERIODIC_SAMPLES, step, levels, run.train.num_bins)
 
 
 class SaveCheckpoint(PeriodicAction):
