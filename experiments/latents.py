@@ -20,6 +20,9 @@ into ``<workdir>/latents/``:
   under label y (the column of its own label: the image itself);
 * ``latents_<split>.json``: the numbers, the images used and the provenance.
 
+The names above are those of the default ``--split=test``; another split's PNGs end in
+``_<split>`` (``interpolation_train.png``), so that each JSON names pictures of its own split.
+
 Works for every model family with an inverse (``flows.latents``).
 """
 
@@ -102,6 +105,16 @@ def _check_classes(classes, num_classes: int) -> list[int] | None:
     return classes
 
 
+def _nonfinite(blank, num_decoded: int) -> dict:
+    """The JSON fields of a picture's decodes: how many, how many were not finite (drawn
+    blank), and the ``[row, column]`` cells of those."""
+    return {
+        "num_decoded": int(num_decoded),
+        "num_nonfinite": int(np.sum(blank)),
+        "nonfinite_cells": np.argwhere(blank).tolist(),
+    }
+
+
 def _interpolation(model, enc, data, pairs, steps, seed, batch_size, out) -> dict:
     """``interpolation.png``: per pair, left image | decoded path t = 0..1 | right image."""
     n = data.num_examples
@@ -112,15 +125,19 @@ def _interpolation(model, enc, data, pairs, steps, seed, batch_size, out) -> dic
     if is_conditional(model):  # the label moves along with the latent
         y0, y1 = data.labels[chosen[:, 0]], data.labels[chosen[:, 1]]
         context = lat.interpolate_labels(y0, y1, steps, model.num_classes)
-    images = lat.decode_levels(
+    images, finite = lat.decode_levels(
         model, path, context, num_bins=data.num_bins, batch_size=batch_size
-    ).reshape(pairs, steps, *data.image_shape)
+    )
+    images = images.reshape(pairs, steps, *data.image_shape)
     rows = [
         np.concatenate([data.images[i : i + 1], images[p], data.images[j : j + 1]])
         for p, (i, j) in enumerate(chosen)
     ]
-    plotting.save_image_rows(out, rows, data.num_bins)
+    # The data columns are always finite.
+    blank = np.pad(~finite.reshape(pairs, steps), ((0, 0), (1, 1)))
+    plotting.save_image_rows(out, rows, data.num_bins, blank=blank.reshape(-1))
     return {
+        **_nonfinite(blank, pairs * steps),
         "file": out,
         "pairs": chosen.tolist(),
         "pair_labels": data.labels[chosen].tolist(),
@@ -140,13 +157,15 @@ def _class_direction(model, enc, data, classes, alphas, rows, batch_size, out) -
     chosen = np.flatnonzero(data.labels == a)[:rows]
     moved = lat.shift_along(lat.take(enc.latents, chosen), direction, alphas)
     labels = np.full((len(chosen) * len(alphas),), a) if is_conditional(model) else None
-    images = lat.decode_levels(model, moved, labels, num_bins=data.num_bins, batch_size=batch_size)
-    plotting.save_image_rows(
-        out, images.reshape(len(chosen), len(alphas), *data.image_shape), data.num_bins
+    images, finite = lat.decode_levels(
+        model, moved, labels, num_bins=data.num_bins, batch_size=batch_size
     )
+    rows = images.reshape(len(chosen), len(alphas), *data.image_shape)
+    plotting.save_image_rows(out, rows, data.num_bins, blank=~finite)
     dims = sum(int(np.prod(z.shape)) for z in jax.tree.leaves(direction))
     norm = lat.tree_norm(direction)
     return {
+        **_nonfinite(~finite.reshape(len(chosen), len(alphas)), finite.size),
         "file": out,
         "from_class": a,
         "to_class": b,
@@ -165,13 +184,13 @@ def _label_swap(model, enc, data, rows, batch_size, out) -> dict:
     """``label_swap.png``: the first ``rows`` images' latents, each decoded under every label."""
     chosen = np.arange(min(rows, data.num_examples))
     swapped, labels = lat.label_swap(lat.take(enc.latents, chosen), model.num_classes)
-    images = lat.decode_levels(
+    images, finite = lat.decode_levels(
         model, swapped, labels, num_bins=data.num_bins, batch_size=batch_size
     )
-    plotting.save_image_rows(
-        out, images.reshape(len(chosen), model.num_classes, *data.image_shape), data.num_bins
-    )
+    rows = images.reshape(len(chosen), model.num_classes, *data.image_shape)
+    plotting.save_image_rows(out, rows, data.num_bins, blank=~finite)
     return {
+        **_nonfinite(~finite.reshape(len(chosen), model.num_classes), finite.size),
         "file": out,
         "images": chosen.tolist(),
         "image_labels": data.labels[chosen].tolist(),
@@ -188,7 +207,23 @@ def summary_line(record: dict) -> str:
         f"({record['reconstruction_max_abs_error_levels']:.2e} levels), "
         f"{record['num_exact_reconstructions']}/{record['num_examples']} images quantize back "
         f"exactly; {record['parameters']} params, step {record['checkpoint_step']}"
+        + _nonfinite_note(record)
     )
+
+
+def _nonfinite_note(record: dict) -> str:
+    """``"; 5 of 36 decoded images in class_direction_0_to_1.png non-finite (...)"`` for
+    each picture with any, else empty."""
+    notes = []
+    for key in ("interpolation", "class_direction", "label_swap"):
+        part = record.get(key)
+        if part and part["num_nonfinite"]:
+            notes.append(
+                f"; {part['num_nonfinite']} of {part['num_decoded']} decoded images in "
+                f"{os.path.basename(part['file'])} "
+                "non-finite (the inverse overflowed; drawn blank)"
+            )
+    return "".join(notes)
 
 
 def main(argv):
@@ -213,6 +248,10 @@ def main(argv):
     batch_size = _BATCH.value or config.eval.batch_size
     out_dir = os.path.join(_WORKDIR.value, LATENTS_DIR)
     os.makedirs(out_dir, exist_ok=True)
+    suffix = "" if _SPLIT.value == "test" else f"_{_SPLIT.value}"
+
+    def png(name):
+        return os.path.join(out_dir, f"{name}{suffix}.png")
 
     t0 = time.time()
     with tqdm(total=data.num_examples, desc=f"encode {data.name}", unit="img") as bar:
@@ -234,7 +273,7 @@ def main(argv):
         _STEPS.value,
         _SEED.value,
         batch_size,
-        os.path.join(out_dir, "interpolation.png"),
+        png("interpolation"),
     )
     if classes is not None:
         a, b = classes
@@ -246,11 +285,11 @@ def main(argv):
             checked["alphas"],
             _ROWS.value,
             batch_size,
-            os.path.join(out_dir, f"class_direction_{a}_to_{b}.png"),
+            png(f"class_direction_{a}_to_{b}"),
         )
     if is_conditional(model):
         record["label_swap"] = _label_swap(
-            model, enc, data, _ROWS.value, batch_size, os.path.join(out_dir, "label_swap.png")
+            model, enc, data, _ROWS.value, batch_size, png("label_swap")
         )
     record.update(info, dataset=config.data.name, latents_s=time.time() - t0)
     path = os.path.join(out_dir, f"latents_{_SPLIT.value}.json")

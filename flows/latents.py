@@ -12,7 +12,8 @@ dequantization spreads ``v`` over. A round trip ``f^-1(f(x))`` then quantizes ba
 (``flows.metrics.quantize``) whenever its error stays below half a cell, ``1 / (2K)``, in
 every value; ``encode_split`` measures both the error and whether it does.
 
-Decoded images are continuous; ``decode_levels`` quantizes them for display. Every compiled
+Decoded images are continuous; ``decode_levels`` quantizes them for display and flags the
+non-finite ones (latents far from the data can overflow an inverse). Every compiled
 function is cached per model structure and runs on batches of one fixed size (the last one
 padded), so a session compiles the round trip once and the decoder once.
 """
@@ -226,11 +227,19 @@ def decode(model, latents, context=None, *, batch_size: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def decode_levels(model, latents, context=None, *, num_bins: int, batch_size: int) -> np.ndarray:
-    """``decode``, quantized to integer levels ``0..K-1`` for display (``flows.metrics.quantize``:
-    ``floor(x K)``, clipped)."""
+def decode_levels(model, latents, context=None, *, num_bins: int, batch_size: int):
+    """``decode``, quantized for display: ``(levels, finite)``, the integer levels ``0..K-1``
+    (``flows.metrics.quantize``: ``floor(x K)``, clipped), shape (N, H, W, C), and whether
+    each decoded image is finite, shape (N,).
+
+    Latents far from the data can overflow the inverse (an affine coupling's inverse divides
+    by its scale, ``sigmoid(a)``, and a few such steps in a row compound: inf, then NaN).
+    Such an image has no levels; its are set to 0, and ``finite`` is False there.
+    """
     x = decode(model, latents, context, batch_size=batch_size)
-    return np.asarray(quantize(jnp.asarray(x), num_bins))
+    finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+    x = np.where(finite.reshape(-1, *([1] * (x.ndim - 1))), x, 0.0)
+    return np.asarray(quantize(jnp.asarray(x), num_bins)), finite
 
 
 # -- manipulations of latents ---------------------------------------------------------------

@@ -117,9 +117,11 @@ def test_class_direction_at_alpha_zero_is_the_image(model, data, encoded):
             rtol=1e-5,
             atol=1e-5,
         )
-    levels = lat.decode_levels(
+    levels, finite = lat.decode_levels(
         model, moved, np.full(len(rows) * len(alphas), a), num_bins=NUM_BINS, batch_size=BATCH
-    ).reshape(len(rows), len(alphas), *SHAPE)
+    )
+    assert finite.all()
+    levels = levels.reshape(len(rows), len(alphas), *SHAPE)
     np.testing.assert_array_equal(levels[:, 1], data.images[rows])
 
 
@@ -127,13 +129,22 @@ def test_label_swap_keeps_the_image_under_its_own_label(model, data, encoded):
     rows = np.arange(4)
     swapped, labels = lat.label_swap(lat.take(encoded.latents, rows), NUM_CLASSES)
     assert labels.tolist() == [0, 1, 2] * 4
-    levels = lat.decode_levels(model, swapped, labels, num_bins=NUM_BINS, batch_size=BATCH).reshape(
-        len(rows), NUM_CLASSES, *SHAPE
-    )
+    levels, finite = lat.decode_levels(model, swapped, labels, num_bins=NUM_BINS, batch_size=BATCH)
+    assert finite.all()
+    levels = levels.reshape(len(rows), NUM_CLASSES, *SHAPE)
     own = levels[rows, data.labels[rows]]
     np.testing.assert_array_equal(own, data.images[rows])
     # The label matters: some image changes under another label.
     assert any((levels[i, y] != own[i]).any() for i in rows for y in range(NUM_CLASSES))
+
+
+def test_a_decode_that_overflows_is_flagged_not_drawn(model, encoded):
+    """Latents far out (|z| = 1e30) overflow the inverse: flagged non-finite, levels 0."""
+    far = jax.tree.map(lambda z: np.full_like(z[:2], 1e30), encoded.latents)
+    levels, finite = lat.decode_levels(
+        model, far, np.array([0, 1]), num_bins=NUM_BINS, batch_size=BATCH
+    )
+    assert finite.tolist() == [False, False] and (levels == 0).all()
 
 
 def test_bad_requests_are_config_errors(encoded):
