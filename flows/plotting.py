@@ -130,3 +130,18 @@ def plot_ood_histogram(
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+def save_image_rows(path, rows, num_bins, *, blank=None, upscale: int | None = None) -> None:
+    """Writes a PNG with one row of images per entry of ``rows`` (each (M, H, W, C) integer
+    levels, the same M for every row): image strips such as interpolations or slider
+    sweeps, through ``save_image_grid`` with M columns. ``blank`` (optional, one bool per
+    image, row-major) marks images to draw empty: white, the colour of the grid's border
+    (e.g. decodes that are not finite)."""
+    rows = [np.asarray(r) for r in rows]
+    if not rows or len({len(r) for r in rows}) != 1 or len(rows[0]) == 0:
+        raise ValueError(f"expected rows of equal, non-zero length, got {[len(r) for r in rows]}")
+    images = np.concatenate(rows)
+    if blank is not None:
+        images = np.where(np.reshape(blank, (-1, 1, 1, 1)), num_bins - 1, images)
+    save_image_grid(path, images, num_bins, ncols=len(rows[0]), upscale=upscale)

@@ -383,7 +383,7 @@ def test_smoke_variant_trains(name, variant, request, tmp_path):
         assert record["num_examples"] == 40  # the mocked test split
 
 
-# -- 7. out-of-distribution evaluation --------------------------------------------------------
+# -- 6. out-of-distribution evaluation --------------------------------------------------------
 
 OOD_CASES = [("uncond_run", "photo_patches"), ("cond_run", "digits_inverted:test")]
 
@@ -451,7 +451,7 @@ def test_ood_data_check_names_both_shapes_and_the_offline_sets():
         assert "photo_patches, digits_inverted" in message
 
 
-# -- 8. TensorBoard --------------------------------------------------------------------------
+# -- 7. TensorBoard --------------------------------------------------------------------------
 
 
 def _warmup_cosine(lr, warmup, total, n):
@@ -515,3 +515,58 @@ def test_logged_learning_rate_is_the_one_the_optimizer_used_with_skipped_steps()
         _, state = update(grads, state, params)
         skipped, this = int(state.total_notfinite), int(state.notfinite_count) > 0
         assert learning_rate_of_step(schedule, step, skipped, this) == used, step
+
+
+# -- 8. experiments.latents ------------------------------------------------------------------
+
+LATENT_ARGS = ("--pairs=2", "--steps=4", "--rows=3", "--alphas=-1,0,1", "--classes=3,8")
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_latents_round_trip_interpolation_class_direction_label_swap(run, request, cli):
+    run = request.getfixturevalue(run)
+    conditional = bool(run.config.model.conditional)
+    out = _ok(cli("latents", f"--workdir={run.workdir}", *LATENT_ARGS))
+    directory = os.path.join(run.workdir, "latents")
+    assert out.strip().endswith(f"-> {directory}"), out
+    record = _read_json(os.path.join(directory, "latents_test.json"))
+    assert record["split"] == "digits:test" and record["num_examples"] == 300
+    assert record["dtype"] == "float32" and record["conditional"] is conditional
+    assert record["encoded_x"] == "mid-cell x = (v + 0.5) / K"
+    assert record["checkpoint_step"] == run.eval_test["checkpoint_step"]
+    assert record["parameters"] == run.eval_test["parameters"] == "ema"
+    error = record["reconstruction_max_abs_error"]
+    direction = record["class_direction"]
+    assert _finite(error, direction["direction_norm"], direction["direction_rms"])
+    # float32 round trip through ~20 layers on the unit scale: a few ulps of values <= 1,
+    # measured ~1e-6 (here and on the 3000-step models); 1e-4 leaves two orders of magnitude
+    # and is still 300x below half a cell (1/34), so every image quantizes back exactly.
+    assert 0 <= error < 1e-4 and record["exact_reconstruction_fraction"] == 1.0
+    assert f"max |x - f^-1(f(x))| = {error:.2e}" in out and "300/300 images" in out
+    assert (direction["from_class"], direction["to_class"]) == (3, 8)
+    assert direction["alphas"] == [-1.0, 0.0, 1.0] and len(direction["images"]) == 3
+    assert direction["num_from"] > 0 and direction["num_to"] > 0
+    assert record["interpolation"]["t"] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
+    # PNG sizes: left image + 4 interpolants + right image per pair; 3 images x 3 alphas;
+    # conditional: 3 images x 10 labels.
+    expected = {
+        "interpolation.png": _grid_png_size(2 * 6, ncols=6),
+        "class_direction_3_to_8.png": _grid_png_size(3 * 3, ncols=3),
+    }
+    if conditional:
+        expected["label_swap.png"] = _grid_png_size(3 * 10, ncols=10)
+        assert record["label_swap"]["images"] == [0, 1, 2]
+    assert sorted(os.listdir(directory)) == sorted([*expected, "latents_test.json"])
+    for name, size in expected.items():
+        with Image.open(os.path.join(directory, name)) as image:
+            assert image.mode == "L" and image.size == size, name
+
+
+def test_latents_unknown_class_is_one_line_error(uncond_run, cli):
+    args = ("--split=validation", "--classes=0,12")
+    assert_one_line_error(
+        cli("latents", f"--workdir={uncond_run.workdir}", *args), "class 12 is not in 0..9"
+    )
+    assert not os.path.exists(
+        os.path.join(uncond_run.workdir, "latents", "latents_validation.json")
+    )
