@@ -44,8 +44,6 @@ from flows.errors import ConfigError
 from flows.models.base import is_conditional
 from flows.train.restore import load_run
 
-LATENTS_DIR = "latents"
-
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
 _SPLIT = flags.DEFINE_enum("split", "test", ["test", "validation", "train"], "Which split.")
 _PAIRS = flags.DEFINE_integer("pairs", 4, "Image pairs to interpolate between (rows).")
@@ -246,7 +244,7 @@ def main(argv):
         if not np.any(data.labels == c):
             raise ConfigError(f"--classes: class {c} has no image in {data.name}")
     batch_size = _BATCH.value or config.eval.batch_size
-    out_dir = os.path.join(_WORKDIR.value, LATENTS_DIR)
+    out_dir = os.path.join(_WORKDIR.value, wd.LATENTS)
     os.makedirs(out_dir, exist_ok=True)
     suffix = "" if _SPLIT.value == "test" else f"_{_SPLIT.value}"
 

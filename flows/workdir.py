@@ -50,6 +50,8 @@ SAMPLES = "samples"
 EVAL_TEST = "eval_test.json"
 CONFIG_HISTORY = "config_history.jsonl"
 CORRUPT = "corrupt"
+LATENTS = "latents"  # experiments.latents' pictures and record
+EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard event files (flows.train.tensorboard)
 
 
 def path(workdir: str, name: str) -> str:
@@ -63,6 +65,7 @@ def atomic_file(file: str):
     directory = os.path.dirname(os.path.abspath(file))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(file)}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make every workdir file private
     try:
         yield tmp
         with open(tmp, "rb") as f:
@@ -74,9 +77,15 @@ def atomic_file(file: str):
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def remove_partial_writes(workdir: str) -> None:
     """Deletes the temporary files of ``atomic_file`` writes that a killed run left behind."""
-    for directory in (workdir, path(workdir, SAMPLES)):
+    for directory in (workdir, path(workdir, SAMPLES), path(workdir, LATENTS)):
         if os.path.isdir(directory):
             for name in os.listdir(directory):
                 if name.startswith(".") and name.endswith(".tmp"):

@@ -3,9 +3,11 @@ model selection that cannot go stale, fallback past a corrupt checkpoint."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -120,8 +122,11 @@ def test_best_ahead_of_checkpoints_is_never_reported(base_run, tmp_path, checkpo
     assert record["checkpoint_step"] <= 20
     assert record["checkpoint_step"] == base_run[1]["checkpoint_step"]
     assert record["bits_per_dim"] == base_run[1]["bits_per_dim"]
-    # TensorBoard: the copied run's events are dropped by the restart marker of the rerun.
+    # TensorBoard: the copied run's events are dropped by the restart marker of the rerun;
+    # a fresh start deletes the earlier run's event file.
     assert_events_match_metrics(workdir, record)
+    events = glob.glob(os.path.join(workdir, wd.EVENTS_PREFIX + "*"))
+    assert len(events) == (1 if checkpoints_left == "none" else 2)
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(base_run, tmp_path, capsys):
@@ -163,3 +168,9 @@ def test_a_directory_no_run_wrote_in_keeps_its_files(base_run, tmp_path):
     assert (workdir / "samples" / "figure.png").read_bytes() == b"png"
     assert (workdir / "eval_notes.json").read_text() == "{}"
     assert record["bits_per_dim"] == base_run[1]["bits_per_dim"]
+    # Files written through atomic_file get the permissions of any new file (umask), not
+    # the temporary file's 0600.
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "eval_test.json", "samples.png"):
+        assert stat.S_IMODE(os.stat(workdir / name).st_mode) == 0o666 & ~umask, name

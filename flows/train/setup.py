@@ -152,8 +152,9 @@ def _compiled_train_step(graphdef, state, config, tx, num_bins, mesh):
 
 def _start_afresh(run: Run, earlier_run: bool, changes: dict) -> None:
     """No checkpoint: this is a new run. What an earlier run in the workdir (one that wrote
-    config.json but never a checkpoint) left (best/, samples, records, config history) must
-    not be mixed into it; a directory no run wrote in keeps its files."""
+    config.json but never a checkpoint) left (best/, samples, records, config history,
+    TensorBoard events) must not be mixed into it; a directory no run wrote in keeps its
+    files."""
     if changes:
         print(f"{run.workdir} holds no checkpoint: starting afresh with the new config")
     if earlier_run:
@@ -161,7 +162,11 @@ def _start_afresh(run: Run, earlier_run: bool, changes: dict) -> None:
     if run.is_main and earlier_run:
         shutil.rmtree(wd.path(run.workdir, wd.SAMPLES), ignore_errors=True)
         for name in os.listdir(run.workdir):
-            if name == wd.CONFIG_HISTORY or (name.startswith("eval_") and name.endswith(".json")):
+            if (
+                name == wd.CONFIG_HISTORY
+                or name.startswith(wd.EVENTS_PREFIX)
+                or (name.startswith("eval_") and name.endswith(".json"))
+            ):
                 os.remove(wd.path(run.workdir, name))
     if run.is_main:
         wd.write_text_atomic(wd.path(run.workdir, wd.METRICS), "")

@@ -85,7 +85,7 @@ class Board:
     ``first_step`` (the first step the session writes)."""
 
     def __init__(self, workdir: str, first_step: int):
-        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
+        name = f"{wd.EVENTS_PREFIX}{int(time.time()):010d}.{socket.gethostname()}"
         self.path = base = os.path.join(workdir, f"{name}.{os.getpid()}")
         for n in itertools.count(1):  # the writer truncates: never reuse a name (same second)
             if not os.path.exists(self.path):
