@@ -30,7 +30,7 @@ class Entry:
     domain: str = "real"  # 'real': x ~ N(0, 1); 'unit': x ~ U(0, 1)
 
 
-def _level(context=None, is_top=False, coupling="affine", permutation="conv1x1_lu"):
+def _level(context=None, is_top=False, coupling="affine", permutation="conv1x1_lu", **spline):
     return lambda r: GlowLevel(
         2,
         2,
@@ -42,6 +42,7 @@ def _level(context=None, is_top=False, coupling="affine", permutation="conv1x1_l
         prior_context=context,
         backprop="autodiff",
         rngs=r,
+        **spline,
     )
 
 
@@ -111,7 +112,23 @@ REGISTRY: list[Entry] = [
         (2, 2, 4),
     ),
     Entry("glow_level_split", _level(), (4, 4, 2)),
-    Entry("glow_level_top_conv1x1", _level(is_top=True, permutation="conv1x1"), (2, 2, 2)),
+    # Glow's spline coupling (issue 14), conditional (the label enters its conv net): few
+    # segments and a bound inside the inputs' range, so the knots and the identity tails
+    # both occur. One entry for the top level, the 1x1 convolution and the spline together:
+    # the float64 Jacobian test of a level is the suite's most expensive kind.
+    Entry(
+        "glow_level_top_conv1x1_spline_cond",
+        _level(
+            context=2,
+            is_top=True,
+            coupling="spline",
+            permutation="conv1x1",
+            spline_num_segments=3,
+            spline_bound=1.5,
+        ),
+        (2, 2, 2),
+        context_features=2,
+    ),
     Entry("glow_level_cond", _level(context=3), (4, 4, 2), context_features=3),
     # ---- vector couplings with an MLP conditioner; rational-quadratic splines (issue 5) ----
     Entry("mlp_additive_coupling", lambda r: mlp_coupling("additive", 5, 16, rngs=r), (5,)),
@@ -135,7 +152,7 @@ REGISTRY: list[Entry] = [
         (4,),
         context_features=3,
     ),
-    Entry(  # per-pixel MLP conditioner; the conv one is covered by the conv couplings above
+    Entry(  # per-pixel MLP conditioner; the conv one is in glow_level_top_conv1x1_spline_cond
         "spline_coupling_image",
         lambda r: spline_coupling(5, 8, num_segments=4, bound=2.0, rngs=r),
         (2, 2, 5),

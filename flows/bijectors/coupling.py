@@ -10,6 +10,10 @@ vectors). The input is split as ``x = [x1, x2]`` with ``x1 = x[..., :d]``, ``d =
 
 The conditioner is any module ``NN(x1, context) -> (..., k * (C - d))``; zero-initialising
 its last layer makes the coupling start as (almost) the identity.
+
+``conv_coupling`` builds any of Glow's couplings on image channels (``CONV_COUPLINGS``):
+these two and the rational-quadratic spline coupling of ``spline.py``
+(``y2 = spline(x2; knots = NN(x1, context))``, exactly the identity at initialisation).
 """
 
 from __future__ import annotations
@@ -85,6 +89,15 @@ def _softplus(z):
 
 
 COUPLINGS = {"additive": AdditiveCoupling, "affine": AffineCoupling}
+# The couplings ``conv_coupling`` builds (Glow's ``model.coupling``).
+CONV_COUPLINGS = ("additive", "affine", "spline")
+
+
+def check_coupling(kind: str) -> str:
+    """``kind`` if it is one of ``CONV_COUPLINGS``; else a one-line ``ConfigError``."""
+    if kind not in CONV_COUPLINGS:
+        raise ConfigError(f"unknown coupling {kind!r}; choose one of {list(CONV_COUPLINGS)}")
+    return kind
 
 
 def conv_coupling(
@@ -96,13 +109,32 @@ def conv_coupling(
     compute_dtype: str = "float32",
     remat: bool = False,
     rngs: nnx.Rngs,
+    **spline_kwargs,
 ) -> Coupling:
     """A coupling on image channels with Glow's convolutional conditioner (``compute_dtype``
-    and ``remat``: see ``ConvConditioner``)."""
-    if kind not in COUPLINGS:
-        raise ConfigError(f"unknown coupling {kind!r}; choose one of {sorted(COUPLINGS)}")
+    and ``remat``: see ``ConvConditioner``).
+
+    ``kind``: 'additive', 'affine' or 'spline' (``flows.bijectors.spline.SplineCoupling``;
+    ``spline_kwargs`` such as ``num_segments``, ``bound`` go to ``spline_coupling``)."""
+    check_coupling(kind)
     if channels < 2:
         raise ValueError(f"a coupling needs at least 2 channels, got {channels}")
+    if kind == "spline":
+        # spline.py builds on this module's Coupling, so it is imported here, not on top.
+        from flows.bijectors.spline import spline_coupling
+
+        return spline_coupling(
+            channels,
+            hidden_channels,
+            network="conv",
+            context_features=context_features,
+            compute_dtype=compute_dtype,
+            remat=remat,
+            rngs=rngs,
+            **spline_kwargs,
+        )
+    if spline_kwargs:
+        raise ValueError(f"{kind} coupling takes no spline options {sorted(spline_kwargs)}")
     cls = COUPLINGS[kind]
     split = channels // 2
     net = ConvConditioner(

@@ -266,15 +266,23 @@ def spline_coupling(
     min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
     min_derivative: float = DEFAULT_MIN_DERIVATIVE,
     activation=jax.nn.relu,
+    compute_dtype: str = "float32",
+    remat: bool = False,
     rngs: nnx.Rngs,
 ) -> SplineCoupling:
     """A spline coupling on the last axis; ``network``: 'mlp' (vectors) or 'conv' (images,
-    Glow's 3x3-1x1-3x3 net). The conditioner's last layer is zero: it starts as the identity."""
+    Glow's 3x3-1x1-3x3 net). The conditioner's last layer is zero: it starts as the identity.
+
+    ``compute_dtype`` and ``remat`` are the conv network's (``ConvConditioner``: matrix
+    products in bf16, hidden activations recomputed in the backward pass); the knots and
+    the spline itself are computed in the input's dtype."""
     if features < 2:
         raise ValueError(f"a coupling needs at least 2 features, got {features}")
     split = features // 2
     out = (features - split) * num_spline_params(num_segments)
     if network == "mlp":
+        if compute_dtype != "float32" or remat:
+            raise ValueError("compute_dtype and remat are options of the 'conv' network")
         net = MLPConditioner(
             split,
             out,
@@ -285,7 +293,15 @@ def spline_coupling(
             rngs=rngs,
         )
     elif network == "conv":
-        net = ConvConditioner(split, out, hidden, context_features=context_features, rngs=rngs)
+        net = ConvConditioner(
+            split,
+            out,
+            hidden,
+            context_features=context_features,
+            compute_dtype=compute_dtype,
+            remat=remat,
+            rngs=rngs,
+        )
     else:
         raise ValueError(f"unknown conditioner network {network!r}; use 'mlp' or 'conv'")
     return SplineCoupling(

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flows.bijectors import Bijector, GaussianSplit, LearnedPrior, Logit, Shift, Squeeze
+from flows.bijectors.coupling import check_coupling
 from flows.errors import ConfigError
 from flows.models.base import DensityModel, latent_log_prob
 from flows.models.registry import register_model
@@ -37,6 +38,17 @@ from flows.models.steps import StepStack, check_backprop, glow_step
 from flows.nn.conditioners import check_compute_dtype
 
 CONDITION_ON = ("top", "priors", "all")
+
+
+def check_spline(num_segments, bound) -> None:
+    """A one-line ``ConfigError`` unless ``num_segments`` is a positive integer (below 1000:
+    every bin keeps at least 1e-3 of the interval) and ``bound`` a positive number."""
+    if isinstance(num_segments, bool) or not isinstance(num_segments, int):
+        raise ConfigError(f"spline_num_segments must be an integer, got {num_segments!r}")
+    if not 1 <= num_segments < 1000:
+        raise ConfigError(f"spline_num_segments must be in 1..999, got {num_segments}")
+    if isinstance(bound, bool) or not isinstance(bound, int | float) or not bound > 0:
+        raise ConfigError(f"spline_bound must be a positive number, got {bound!r}")
 
 
 class GlowLevel(Bijector):
@@ -60,6 +72,8 @@ class GlowLevel(Bijector):
         backprop: str = "autodiff",
         compute_dtype: str = "float32",
         remat_coupling_nets: bool = False,
+        spline_num_segments: int = 8,
+        spline_bound: float = 3.0,
         rngs: nnx.Rngs,
     ):
         channels = 4 * in_channels
@@ -73,6 +87,8 @@ class GlowLevel(Bijector):
                 context_features=coupling_context,
                 compute_dtype=compute_dtype,
                 remat=remat_coupling_nets,
+                spline_num_segments=spline_num_segments,
+                spline_bound=spline_bound,
                 rngs=r,
             ),
             num_steps,
@@ -117,7 +133,9 @@ class Glow(DensityModel):
       num_levels: L, the number of scales.
       num_steps: K, steps of flow per level.
       hidden_channels: width of the coupling networks.
-      coupling: ``'affine'`` or ``'additive'``.
+      coupling: ``'affine'``, ``'additive'`` or ``'spline'`` (a rational-quadratic spline
+        of ``x2`` whose knots Glow's conv net computes from ``x1``; the identity outside
+        ``[-spline_bound, spline_bound]``; see ``flows.bijectors.spline``).
       permutation: ``'conv1x1_lu'``, ``'conv1x1'``, ``'shuffle'`` or ``'reverse'``.
       num_classes: None for p(x); N for a label-conditioned p(x | y).
       condition_on: where the label enters (``'top'``, ``'priors'``, ``'all'``).
@@ -136,6 +154,10 @@ class Glow(DensityModel):
         priors and every log-det stay float32, so log p(x) is exact for the map computed).
       remat_coupling_nets: recompute the coupling networks' hidden activations in the
         backward pass instead of storing them (see ``flows.nn.conditioners``).
+      spline_num_segments, spline_bound: the spline coupling's number of segments (bins)
+        and the half-width B of the interval ``[-B, B]`` it acts on (``coupling='spline'``
+        only). After ActNorm the activations are about unit scale, so B = 3 covers nearly
+        all of them; the zero-initialised network makes every spline start as the identity.
     """
 
     def __init__(
@@ -154,10 +176,15 @@ class Glow(DensityModel):
         weight_y: float = 0.0,
         compute_dtype: str = "float32",
         remat_coupling_nets: bool = False,
+        spline_num_segments: int = 8,
+        spline_bound: float = 3.0,
         rngs: nnx.Rngs,
     ):
         super().__init__(image_shape, num_classes)
         check_backprop(backprop)
+        check_coupling(coupling)
+        if coupling == "spline":
+            check_spline(spline_num_segments, spline_bound)
         compute_dtype = check_compute_dtype(compute_dtype)
         h, w, c = self.image_shape
         if num_levels < 1:
@@ -190,6 +217,8 @@ class Glow(DensityModel):
                 backprop=backprop,
                 compute_dtype=compute_dtype,
                 remat_coupling_nets=remat_coupling_nets,
+                spline_num_segments=spline_num_segments,
+                spline_bound=spline_bound,
                 rngs=rngs,
             )
             levels.append(lvl)
@@ -291,11 +320,18 @@ class Glow(DensityModel):
         ]
 
 
+def _describe_coupling(m) -> str:
+    """``affine``; a spline with its segments and bound: ``spline(8,B=3)``."""
+    if m["coupling"] != "spline":
+        return m["coupling"]
+    return f"spline({m['spline_num_segments']},B={m['spline_bound']:g})"
+
+
 def describe_glow(m) -> str:
     """E.g. ``L=2 K=8 h=64 affine conv1x1_lu logit(0.001) cond:all``."""
     parts = [
         f"L={m['num_levels']} K={m['num_steps']} h={m['hidden_channels']} "
-        f"{m['coupling']} {m['permutation']}"
+        f"{_describe_coupling(m)} {m['permutation']}"
     ]
     if m.get("logit_alpha") is not None:
         parts.append(f"logit({m['logit_alpha']})")
@@ -324,6 +360,10 @@ def describe_glow(m) -> str:
         "compute_dtype": "float32",
         # Recompute the coupling networks' hidden activations in the backward pass.
         "remat_coupling_nets": False,
+        # coupling='spline': segments (bins) of each rational-quadratic spline, and B, the
+        # half-width of [-B, B] it acts on (identity outside; ActNorm'd inputs ~ unit scale).
+        "spline_num_segments": 8,
+        "spline_bound": 3.0,
     },
     optional_types={"logit_alpha": float},
     describe=describe_glow,
@@ -344,5 +384,7 @@ def build_glow(cfg, image_shape, num_classes, *, rngs: nnx.Rngs) -> Glow:
         weight_y=cfg["weight_y"] if num_classes is not None else 0.0,
         compute_dtype=cfg["compute_dtype"],
         remat_coupling_nets=cfg["remat_coupling_nets"],
+        spline_num_segments=cfg["spline_num_segments"],
+        spline_bound=cfg["spline_bound"],
         rngs=rngs,
     )

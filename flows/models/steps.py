@@ -1,8 +1,10 @@
 """Glow's step of flow, and a stack of K identical steps run with ``lax.scan``.
 
-A step is ``ActNorm -> permutation -> coupling`` (Glow, Sec. 3). The K steps of a level are
-created once with ``nnx.vmap`` (parameters stacked on a leading axis of size K) and applied
-with ``lax.scan``, so the compiled program, and the compile time, do not grow with K.
+A step is ``ActNorm -> permutation -> coupling`` (Glow, Sec. 3; the coupling is additive,
+affine or a rational-quadratic spline, ``flows.bijectors.coupling.conv_coupling``). The K
+steps of a level are created once with ``nnx.vmap`` (parameters stacked on a leading axis of
+size K) and applied with ``lax.scan``, so the compiled program, and the compile time, do not
+grow with K.
 
 ``backprop`` chooses how the stack is differentiated:
 
@@ -76,10 +78,17 @@ def glow_step(
     context_features: int | None = None,
     compute_dtype: str = "float32",
     remat: bool = False,
+    spline_num_segments: int = 8,
+    spline_bound: float = 3.0,
     rngs: nnx.Rngs,
 ) -> Chain:
     """One step of flow: ActNorm -> permutation -> coupling (``compute_dtype``, ``remat``:
-    the coupling network's, see ``flows.nn.conditioners.ConvConditioner``)."""
+    the coupling network's, see ``flows.nn.conditioners.ConvConditioner``;
+    ``spline_num_segments``, ``spline_bound``: the spline's, used by ``coupling='spline'``
+    only, see ``flows.bijectors.spline``)."""
+    spline = {}
+    if coupling == "spline":
+        spline = {"num_segments": spline_num_segments, "bound": spline_bound}
     return Chain(
         [
             ActNorm(channels),
@@ -92,6 +101,7 @@ def glow_step(
                 compute_dtype=compute_dtype,
                 remat=remat,
                 rngs=rngs,
+                **spline,
             ),
         ]
     )
