@@ -134,6 +134,13 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(base_run, tmp_path
     corrupt_files(os.path.join(workdir, "checkpoints", "20"))
     with open(os.path.join(workdir, ".config.json.abc.tmp"), "w") as f:
         f.write('{"half": ')  # a write a killed run left half done
+    # A config.json written before model fields existed resumes: a missing field is its
+    # default (flows.models.registry.with_defaults).
+    with open(os.path.join(workdir, "config.json")) as f:
+        stored = json.load(f)
+    for field in ("dequantization", "dequantizer_steps", "spline_bound"):
+        del stored["model"][field]
+    wd.write_json(os.path.join(workdir, "config.json"), stored)
     record = train_and_evaluate(_config(), workdir)
     said = [line for line in capsys.readouterr().out.splitlines() if "unreadable" in line]
     moved = os.path.join(workdir, "corrupt", "checkpoints-20")

@@ -117,6 +117,20 @@ def describe_model(model_config: Mapping[str, Any]) -> str:
     return _FAMILIES[name].summary(model_config)
 
 
+def with_defaults(model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """``model_config`` with the fields it lacks set to its family's defaults.
+
+    Fields are added to a family (or to ``COMMON_FIELDS``) only with a default that keeps
+    the behaviour models had before the field existed (``dequantization='uniform'``, a spline
+    setting only a spline coupling reads), so a config written before a field existed means
+    that default: an older workdir's config.json, completed with this, is the config its
+    run used. A family that is not registered is returned as it is."""
+    model_config = dict(model_config)
+    if model_config.get("name") not in _FAMILIES:
+        return model_config
+    return {**_FAMILIES[model_config["name"]].config_defaults(), **model_config}
+
+
 def get_family(name: str) -> ModelFamily:
     if name not in _FAMILIES:
         raise ConfigError(f"unknown model.name {name!r}; registered: {model_families()}")
