@@ -82,9 +82,21 @@ def _in_distribution(config) -> data_lib.ImageData:
     return data
 
 
-def run_split(workdir: str) -> None:
+def _load(workdir: str):
+    """``(model, config, info)`` of the checkpoint and parameters the flags choose."""
     use_ema = None if _PARAMS.value == "auto" else _PARAMS.value == "ema"
-    model, config, info = load_run(workdir, checkpoint=_CHECKPOINT.value, use_ema=use_ema)
+    return load_run(workdir, checkpoint=_CHECKPOINT.value, use_ema=use_ema)
+
+
+def _add_provenance(record: dict, info: dict, config, t0: float) -> None:
+    """The checkpoint's provenance (``load_run``'s info), the dataset and the time taken."""
+    record.update(
+        info, dataset=config.data.name, n_bits=config.data.n_bits, eval_s=time.time() - t0
+    )
+
+
+def run_split(workdir: str) -> None:
+    model, config, info = _load(workdir)
     data = _in_distribution(config)
     t0 = time.time()
     with tqdm(total=data.num_examples, desc=f"eval {data.name}", unit="img") as bar:
@@ -96,9 +108,7 @@ def run_split(workdir: str) -> None:
             num_samples=_NUM_SAMPLES.value,
             progress=bar.update,
         )
-    record.update(
-        info, dataset=config.data.name, n_bits=config.data.n_bits, eval_s=time.time() - t0
-    )
+    _add_provenance(record, info, config, t0)
     path = os.path.join(workdir, f"eval_{_SPLIT.value}_k{_NUM_SAMPLES.value}.json")
     wd.write_json(path, record)
     print(f"{summary_line(record)} -> {path}")
@@ -120,8 +130,7 @@ def run_ood(workdir: str, dataset: str) -> None:
     )
     trained_on = f"{config.data.name}, {wd.path(workdir, wd.DATA_INFO)}"
     ood.check_same_data(ood_data, data_info["image_shape"], data_info["num_bins"], trained_on)
-    use_ema = None if _PARAMS.value == "auto" else _PARAMS.value == "ema"
-    model, config, info = load_run(workdir, checkpoint=_CHECKPOINT.value, use_ema=use_ema)
+    model, config, info = _load(workdir)
     in_data = _in_distribution(config)
     t0 = time.time()
     total = in_data.num_examples + ood_data.num_examples
@@ -135,9 +144,7 @@ def run_ood(workdir: str, dataset: str) -> None:
             num_samples=_NUM_SAMPLES.value,
             progress=bar.update,
         )
-    record.update(
-        info, dataset=config.data.name, n_bits=config.data.n_bits, eval_s=time.time() - t0
-    )
+    _add_provenance(record, info, config, t0)
     stem = f"{_file_part(name)}_{_file_part(split)}"
     path = os.path.join(workdir, f"eval_ood_{stem}.json")
     png = os.path.join(workdir, f"ood_{stem}.png")

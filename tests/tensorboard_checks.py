@@ -9,7 +9,8 @@ import os
 import numpy as np
 from tensorboard.backend.event_processing import event_accumulator
 
-# The TensorBoard tag of each metrics.jsonl field the loop writes (flows.train.tensorboard).
+# The TensorBoard tag of each metrics.jsonl field the loop writes (flows.train.tensorboard),
+# written out here rather than imported: the names users see in TensorBoard are under test.
 TAGS = {
     "train_bpd": "train/bits_per_dim",
     "train_loss": "train/loss",
