@@ -39,3 +39,45 @@ def test_throughput_prints_its_record(extra, capsys, tmp_path, monkeypatch):
     assert record["config"]["remat_coupling_nets"] == ("--remat_nets" in extra)
     (written,) = tmp_path.glob("jax_*.json")
     assert json.loads(written.read_text())["case"] == record["case"]
+
+
+def test_device_check_smoke_runs_end_to_end(tmp_path):
+    """``python -m bench.device_check --smoke`` (as on a GPU machine, in a subprocess from the
+    repository root, which is what puts ``tests.bijector_registry`` on its path) prints and
+    writes its record; on the CPU the CPU-vs-device comparison is trivially equal."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "device_check.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.device_check", "--smoke", f"--out={out}"],
+        cwd=Path(__file__).resolve().parents[1],
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert json.loads(out.read_text()) == record
+    assert record["smoke"] and record["passed"] and record["errors"] == {}
+    assert record["platform"]["backend"] == "cpu" and record["platform"]["jaxlib"]
+    assert record["cpu_vs_device"].startswith("trivial")
+    registry = record["registry"]
+    assert registry["num_entries"] == registry["num_passed"] == 2
+    for entry in registry["entries"]:
+        assert entry["round_trip_max_abs_err"] <= registry["tolerances"]["round_trip_atol"]
+        assert entry["passed"] and "cpu" in entry["on_device"].lower()
+    glow = record["glow"]
+    assert glow["train"]["steps"] == 2 and glow["train"]["nonfinite_steps"] == 0
+    for when in ("at_init", "after_training"):
+        check = glow[when]
+        assert check["abs_delta_bits_per_dim"] == 0.0 and check["delta_within_target"]
+        assert check["round_trip_max_abs_err"] < 1e-4 and check["finite"]
+        assert 0 < check["device_bits_per_dim"] == check["cpu_bits_per_dim"]
+    assert glow["after_training"]["device_bits_per_dim"] < glow["at_init"]["device_bits_per_dim"]
+    tp = record["throughput"]
+    assert tp["train_images_per_s"] > 0 and tp["eval_images_per_s"] > 0
+    assert record["config"]["glow_kwargs_passed"] == {}  # nothing passed unless asked
