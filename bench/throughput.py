@@ -32,9 +32,13 @@ stacked activations are ~250 MB at K=8). By default the script re-runs itself un
 large blocks; ``--no-hugepages`` to measure without). ``bench.paired`` runs the PyTorch peer
 with the same setting, and the record keeps it.
 
-Diagnostics: ``--conv=lax`` swaps the coupling networks' custom-VJP convolution
-(``flows.nn.conv.conv2d_same``) for plain ``lax.conv_general_dilated`` to show what it buys;
-``--hlo_convs`` prints the training step's compiled convolutions by dimension layout.
+Kernels and dtypes: ``--conv_impl`` and ``--compute_dtype`` are Glow's fields of the same
+names; ``auto`` (the default for ``--conv_impl``) is resolved by ``flows.nn.backend`` when the
+model is built, and the record's ``config`` holds the resolved choice, what was asked
+(``*_requested``) and the one-line reason (``*_reason``). ``--conv_impl=lax`` runs the
+networks on ``lax.conv_general_dilated`` with autodiff instead of the custom-VJP GEMMs
+(``flows.nn.conv.conv2d_same``), to show what those buy on CPU.
+Diagnostics: ``--hlo_convs`` prints the training step's compiled convolutions by layout.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from flax import nnx
 from bench.records import write_record
 from flows.metrics import bits_per_dim, dequantize
 from flows.models.glow import Glow
+from flows.nn.backend import COMPUTE_DTYPES, CONV_IMPLS
 
 NUM_BINS_8BIT = 256
 
@@ -104,21 +109,6 @@ def hlo_convolutions(hlo_text: str) -> dict[str, int]:
 
 
 # -- the model and the steps ------------------------------------------------------------------
-def use_lax_conv():
-    """Replace the coupling and prior nets' custom-VJP conv by plain ``lax`` autodiff."""
-    from jax import lax
-
-    import flows.nn.conditioners as conditioners
-    from flows.nn.conv import same_pads
-
-    def lax_conv(x, w, compute_dtype=None):
-        return lax.conv_general_dilated(
-            x, w, (1, 1), same_pads(w), dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-
-    conditioners.conv2d_same = lax_conv
-
-
 def build(args, image_shape):
     model = Glow(
         image_shape,
@@ -128,6 +118,7 @@ def build(args, image_shape):
         backprop=args.backprop,
         compute_dtype=args.compute_dtype,
         remat_coupling_nets=args.remat_nets,
+        conv_impl=args.conv_impl,
         rngs=nnx.Rngs(args.seed),
     )
     key = jax.random.key(args.seed)
@@ -239,12 +230,19 @@ def parse_args(argv=None):
         choices=("autodiff", "checkpoint", "invertible"),
         help="how the K steps of a level are differentiated (Glow(backprop=...))",
     )
-    p.add_argument("--conv", default="custom", choices=("custom", "lax"), help="see docstring")
+    p.add_argument(
+        "--conv_impl",
+        default="auto",
+        choices=CONV_IMPLS,
+        help="the networks' convolutions (Glow's conv_impl): gemm (custom-VJP matrix "
+        "products), lax (lax convolutions, autodiff) or auto (gemm on CPU, lax on GPU/TPU)",
+    )
     p.add_argument(
         "--compute_dtype",
         default="float32",
-        choices=("float32", "bfloat16"),
+        choices=("auto", *COMPUTE_DTYPES),
         help="matrix-product dtype inside the coupling networks (Glow's compute_dtype); "
+        "auto: bfloat16 only on GPU/TPU or a CPU with native bf16 dots, else float32; "
         "log-dets, priors, ActNorm and 1x1 convolutions stay float32",
     )
     p.add_argument(
@@ -291,8 +289,6 @@ def main(argv=None):
     only = set(args.only.split(","))
     if not only <= {"train", "eval", "sample"}:
         raise ValueError(f"--only takes train,eval,sample; got {args.only!r}")
-    if args.conv == "lax":
-        use_lax_conv()
     load_before = os.getloadavg()
     bs = args.batch_size
     num_dims = height * width * channels
@@ -395,8 +391,12 @@ def main(argv=None):
             "hidden_channels": args.hidden_channels,
             "batch_size": bs,
             "backprop": args.backprop,
-            "conv": args.conv,
-            "compute_dtype": args.compute_dtype,
+            "conv_impl": model.conv_impl,
+            "conv_impl_requested": args.conv_impl,
+            "conv_impl_reason": model.conv_impl_reason,
+            "compute_dtype": model.compute_dtype,
+            "compute_dtype_requested": args.compute_dtype,
+            "compute_dtype_reason": model.compute_dtype_reason,
             "remat_coupling_nets": args.remat_nets,
             "coupling": "affine (sigmoid(h + 2) scale)",
             "conv1x1": "LU",

@@ -23,20 +23,34 @@ TINY = [
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["--compute_dtype=bfloat16", "--remat_nets", "--only=train,sample"], ["--conv=lax"]],
+    [
+        ["--compute_dtype=auto"],
+        ["--compute_dtype=bfloat16", "--remat_nets", "--only=train,sample"],
+        ["--conv_impl=lax", "--only=train"],
+    ],
 )
-def test_throughput_prints_its_record(extra, capsys, tmp_path, monkeypatch):
-    import flows.nn.conditioners as conditioners
-
-    # --conv=lax swaps the conditioners' convolution module-wide: restore it afterwards.
-    monkeypatch.setattr(conditioners, "conv2d_same", conditioners.conv2d_same)
+def test_throughput_prints_its_record(extra, capsys, tmp_path):
     throughput.main([*TINY, *extra, f"--out={tmp_path}"])
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     only = next((e.split("=")[1] for e in extra if e.startswith("--only=")), "train,eval,sample")
     for mode in only.split(","):
         assert record[f"{mode}_images_per_s"] > 0
     assert record["compile_s"] > 0 and record["peak_rss_mb"] > 0
-    assert record["config"]["remat_coupling_nets"] == ("--remat_nets" in extra)
+    config = record["config"]
+    assert config["remat_coupling_nets"] == ("--remat_nets" in extra)
+    # The kernels and dtype the model resolved, what was asked and why (flows.nn.backend).
+    conv_asked = next((e.split("=")[1] for e in extra if e.startswith("--conv_impl=")), "auto")
+    dtype_asked = next(
+        (e.split("=")[1] for e in extra if e.startswith("--compute_dtype=")), "float32"
+    )
+    assert config["conv_impl_requested"] == conv_asked
+    assert config["conv_impl"] == {"auto": "gemm", "lax": "lax"}[conv_asked]  # CPU tests
+    assert config["compute_dtype_requested"] == dtype_asked
+    assert config["compute_dtype"] in ("float32", "bfloat16")
+    if dtype_asked != "auto":
+        assert config["compute_dtype"] == dtype_asked
+    assert config["compute_dtype_reason"].startswith(config["compute_dtype"] + ":")
+    assert config["conv_impl_reason"].startswith(config["conv_impl"] + ":")
     (written,) = tmp_path.glob("jax_*.json")
     assert json.loads(written.read_text())["case"] == record["case"]
 

@@ -3,6 +3,8 @@ both gradients, on both code paths (input shift: C_in <= C_out; output shift: C_
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -193,3 +195,112 @@ def test_model_config_sets_mixed_precision_and_remat():
     config.model.compute_dtype = "float16"
     with pytest.raises(ValueError, match="compute_dtype"):
         build_model(config.model, (8, 8, 1), 10, rngs=nnx.Rngs(0))
+
+
+def test_lax_impl_matches_gemm_and_is_forward_differentiable():
+    """``conv_impl='lax'``: the same map as the GEMM path (float32, and with bf16 products;
+    both shift paths of the GEMM side), and forward-mode autodiff works through it
+    (jacfwd == jacrev); dense alike."""
+    from flows.nn.conv import conv2d, linear
+
+    kx, kw = jax.random.split(jax.random.key(6))
+    x = jax.random.normal(kx, (1, 3, 3, 2))
+    w1 = jax.random.normal(kw, (3, 3, 2, 5)) / 3.0  # input shift on the GEMM side
+    w2 = jnp.transpose(w1, (0, 1, 3, 2))  # (3, 3, 5, 2): output shift
+
+    @functools.partial(jax.jit, static_argnames=("impl", "cd"))
+    def net(x, impl, cd=None):
+        h = conv2d(x, w1, cd, impl=impl)
+        h = linear(jnp.tanh(h), w1[1, 1].T @ w1[0, 0], cd, impl=impl)
+        return conv2d(h, w2, cd, impl=impl)
+
+    for cd, tol in ((None, 1e-5), (jnp.bfloat16, 3e-2)):
+        y = net(x, "lax", cd)
+        assert y.dtype == jnp.float32
+        np.testing.assert_allclose(y, net(x, "gemm", cd), rtol=tol, atol=tol)
+
+    @jax.jit
+    def jacobians(x):
+        f = functools.partial(net, impl="lax")
+        return jax.jacfwd(f)(x), jax.jacrev(f)(x)
+
+    forward, reverse = jacobians(x)
+    np.testing.assert_allclose(forward, reverse, rtol=1e-5, atol=1e-6)
+
+
+def test_glow_lax_and_gemm_convolutions_compute_the_same_flow():
+    """The same parameters, ``conv_impl='lax'`` vs ``'gemm'``: log p(x), the latents, and
+    the inverse, compiled."""
+    from flax import nnx
+
+    x = jax.random.uniform(jax.random.key(7), (2, 4, 4, 1))
+
+    @nnx.jit
+    def run(model, x):
+        latents, _ = model.forward_and_log_det(x)
+        return model.log_prob(x), latents[0], model.inverse(latents)
+
+    out = {}
+    for impl in ("lax", "gemm"):
+        model = _nudged_glow((4, 4, 1), 6, jnp.cos, conv_impl=impl)
+        assert model.conv_impl == impl
+        out[impl] = run(model, x)
+    for a, b in zip(out["lax"], out["gemm"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["lax"][2], x, atol=1e-5)
+
+
+def test_auto_resolution_follows_the_backend_and_the_cpu_flags(tmp_path):
+    """``flows.nn.backend``: 'auto' -> gemm on CPU, lax elsewhere; bf16 products only on
+    GPU/TPU or a CPU whose /proc/cpuinfo lists avx512_bf16 or amx_bf16 (faked here)."""
+    from flows.errors import ConfigError
+    from flows.nn.backend import resolve_compute_dtype, resolve_conv_impl
+
+    assert resolve_conv_impl("auto", backend="cpu")[0] == "gemm"
+    assert resolve_conv_impl("auto", backend="gpu")[0] == "lax"
+    assert resolve_conv_impl("auto", backend="tpu")[0] == "lax"
+    assert resolve_conv_impl("gemm", backend="gpu") == ("gemm", "gemm: as configured")
+    with pytest.raises(ConfigError, match="conv_impl"):
+        resolve_conv_impl("cudnn")
+
+    plain, bf16, amx = (tmp_path / n for n in ("plain", "bf16", "amx"))
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f\n")
+    bf16.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16 amx_tile\n")
+    dtype, reason = resolve_compute_dtype("auto", backend="cpu", cpuinfo_path=str(plain))
+    assert dtype == "float32" and "no avx512_bf16/amx_bf16" in reason
+    for path, flag in ((bf16, "avx512_bf16"), (amx, "amx_bf16")):
+        dtype, reason = resolve_compute_dtype("auto", backend="cpu", cpuinfo_path=str(path))
+        assert dtype == "bfloat16" and flag in reason
+    missing = str(tmp_path / "none")  # not Linux: no flags known, the safe float32
+    assert resolve_compute_dtype("auto", backend="cpu", cpuinfo_path=missing)[0] == "float32"
+    assert resolve_compute_dtype("auto", backend="gpu", cpuinfo_path=str(plain))[0] == "bfloat16"
+    assert resolve_compute_dtype("bfloat16", backend="cpu")[0] == "bfloat16"
+    with pytest.raises(ConfigError, match="compute_dtype"):
+        resolve_compute_dtype("float16")
+
+
+def test_glow_resolves_auto_when_built(monkeypatch):
+    """Glow resolves both fields once, at build time, from ``jax.default_backend()`` (faked
+    here: a GPU), threads them to every network, and keeps the choice and the reason."""
+    from flax import nnx
+
+    import flows.nn.backend as backend
+    from flows.models.glow import Glow
+    from flows.nn.conditioners import ConvConditioner
+    from flows.nn.conditioners import ZeroConvConditioner as ZeroConv
+
+    monkeypatch.setattr(backend.jax, "default_backend", lambda: "gpu")
+    model = Glow(
+        (4, 4, 1),
+        num_levels=2,
+        num_steps=1,
+        hidden_channels=4,
+        compute_dtype="auto",
+        rngs=nnx.Rngs(0),
+    )
+    assert (model.conv_impl, model.compute_dtype) == ("lax", "bfloat16")
+    assert model.compute_dtype_reason.startswith("bfloat16: gpu")
+    nets = [n for _, n in nnx.iter_graph(model) if isinstance(n, ConvConditioner | ZeroConv)]
+    assert len(nets) == 3 and all(n.conv_impl == "lax" for n in nets)  # 2 couplings, 1 split
+    assert all(n.compute_dtype == "bfloat16" for n in nets if isinstance(n, ConvConditioner))

@@ -9,6 +9,14 @@ log|det dy/dx| = P * log|det W|, P the number of positions (H * W for images, 1 
 * ``Conv1x1LU``: ``W = P L (U + diag(sign_s * exp(log_s)))`` with P a fixed permutation,
   L unit lower-triangular, U strictly upper-triangular. log|det W| = sum(log_s): exact and
   O(C); the inverse applies ``W^{-1}``, computed once per call from the C x C ``W``.
+
+Every matrix product here (applying W or W^{-1}, the product ``P L U``, the block-triangular
+inverse) runs at ``Precision.HIGHEST`` (``EXACT``) on every backend: these products mix the
+dimensions of the flow's map itself, and at a backend's fast default (TF32 on recent NVIDIA
+GPUs, bf16 passes on TPU) the map computed would differ from the one whose log-det
+(``slogdet(W)``, ``sum log|s|``) is counted. XLA:CPU computes float32 products exactly
+anyway, so this costs nothing there. (The coupling networks may use the fast default: a
+coupling stays exactly triangular whatever its network computes.)
 """
 
 from __future__ import annotations
@@ -19,6 +27,14 @@ import jax.scipy.linalg as jsl
 from flax import nnx
 
 from flows.bijectors.base import Bijector, Buffer, num_positions
+
+# The precision of every product of this module (see the module docstring).
+EXACT = jax.lax.Precision.HIGHEST
+
+
+def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b`` at ``EXACT`` precision."""
+    return jnp.matmul(a, b, precision=EXACT)
 
 
 def random_rotation(key, channels: int) -> jax.Array:
@@ -32,7 +48,8 @@ def random_rotation(key, channels: int) -> jax.Array:
 def triangular_inverse(t: jax.Array, *, lower: bool) -> jax.Array:
     """Inverse of a triangular matrix by recursive 2x2 block inversion (LAPACK's recursive
     TRTRI): ``[[A, 0], [B, D]]^{-1} = [[A^{-1}, 0], [-D^{-1} B A^{-1}, D^{-1}]]`` (and the
-    transposed form for upper). Only matrix products, no sequential solve; static shapes."""
+    transposed form for upper). Only matrix products (at ``EXACT`` precision), no sequential
+    solve; static shapes."""
     c = t.shape[0]
     if c == 1:
         return 1.0 / t
@@ -40,18 +57,19 @@ def triangular_inverse(t: jax.Array, *, lower: bool) -> jax.Array:
     a_inv = triangular_inverse(t[:k, :k], lower=lower)
     d_inv = triangular_inverse(t[k:, k:], lower=lower)
     if lower:
-        off = -d_inv @ t[k:, :k] @ a_inv
+        off = -matmul(matmul(d_inv, t[k:, :k]), a_inv)
         top = jnp.concatenate([a_inv, jnp.zeros((k, c - k), t.dtype)], axis=1)
         bottom = jnp.concatenate([off, d_inv], axis=1)
     else:
-        off = -a_inv @ t[:k, k:] @ d_inv
+        off = -matmul(matmul(a_inv, t[:k, k:]), d_inv)
         top = jnp.concatenate([a_inv, off], axis=1)
         bottom = jnp.concatenate([jnp.zeros((c - k, k), t.dtype), d_inv], axis=1)
     return jnp.concatenate([top, bottom], axis=0)
 
 
 def _apply(x, w):
-    return jnp.einsum("...c,dc->...d", x, w)
+    """``y[..., d] = sum_c w[d, c] x[..., c]`` at every position, at ``EXACT`` precision."""
+    return jnp.einsum("...c,dc->...d", x, w, precision=EXACT)
 
 
 class Conv1x1(Bijector):
@@ -68,7 +86,8 @@ class Conv1x1(Bijector):
         w = self.weight[...]
         log_abs_det = jnp.linalg.slogdet(w)[1]
         ld = jnp.broadcast_to(-num_positions(z) * log_abs_det, z.shape[:1]).astype(z.dtype)
-        # x = W^{-1} z for every position: W^{-1} by one C x C solve, then one product.
+        # x = W^{-1} z for every position: W^{-1} by one C x C solve (an LU factorisation
+        # and triangular solves: no product at a reduced precision), then one product.
         w_inv = jnp.linalg.solve(w, jnp.eye(w.shape[0], dtype=w.dtype))
         return _apply(z, w_inv), ld
 
@@ -93,7 +112,7 @@ class Conv1x1LU(Bijector):
 
     def weight(self) -> jax.Array:
         p, lower, upper = self._factors()
-        return p @ lower @ upper
+        return matmul(matmul(p, lower), upper)
 
     def _log_det(self, x, sign):
         ld = sign * num_positions(x) * jnp.sum(self.log_s[...])
@@ -109,7 +128,8 @@ class Conv1x1LU(Bijector):
         small matrix products: XLA:CPU expands triangular solves into slow loops (~10 ms
         for C = 48, more than the rest of a step)."""
         p, lower, upper = self._factors()
-        return triangular_inverse(upper, lower=False) @ triangular_inverse(lower, lower=True) @ p.T
+        u_inv = triangular_inverse(upper, lower=False)
+        return matmul(matmul(u_inv, triangular_inverse(lower, lower=True)), p.T)
 
     def inverse_and_log_det(self, z, *, context=None):
         # W = P L U  =>  x = U^{-1} L^{-1} P^T z at every position.

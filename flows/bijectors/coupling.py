@@ -108,11 +108,12 @@ def conv_coupling(
     context_features: int | None = None,
     compute_dtype: str = "float32",
     remat: bool = False,
+    conv_impl: str = "auto",
     rngs: nnx.Rngs,
     **spline_kwargs,
 ) -> Coupling:
-    """A coupling on image channels with Glow's convolutional conditioner (``compute_dtype``
-    and ``remat``: see ``ConvConditioner``).
+    """A coupling on image channels with Glow's convolutional conditioner (``compute_dtype``,
+    ``remat`` and ``conv_impl``: see ``ConvConditioner``).
 
     ``kind``: 'additive', 'affine' or 'spline' (``flows.bijectors.spline.SplineCoupling``;
     ``spline_kwargs`` such as ``num_segments``, ``bound`` go to ``spline_coupling``)."""
@@ -130,6 +131,7 @@ def conv_coupling(
             context_features=context_features,
             compute_dtype=compute_dtype,
             remat=remat,
+            conv_impl=conv_impl,
             rngs=rngs,
             **spline_kwargs,
         )
@@ -144,6 +146,7 @@ def conv_coupling(
         context_features=context_features,
         compute_dtype=compute_dtype,
         remat=remat,
+        conv_impl=conv_impl,
         rngs=rngs,
     )
     return cls(net, split)

@@ -46,8 +46,9 @@ from flows.bijectors.spline import SplineCoupling, num_spline_params
 from flows.bijectors.squeeze import Squeeze
 from flows.errors import ConfigError
 from flows.metrics import dequantize_with_noise
+from flows.nn.backend import resolve_conv_impl
 from flows.nn.conditioners import ConvConditioner, hidden_kernel_init
-from flows.nn.conv import conv2d_same
+from flows.nn.conv import conv2d
 
 DEQUANTIZATIONS = ("uniform", "variational")
 
@@ -64,17 +65,19 @@ class UniformDequantizer(nnx.Module):
 
 class ImageFeatures(nnx.Module):
     """Features of the (squeezed) image for the dequantizer's couplings:
-    3x3 conv -> ReLU -> 3x3 conv -> ReLU, ``features`` channels at each position."""
+    3x3 conv -> ReLU -> 3x3 conv -> ReLU, ``features`` channels at each position
+    (``conv_impl``: see ``flows.nn.backend.resolve_conv_impl``)."""
 
-    def __init__(self, in_channels: int, features: int, *, rngs: nnx.Rngs):
+    def __init__(self, in_channels: int, features: int, *, conv_impl="auto", rngs: nnx.Rngs):
+        self.conv_impl = resolve_conv_impl(conv_impl)[0]
         self.w1 = nnx.Param(hidden_kernel_init(rngs.params(), (3, 3, in_channels, features)))
         self.b1 = nnx.Param(jnp.zeros((features,)))
         self.w2 = nnx.Param(hidden_kernel_init(rngs.params(), (3, 3, features, features)))
         self.b2 = nnx.Param(jnp.zeros((features,)))
 
     def __call__(self, x):
-        h = jax.nn.relu(conv2d_same(x, self.w1[...]) + self.b1[...])
-        return jax.nn.relu(conv2d_same(h, self.w2[...]) + self.b2[...])
+        h = jax.nn.relu(conv2d(x, self.w1[...], impl=self.conv_impl) + self.b1[...])
+        return jax.nn.relu(conv2d(h, self.w2[...], impl=self.conv_impl) + self.b2[...])
 
 
 class FeatureMapConditioner(nnx.Module):
@@ -92,7 +95,8 @@ class FeatureMapConditioner(nnx.Module):
 
 class VariationalDequantizer(Bijector):
     """The bijection ``e -> u = g_v(e)`` of the unit cube (module docstring); the context of
-    ``forward_and_log_det`` is the image scaled to ``[-1/2, 1/2]`` (``image_context``)."""
+    ``forward_and_log_det`` is the image scaled to ``[-1/2, 1/2]`` (``image_context``).
+    ``conv_impl``: every conv net's convolution (``flows.nn.backend.resolve_conv_impl``)."""
 
     kind = "variational"
 
@@ -103,6 +107,7 @@ class VariationalDequantizer(Bijector):
         hidden_channels: int = 32,
         num_steps: int = 4,
         num_segments: int = 8,
+        conv_impl: str = "auto",
         rngs: nnx.Rngs,
     ):
         h, w, c = image_shape
@@ -115,13 +120,14 @@ class VariationalDequantizer(Bijector):
             raise ConfigError(f"model.dequantizer_steps must be at least 1, got {num_steps}")
         channels = 4 * c
         split = channels // 2
-        self.features = ImageFeatures(channels, hidden_channels, rngs=rngs)
+        self.features = ImageFeatures(channels, hidden_channels, conv_impl=conv_impl, rngs=rngs)
         layers = [Shift(-0.5), Squeeze()]
         for _ in range(num_steps):
             net = ConvConditioner(
                 split + hidden_channels,
                 (channels - split) * num_spline_params(num_segments),
                 hidden_channels,
+                conv_impl=conv_impl,
                 rngs=rngs,
             )
             layers += [

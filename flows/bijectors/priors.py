@@ -38,11 +38,24 @@ def _unstandardise(eps, mean, log_sigma):
 
 
 class GaussianSplit(Bijector):
-    def __init__(self, channels: int, *, context_features: int | None = None, rngs: nnx.Rngs):
+    """``conv_impl``: the conditioner's convolution, see ``ZeroConvConditioner``."""
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        context_features: int | None = None,
+        conv_impl: str = "auto",
+        rngs: nnx.Rngs,
+    ):
         self.split = channels // 2
         factored = channels - self.split
         self.conditioner = ZeroConvConditioner(
-            self.split, 2 * factored, context_features=context_features, rngs=rngs
+            self.split,
+            2 * factored,
+            context_features=context_features,
+            conv_impl=conv_impl,
+            rngs=rngs,
         )
 
     def _params(self, x1, context):

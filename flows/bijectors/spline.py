@@ -268,21 +268,23 @@ def spline_coupling(
     activation=jax.nn.relu,
     compute_dtype: str = "float32",
     remat: bool = False,
+    conv_impl: str = "auto",
     rngs: nnx.Rngs,
 ) -> SplineCoupling:
     """A spline coupling on the last axis; ``network``: 'mlp' (vectors) or 'conv' (images,
     Glow's 3x3-1x1-3x3 net). The conditioner's last layer is zero: it starts as the identity.
 
-    ``compute_dtype`` and ``remat`` are the conv network's (``ConvConditioner``: matrix
-    products in bf16, hidden activations recomputed in the backward pass); the knots and
+    ``compute_dtype``, ``remat`` and ``conv_impl`` are the conv network's
+    (``ConvConditioner``: matrix products in bf16, hidden activations recomputed in the
+    backward pass, 'gemm' or 'lax' convolutions); the knots and
     the spline itself are computed in the input's dtype."""
     if features < 2:
         raise ValueError(f"a coupling needs at least 2 features, got {features}")
     split = features // 2
     out = (features - split) * num_spline_params(num_segments)
     if network == "mlp":
-        if compute_dtype != "float32" or remat:
-            raise ValueError("compute_dtype and remat are options of the 'conv' network")
+        if compute_dtype != "float32" or remat or conv_impl != "auto":
+            raise ValueError("compute_dtype, remat and conv_impl are options of the 'conv' network")
         net = MLPConditioner(
             split,
             out,
@@ -300,6 +302,7 @@ def spline_coupling(
             context_features=context_features,
             compute_dtype=compute_dtype,
             remat=remat,
+            conv_impl=conv_impl,
             rngs=rngs,
         )
     else:

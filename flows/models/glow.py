@@ -35,7 +35,7 @@ from flows.errors import ConfigError
 from flows.models.base import DensityModel, latent_log_prob
 from flows.models.registry import register_model
 from flows.models.steps import StepStack, check_backprop, glow_step
-from flows.nn.conditioners import check_compute_dtype
+from flows.nn.backend import resolve_compute_dtype, resolve_conv_impl
 
 CONDITION_ON = ("top", "priors", "all")
 
@@ -72,6 +72,7 @@ class GlowLevel(Bijector):
         backprop: str = "autodiff",
         compute_dtype: str = "float32",
         remat_coupling_nets: bool = False,
+        conv_impl: str = "auto",
         spline_num_segments: int = 8,
         spline_bound: float = 3.0,
         rngs: nnx.Rngs,
@@ -87,6 +88,7 @@ class GlowLevel(Bijector):
                 context_features=coupling_context,
                 compute_dtype=compute_dtype,
                 remat=remat_coupling_nets,
+                conv_impl=conv_impl,
                 spline_num_segments=spline_num_segments,
                 spline_bound=spline_bound,
                 rngs=r,
@@ -98,7 +100,9 @@ class GlowLevel(Bijector):
         if is_top:
             self.prior = LearnedPrior(channels, context_features=prior_context, rngs=rngs)
         else:
-            self.prior = GaussianSplit(channels, context_features=prior_context, rngs=rngs)
+            self.prior = GaussianSplit(
+                channels, context_features=prior_context, conv_impl=conv_impl, rngs=rngs
+            )
         self.out_channels = channels
         self.kept_channels = channels if is_top else channels // 2
 
@@ -149,9 +153,25 @@ class Glow(DensityModel):
         zero-initialised linear classifier of the mean-pooled top features is trained with
         ``weight_y`` times its cross-entropy in bits (``CE / ln 2`` per example, as in
         openai/glow) added to the mean bits/dim (``log_prob_and_aux_loss``).
-      compute_dtype: matrix-product dtype of the coupling networks, ``'float32'`` or
+      compute_dtype: matrix-product dtype of the coupling networks, ``'float32'``,
         ``'bfloat16'`` (products rounded to bf16, summed in f32; ActNorm, 1x1 convolutions,
-        priors and every log-det stay float32, so log p(x) is exact for the map computed).
+        priors and every log-det stay float32, so log p(x) is exact for the map computed)
+        or ``'auto'``: bfloat16 only where it is faster (GPU/TPU, or a CPU with native bf16
+        dots), float32 otherwise (``flows.nn.backend.resolve_compute_dtype``).
+      conv_impl: the convolutions of the coupling and split-prior networks: ``'gemm'``
+        (``flows.nn.conv.conv2d_same``, matrix products with a hand-written VJP, fast on
+        XLA:CPU), ``'lax'`` (``lax.conv_general_dilated`` with autodiff: ``jax.jvp`` and
+        ``jax.jacfwd`` work through the model) or ``'auto'``: gemm on CPU, lax on GPU/TPU,
+        decided by ``jax.default_backend()`` when the model is built
+        (``flows.nn.backend.resolve_conv_impl``). ``self.conv_impl`` / ``self.compute_dtype``
+        hold the resolved choices, ``self.conv_impl_reason`` / ``self.compute_dtype_reason``
+        say why.
+
+    The products that mix dimensions of the flow's map outside the networks (the 1x1
+    convolutions, ``flows.bijectors.conv1x1``) run at ``Precision.HIGHEST`` on every
+    backend, so the map computed is the one whose log-det is counted (GPUs would otherwise
+    use TF32, TPUs bf16 passes). Forward-mode autodiff also needs ``backprop`` other than
+    ``'invertible'`` (a custom VJP of its own).
       remat_coupling_nets: recompute the coupling networks' hidden activations in the
         backward pass instead of storing them (see ``flows.nn.conditioners``).
       spline_num_segments, spline_bound: the spline coupling's number of segments (bins)
@@ -176,6 +196,7 @@ class Glow(DensityModel):
         weight_y: float = 0.0,
         compute_dtype: str = "float32",
         remat_coupling_nets: bool = False,
+        conv_impl: str = "auto",
         spline_num_segments: int = 8,
         spline_bound: float = 3.0,
         rngs: nnx.Rngs,
@@ -185,7 +206,9 @@ class Glow(DensityModel):
         check_coupling(coupling)
         if coupling == "spline":
             check_spline(spline_num_segments, spline_bound)
-        compute_dtype = check_compute_dtype(compute_dtype)
+        compute_dtype, self.compute_dtype_reason = resolve_compute_dtype(compute_dtype)
+        conv_impl, self.conv_impl_reason = resolve_conv_impl(conv_impl)
+        self.compute_dtype, self.conv_impl = compute_dtype, conv_impl
         h, w, c = self.image_shape
         if num_levels < 1:
             raise ConfigError(f"num_levels must be >= 1, got {num_levels}")
@@ -217,6 +240,7 @@ class Glow(DensityModel):
                 backprop=backprop,
                 compute_dtype=compute_dtype,
                 remat_coupling_nets=remat_coupling_nets,
+                conv_impl=conv_impl,
                 spline_num_segments=spline_num_segments,
                 spline_bound=spline_bound,
                 rngs=rngs,
@@ -355,9 +379,13 @@ def describe_glow(m) -> str:
         "condition_on": "top",  # with model.conditional: 'top', 'priors' or 'all'
         "weight_y": 0.0,  # Glow's auxiliary classifier (conditional runs): weight of its CE in bits
         "backprop": "autodiff",  # 'autodiff' | 'checkpoint' | 'invertible'
-        # Matrix-product dtype of the coupling networks: "float32", or "bfloat16" for mixed
-        # precision (products rounded to bf16, summed in f32; log-dets and priors stay f32).
+        # Matrix-product dtype of the coupling networks: "float32", "bfloat16" for mixed
+        # precision (products rounded to bf16, summed in f32; log-dets and priors stay f32),
+        # or "auto": bf16 only where faster (GPU/TPU, CPUs with avx512_bf16/amx_bf16).
         "compute_dtype": "float32",
+        # The networks' convolutions: "gemm" (custom-VJP patch GEMMs, fast on XLA:CPU),
+        # "lax" (lax convolutions, autodiff, jvp) or "auto" (gemm on CPU, lax on GPU/TPU).
+        "conv_impl": "auto",
         # Recompute the coupling networks' hidden activations in the backward pass.
         "remat_coupling_nets": False,
         # coupling='spline': segments (bins) of each rational-quadratic spline, and B, the
@@ -384,6 +412,7 @@ def build_glow(cfg, image_shape, num_classes, *, rngs: nnx.Rngs) -> Glow:
         weight_y=cfg["weight_y"] if num_classes is not None else 0.0,
         compute_dtype=cfg["compute_dtype"],
         remat_coupling_nets=cfg["remat_coupling_nets"],
+        conv_impl=cfg["conv_impl"],
         spline_num_segments=cfg["spline_num_segments"],
         spline_bound=cfg["spline_bound"],
         rngs=rngs,

@@ -78,12 +78,13 @@ def glow_step(
     context_features: int | None = None,
     compute_dtype: str = "float32",
     remat: bool = False,
+    conv_impl: str = "auto",
     spline_num_segments: int = 8,
     spline_bound: float = 3.0,
     rngs: nnx.Rngs,
 ) -> Chain:
-    """One step of flow: ActNorm -> permutation -> coupling (``compute_dtype``, ``remat``:
-    the coupling network's, see ``flows.nn.conditioners.ConvConditioner``;
+    """One step of flow: ActNorm -> permutation -> coupling (``compute_dtype``, ``remat``,
+    ``conv_impl``: the coupling network's, see ``flows.nn.conditioners.ConvConditioner``;
     ``spline_num_segments``, ``spline_bound``: the spline's, used by ``coupling='spline'``
     only, see ``flows.bijectors.spline``)."""
     spline = {}
@@ -100,6 +101,7 @@ def glow_step(
                 context_features=context_features,
                 compute_dtype=compute_dtype,
                 remat=remat,
+                conv_impl=conv_impl,
                 rngs=rngs,
                 **spline,
             ),

@@ -12,8 +12,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flows.errors import ConfigError
-from flows.nn.conv import conv2d_same, dense
+from flows.nn.backend import COMPUTE_DTYPES, check_compute_dtype, resolve_conv_impl
+from flows.nn.conv import conv2d, linear
+
+__all__ = ["COMPUTE_DTYPES", "check_compute_dtype"]  # re-exported: their old home
 
 hidden_kernel_init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
@@ -33,9 +35,13 @@ class ContextProjection(nnx.Module):
         return h.reshape(h.shape[:1] + (1,) * (ndim - 2) + h.shape[1:])
 
 
-def relu_to(x, dtype):
-    """``relu(x)``, stored in ``dtype`` when one is given (see ``_relu_cast``)."""
-    return jax.nn.relu(x) if dtype is None else _relu_cast(x, dtype)
+def relu_to(x, dtype, impl="gemm"):
+    """``relu(x)``, stored in ``dtype`` when one is given: with ``impl='gemm'`` by
+    ``_relu_cast`` (a custom VJP that keeps no mask), with ``'lax'`` by plain autodiff
+    (forward-mode differentiable)."""
+    if dtype is None:
+        return jax.nn.relu(x)
+    return _relu_cast(x, dtype) if impl == "gemm" else jax.nn.relu(x).astype(dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -62,17 +68,6 @@ def _relu_cast_bwd(dtype, res, g):
 _relu_cast.defvjp(_relu_cast_fwd, _relu_cast_bwd)
 
 
-COMPUTE_DTYPES = ("float32", "bfloat16")
-
-
-def check_compute_dtype(compute_dtype: str) -> str:
-    """The canonical name of a coupling network's product dtype ('float32' or 'bfloat16')."""
-    name = jnp.dtype(compute_dtype).name if compute_dtype is not None else "float32"
-    if name not in COMPUTE_DTYPES:
-        raise ConfigError(f"compute_dtype {compute_dtype!r}: use one of {list(COMPUTE_DTYPES)}")
-    return name
-
-
 def require_context(context, projection):
     if projection is not None and context is None:
         raise ValueError("this layer is conditional: pass context=(batch, context_features)")
@@ -95,6 +90,10 @@ class ConvConditioner(nnx.Module):
     input. Gradients are unchanged. At 32x32, K=8, batch 64 XLA's temporary buffers drop
     207 -> 48 MB with bfloat16 products, for one more pass through the first two products;
     whether that is also faster depends on the CPU (see README, "Speed").
+
+    ``conv_impl``: ``'gemm'``, ``'lax'`` or ``'auto'`` (``flows.nn.backend.resolve_conv_impl``:
+    gemm on CPU, lax on GPU/TPU). The products run at the backend's default precision: the
+    network need not be exact, the coupling stays exactly triangular whatever it computes.
     """
 
     def __init__(
@@ -106,9 +105,11 @@ class ConvConditioner(nnx.Module):
         context_features: int | None = None,
         compute_dtype: str = "float32",
         remat: bool = False,
+        conv_impl: str = "auto",
         rngs: nnx.Rngs,
     ):
         self.compute_dtype = check_compute_dtype(compute_dtype)
+        self.conv_impl = resolve_conv_impl(conv_impl)[0]
         self.remat = bool(remat)
         h = hidden_channels
         self.w1 = nnx.Param(hidden_kernel_init(rngs.params(), (3, 3, in_channels, h)))
@@ -130,26 +131,36 @@ class ConvConditioner(nnx.Module):
         if self.context_proj is not None:
             bias1 = bias1 + self.context_proj(context, x.ndim)
         weights = (self.w1[...], bias1, self.w2[...], self.b2[...], self.w3[...], self.b3[...])
-        net = functools.partial(_conv_net, compute_dtype=cd)
+        net = functools.partial(_conv_net, compute_dtype=cd, impl=self.conv_impl)
         if self.remat:
             net = jax.checkpoint(net)
         return net(x, *weights)
 
 
-def _conv_net(x, w1, b1, w2, b2, w3, b3, compute_dtype):
-    h = conv2d_same(x, w1, compute_dtype) + b1
+def _conv_net(x, w1, b1, w2, b2, w3, b3, compute_dtype, impl):
+    h = conv2d(x, w1, compute_dtype, impl=impl) + b1
     # With a compute dtype the hidden activations are stored in it (the cast fuses into
     # the ReLU): the next product reads them as they are, and autodiff keeps half.
-    h = relu_to(h, compute_dtype)
-    h = relu_to(dense(h, w2, compute_dtype) + b2, compute_dtype)
-    return conv2d_same(h, w3, compute_dtype) + b3
+    h = relu_to(h, compute_dtype, impl)
+    h = relu_to(linear(h, w2, compute_dtype, impl=impl) + b2, compute_dtype, impl)
+    return conv2d(h, w3, compute_dtype, impl=impl) + b3
 
 
 class ZeroConvConditioner(nnx.Module):
     """A single zero-initialised 3x3 conv (Glow's ``Conv2dZeros`` for split priors), plus an
-    optional zero-initialised projection of the context."""
+    optional zero-initialised projection of the context. ``conv_impl``: see
+    ``ConvConditioner``."""
 
-    def __init__(self, in_channels, out_channels, *, context_features=None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        *,
+        context_features=None,
+        conv_impl: str = "auto",
+        rngs: nnx.Rngs,
+    ):
+        self.conv_impl = resolve_conv_impl(conv_impl)[0]
         self.w = nnx.Param(jnp.zeros((3, 3, in_channels, out_channels)))
         self.b = nnx.Param(jnp.zeros((out_channels,)))
         self.context_proj = (
@@ -160,7 +171,7 @@ class ZeroConvConditioner(nnx.Module):
 
     def __call__(self, x, context=None):
         require_context(context, self.context_proj)
-        h = conv2d_same(x, self.w[...]) + self.b[...]
+        h = conv2d(x, self.w[...], impl=self.conv_impl) + self.b[...]
         if self.context_proj is not None:
             h = h + self.context_proj(context, h.ndim)
         return h

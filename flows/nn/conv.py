@@ -165,3 +165,45 @@ def dense(x: jax.Array, w: jax.Array, compute_dtype=None) -> jax.Array:
     ``conv2d_same``: the weight gradient is one GEMM contracting every leading axis, which
     XLA:CPU runs on its fast kernel (autodiff's transposed product inside a scan does not)."""
     return conv2d_same(x, w.reshape(1, 1, *w.shape), compute_dtype)
+
+
+def lax_conv2d_same(x: jax.Array, w: jax.Array, compute_dtype=None) -> jax.Array:
+    """``conv2d_same`` as one ``lax.conv_general_dilated`` (NHWC x HWIO), differentiated by
+    JAX's own rules (so ``jax.jvp`` / ``jax.jacfwd`` work, and GPU/TPU run their convolution
+    kernels). ``compute_dtype``: both operands rounded to it, the sum in w's dtype."""
+    if compute_dtype is not None:
+        x, wc = x.astype(compute_dtype), w.astype(compute_dtype)
+    else:
+        wc = w
+    return jax.lax.conv_general_dilated(
+        x,
+        wc,
+        (1, 1),
+        same_pads(w),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        preferred_element_type=w.dtype,
+    )
+
+
+def lax_dense(x: jax.Array, w: jax.Array, compute_dtype=None) -> jax.Array:
+    """``dense`` as a plain product with autodiff (see ``lax_conv2d_same``)."""
+    if compute_dtype is not None:
+        x, wc = x.astype(compute_dtype), w.astype(compute_dtype)
+    else:
+        wc = w
+    return jnp.einsum("...c,co->...o", x, wc, preferred_element_type=w.dtype)
+
+
+CONV2D = {"gemm": conv2d_same, "lax": lax_conv2d_same}
+DENSE = {"gemm": dense, "lax": lax_dense}
+
+
+def conv2d(x: jax.Array, w: jax.Array, compute_dtype=None, *, impl: str) -> jax.Array:
+    """The SAME-padded stride-1 convolution by the resolved ``impl`` ('gemm' or 'lax', see
+    ``flows.nn.backend.resolve_conv_impl``); both compute the same map."""
+    return CONV2D[impl](x, w, compute_dtype)
+
+
+def linear(x: jax.Array, w: jax.Array, compute_dtype=None, *, impl: str) -> jax.Array:
+    """``x[..., c] @ w[c, o]`` by the resolved ``impl`` ('gemm' or 'lax')."""
+    return DENSE[impl](x, w, compute_dtype)
