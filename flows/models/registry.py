@@ -157,6 +157,8 @@ def build_model(model_config, image_shape, num_classes: int, *, rngs: nnx.Rngs) 
     )
     if values["dequantization"] != "uniform":
         sizes = {arg: int(values[field]) for field, arg in DEQUANTIZER_FIELDS.items()}
+        # The family's convolution kernels ('auto' for a family without the field).
+        sizes["conv_impl"] = values.get("conv_impl", "auto")
         model.dequantizer = make_dequantizer(
             values["dequantization"], image_shape, rngs=rngs, **sizes
         )
