@@ -7,6 +7,7 @@ A rerun with another config than the workdir's is refused (exit 2, naming each c
 unless ``--allow_config_change``; ``--debug`` shows tracebacks of user errors.
 """
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
@@ -30,7 +31,8 @@ def main(argv):
     record = train_and_evaluate(
         _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value
     )
-    print(f"test: {summary_line(record)} -> {_WORKDIR.value}/eval_test.json")
+    if jax.process_index() == 0:  # every process of a multi-host run returns the record
+        print(f"test: {summary_line(record)} -> {_WORKDIR.value}/eval_test.json")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,15 @@ The noise is a pure function of (key, example index, draw index): draw i of exam
 ``uniform(fold_in(fold_in(key, n), i))`` (``dequantization_noise``; a variational dequantizer
 maps it through its flow), so an evaluation is reproducible and its per-example numbers do
 not depend on the batch size or on padding.
+
+Sharded over every device (of every process; ``eval_devices``): each batch is split along a
+1-D ``'data'`` mesh, the model's state replicated, and ``jax.shard_map`` runs the per-example
+computation on each device's own slice only; the per-example outputs are gathered back
+(replicated) so every process holds all of them. The batch is rounded up to a multiple of the
+device count (the padding's outputs are dropped). In a multi-process run every process
+iterates over the same batches and hands over its own rows (``_process_rows``). Because the
+noise is a function of the example's index, the per-example numbers are those of a
+one-device evaluation.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flows.metrics import (
     bits_per_dim,
@@ -40,10 +50,14 @@ def _batches(num_examples: int, batch_size: int):
         yield start, min(start + batch_size, num_examples)
 
 
-def _padded_batches(data, batch_size: int):
-    """``(a, b, images, labels, indices)`` per batch of ``batch_size`` examples: the last one
-    padded with copies of its last example, so the step compiles once; ``indices`` are the
-    examples' positions in the split (the padding's run on past the end)."""
+def _padded_batches(data, batch_size: int, mesh: Mesh | None = None):
+    """``(a, b, images, labels, indices)`` per batch of ``batch_size`` examples (rounded up to
+    a multiple of ``mesh``'s device count): the last one padded with copies of its last
+    example, so the step compiles once; ``indices`` are the examples' positions in the split
+    (the padding's run on past the end). With ``mesh``, the arrays are global arrays sharded
+    over its ``'data'`` axis, each process supplying its own rows; without, host arrays."""
+    if mesh is not None:
+        batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
     for a, b in _batches(data.num_examples, batch_size):
         images, labels = data.images[a:b], data.labels[a:b]
         pad = batch_size - (b - a)
@@ -51,7 +65,71 @@ def _padded_batches(data, batch_size: int):
             images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
             labels = np.concatenate([labels, np.repeat(labels[-1:], pad, 0)])
         indices = np.arange(a, a + batch_size, dtype=np.int32)
-        yield a, b, jnp.asarray(images), jnp.asarray(labels), jnp.asarray(indices)
+        arrays = (images, labels.astype(np.int32), indices)
+        if mesh is None:
+            yield a, b, *(jnp.asarray(x) for x in arrays)
+        else:
+            rows = _process_rows(batch_size)
+            sharded = NamedSharding(mesh, PartitionSpec("data"))
+            yield (
+                a,
+                b,
+                *(jax.make_array_from_process_local_data(sharded, x[rows]) for x in arrays),
+            )
+
+
+def eval_devices() -> list:
+    """The devices an evaluation is sharded over: every device of every process."""
+    return jax.devices()
+
+
+def _eval_mesh() -> Mesh:
+    return Mesh(np.asarray(eval_devices()), ("data",))
+
+
+def _process_rows(global_batch_size: int) -> slice:
+    """This process's rows of a global batch (processes own equal, consecutive device
+    blocks of the mesh, as in ``jax.devices()``)."""
+    per_process = global_batch_size // jax.process_count()
+    return slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
+
+
+def _sharded(fn, mesh: Mesh, num_outputs: int):
+    """``fn(state, images, labels, indices, key)`` run by each device of ``mesh`` on its own
+    slice of the batch (state and key replicated), jitted, with its outputs gathered to every
+    device (replicated: readable by every process)."""
+    data, rep = PartitionSpec("data"), PartitionSpec()
+    mapped = jax.shard_map(
+        fn,
+        mesh=mesh,
+        in_specs=(rep, data, data, data, rep),
+        out_specs=(data,) * num_outputs,
+        # The models' scans start their carries from fresh zeros (not marked as varying
+        # over 'data'); nothing here reduces over the axis, so the check has nothing to find.
+        check_vma=False,
+    )
+    return jax.jit(mapped, out_shardings=(NamedSharding(mesh, rep),) * num_outputs)
+
+
+def _replicated(tree, mesh: Mesh):
+    """``tree`` on every device of ``mesh`` (a no-op for the training state, which is). With
+    several processes ``device_put`` cannot reach the other processes' devices: each process
+    hands over its own (identical) copy."""
+    target = NamedSharding(mesh, PartitionSpec())
+
+    def put(x):
+        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(target, x.ndim):
+            return x
+        if jax.process_count() == 1:
+            return jax.device_put(x, target)
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = jax.make_array_from_process_local_data(
+                target, np.asarray(jax.random.key_data(x))
+            )
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.make_array_from_process_local_data(target, np.asarray(x))
+
+    return jax.tree.map(put, tree)
 
 
 def dequantization_noise(key, example_indices, draw, shape) -> jax.Array:
@@ -87,10 +165,10 @@ def bound_name(num_samples: int) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _batch_bits_per_dim_fn(graphdef, num_dims, num_bins, num_samples, conditional):
-    """One jitted function per model structure, so repeated evaluations compile once."""
+def _batch_bits_per_dim_fn(graphdef, num_dims, num_bins, num_samples, conditional, mesh):
+    """One jitted function per model structure and mesh, so repeated evaluations compile
+    once."""
 
-    @jax.jit
     def batch_bpd(state, images, labels, indices, key):
         m = nnx.merge(graphdef, state)
         context = labels if conditional else None
@@ -103,9 +181,9 @@ def _batch_bits_per_dim_fn(graphdef, num_dims, num_bins, num_samples, conditiona
             num_bins,
             num_samples,
         )  # (k, B)
-        return bits_per_dim(importance_weighted_log_prob(log_probs), num_dims, num_bins)
+        return (bits_per_dim(importance_weighted_log_prob(log_probs), num_dims, num_bins),)
 
-    return batch_bpd
+    return _sharded(batch_bpd, mesh, 1)
 
 
 def per_example_bits_per_dim(
@@ -113,12 +191,19 @@ def per_example_bits_per_dim(
 ) -> np.ndarray:
     """Bits/dim of every example of ``data`` (an ``ImageData``), shape (N,)."""
     graphdef, state = nnx.split(model)
+    mesh = _eval_mesh()
     batch_bpd = _batch_bits_per_dim_fn(
-        graphdef, math.prod(data.image_shape), data.num_bins, num_samples, is_conditional(model)
+        graphdef,
+        math.prod(data.image_shape),
+        data.num_bins,
+        num_samples,
+        is_conditional(model),
+        mesh,
     )
+    state, key = _replicated((state, key), mesh)
     out = np.empty((data.num_examples,), np.float64)
-    for a, b, images, labels, indices in _padded_batches(data, batch_size):
-        bpd = batch_bpd(state, images, labels, indices, key)
+    for a, b, images, labels, indices in _padded_batches(data, batch_size, mesh):
+        (bpd,) = batch_bpd(state, images, labels, indices, key)
         out[a:b] = np.asarray(bpd)[: b - a]
         if progress is not None:
             progress(b - a)
@@ -145,10 +230,9 @@ def evaluate_bits_per_dim(model, data, *, batch_size, key, num_samples=1, progre
 
 
 @functools.lru_cache(maxsize=16)
-def _batch_conditional_fn(graphdef, num_dims, num_bins, num_samples):
+def _batch_conditional_fn(graphdef, num_dims, num_bins, num_samples, mesh):
     """Per example: conditional bits/dim, marginal bits/dim, log p(y|x) for every class."""
 
-    @jax.jit
     def batch_eval(state, images, labels, indices, key):
         m = nnx.merge(graphdef, state)
         per_draw = _over_draws(
@@ -165,7 +249,7 @@ def _batch_conditional_fn(graphdef, num_dims, num_bins, num_samples):
             log_posterior,
         )
 
-    return batch_eval
+    return _sharded(batch_eval, mesh, 3)
 
 
 def per_example_conditional(
@@ -175,10 +259,14 @@ def per_example_conditional(
     ``accuracy`` (1 where Bayes' rule picks the true label) and ``label_nll_nats``
     (-log p(y|x)), each an array of shape (N,)."""
     graphdef, state = nnx.split(model)
-    fn = _batch_conditional_fn(graphdef, math.prod(data.image_shape), data.num_bins, num_samples)
+    mesh = _eval_mesh()
+    fn = _batch_conditional_fn(
+        graphdef, math.prod(data.image_shape), data.num_bins, num_samples, mesh
+    )
+    state, key = _replicated((state, key), mesh)
     n = data.num_examples
     cond, marg, correct, nll = (np.empty((n,)) for _ in range(4))
-    for a, b, images, labels, indices in _padded_batches(data, batch_size):
+    for a, b, images, labels, indices in _padded_batches(data, batch_size, mesh):
         c, mg, log_post = jax.device_get(fn(state, images, labels, indices, key))
         k, labels = b - a, data.labels[a:b]
         cond[a:b], marg[a:b] = c[:k], mg[:k]

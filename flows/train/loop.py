@@ -77,7 +77,8 @@ def run_steps(run: Run, board: tensorboard.Board | None = None) -> None:
     # The checkpoint comes after the step's metrics record is written: a checkpoint never
     # exists without the records up to its step (records after it are dropped on resume).
     save_checkpoint = periodic.SaveCheckpoint(tc.checkpoint_every, wall_time)
-    os.makedirs(wd.path(run.workdir, wd.SAMPLES), exist_ok=True)
+    if run.is_main:  # process 0 writes the run's files
+        os.makedirs(wd.path(run.workdir, wd.SAMPLES), exist_ok=True)
     bar = tqdm(
         total=tc.num_train_steps,
         initial=run.start_step,

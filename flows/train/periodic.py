@@ -102,7 +102,8 @@ class LogTrainMetrics(PeriodicAction):
         self.pending, self.t_last = [], now
         if record["nonfinite_steps"] > self.skipped_reported:
             self.skipped_reported = record["nonfinite_steps"]
-            tqdm.write(f"step {step}: {self.skipped_reported} non-finite steps skipped so far")
+            if run.is_main:
+                tqdm.write(f"step {step}: {self.skipped_reported} non-finite steps skipped so far")
         if record["consecutive_nonfinite"] >= run.config.optim.max_consecutive_nonfinite:
             raise TrainingError(
                 f"step {step}: {record['consecutive_nonfinite']} non-finite steps in a row; "

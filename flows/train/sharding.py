@@ -18,9 +18,11 @@ def initialize_distributed(config) -> None:
     """``jax.distributed.initialize`` from ``config.train.distributed`` (a no-op when off).
 
     Fields: ``enabled``, ``coordinator_address`` ('' = auto-detect on TPU / SLURM / ...),
-    ``num_processes`` (0 = auto), ``process_id`` (-1 = auto).
+    ``num_processes`` (0 = auto), ``process_id`` (-1 = auto). Once per process: a second run
+    in the same process (a resume, a sweep) keeps the connection (JAX allows one
+    ``initialize``, before the backend starts).
     """
-    if not config.enabled:
+    if not config.enabled or jax.distributed.is_initialized():
         return
     kwargs = {}
     if config.coordinator_address:
