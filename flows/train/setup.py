@@ -156,7 +156,7 @@ def _start_afresh(run: Run, earlier_run: bool, changes: dict) -> None:
     config.json but never a checkpoint) left (best/, samples, records, config history,
     TensorBoard events) must not be mixed into it; a directory no run wrote in keeps its
     files."""
-    if changes:
+    if changes and run.is_main:
         print(f"{run.workdir} holds no checkpoint: starting afresh with the new config")
     if earlier_run:
         run.best.delete_after(-1)  # through orbax: its manager may be writing in best/
@@ -227,16 +227,17 @@ def _resume(run: Run, stored_config: dict | None, allow_config_change: bool) -> 
     run.state, run.meta, run.start_step = state, meta, step
     run.best.delete_after(step)
     if run.best.latest_step() != meta.get("best_step"):
-        print(
-            f"{run.best.directory} does not hold step {meta.get('best_step')} that the "
-            f"checkpoint recorded as best: model selection starts again at step {step}"
-        )
+        if run.is_main:
+            print(
+                f"{run.best.directory} does not hold step {meta.get('best_step')} that the "
+                f"checkpoint recorded as best: model selection starts again at step {step}"
+            )
         run.meta.update(best_val_bpd=math.inf, best_step=None)
     if run.is_main:
         wd.truncate_metrics(run.workdir, step)
         if changes:
             wd.append_config_history(run.workdir, step, changes)
-    print(f"resumed from {run.checkpoints.step_path(step)}")
+        print(f"resumed from {run.checkpoints.step_path(step)}")
 
 
 def setup_run(config, workdir: str, *, allow_config_change: bool = False) -> Run:
