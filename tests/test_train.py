@@ -1,4 +1,5 @@
-"""Four forced CPU devices train like one. Training end to end: test_user_paths.py (every
+"""Four forced CPU devices train and evaluate like one (two processes with two devices
+each: scripts/check_distributed.py). Training end to end: test_user_paths.py (every
 config's :smoke and every CLI), test_crash_resume.py (SIGKILL and resume),
 test_bad_inputs.py, test_workdir_contract.py."""
 
@@ -51,6 +52,16 @@ def test_four_cpu_devices_match_one_device():
         (a1, a2, pa), (b1, b2, pb) = results
         np.testing.assert_allclose([a1, a2], [b1, b2], rtol=1e-5)
         np.testing.assert_allclose(pa, pb, rtol=1e-4, atol=1e-5)
+
+        # Evaluation sharded over the 4 devices (each its own slice) equals one device's.
+        from flows import evaluation
+        model = state.model(graphdef, use_ema=False)
+        test = data_lib.load_datasets(config.data)["test"]
+        kw = dict(batch_size=30, key=jax.random.key(5))
+        on_four = evaluation.per_example_bits_per_dim(model, test, **kw)
+        evaluation.eval_devices = lambda: jax.devices()[:1]
+        on_one = evaluation.per_example_bits_per_dim(model, test, **kw)
+        np.testing.assert_allclose(on_four, on_one, rtol=1e-5)
         print("OK", a1, a2, b1, b2)
         """
     )
