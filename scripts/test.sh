@@ -17,5 +17,15 @@ workers="${FLOWS_TEST_WORKERS:-auto}"
 if [ "$workers" = "1" ]; then
     python -m pytest -q "$@"
 else
+    # With no arguments: every test file, the longest first (pytest keeps the order of the
+    # files it is given), so no worker starts a long file while the others run out of work.
+    if [ "$#" -eq 0 ]; then
+        longest=(tests/test_user_paths.py tests/test_bijectors.py tests/test_toy_tables.py
+            tests/test_invertible_backprop.py tests/test_workdir_contract.py)
+        set -- "${longest[@]}"
+        for file in tests/test_*.py; do
+            [[ " ${longest[*]} " == *" $file "* ]] || set -- "$@" "$file"
+        done
+    fi
     python -m pytest -q -n "$workers" --dist loadfile "$@"
 fi
