@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import inspect
 import json
 import math
 import os
@@ -311,17 +310,12 @@ def registry_section(entries: str) -> dict:
 
 # -- the Glow -----------------------------------------------------------------------------------
 def glow_kwargs(args) -> dict:
-    """``conv_impl`` / ``compute_dtype`` for ``Glow``: only those given, and only if accepted."""
-    accepted = inspect.signature(Glow.__init__).parameters
-    kw = {}
-    for name in ("conv_impl", "compute_dtype"):
-        value = getattr(args, name)
-        if value is None:
-            continue
-        if name not in accepted:
-            raise SystemExit(f"--{name}={value}: this checkout's Glow takes no {name!r}")
-        kw[name] = value
-    return kw
+    """``conv_impl`` / ``compute_dtype`` for ``Glow``: only those given on the command line."""
+    return {
+        name: getattr(args, name)
+        for name in ("conv_impl", "compute_dtype")
+        if getattr(args, name) is not None
+    }
 
 
 class GlowSetup:

@@ -45,9 +45,20 @@ from flows.metrics import (
 from flows.models.base import is_conditional
 
 
-def _batches(num_examples: int, batch_size: int):
-    for start in range(0, num_examples, batch_size):
-        yield start, min(start + batch_size, num_examples)
+def padded_batches(tree, num_examples: int, batch_size: int):
+    """``(a, b, rows)`` for consecutive batches ``a:b`` of ``num_examples`` examples, in
+    order: ``rows`` is rows ``a:b`` of every leaf of ``tree`` (axis 0, as numpy), the last
+    batch padded to ``batch_size`` rows with copies of row ``b - 1``, so that a compiled
+    function sees one shape (the caller drops the outputs past ``b - a``)."""
+
+    def rows(leaf, a, b):
+        leaf = np.asarray(leaf)[a:b]
+        pad = batch_size - (b - a)
+        return np.concatenate([leaf, np.repeat(leaf[-1:], pad, 0)]) if pad else leaf
+
+    for a in range(0, num_examples, batch_size):
+        b = min(a + batch_size, num_examples)
+        yield a, b, jax.tree.map(lambda leaf, a=a, b=b: rows(leaf, a, b), tree)
 
 
 def _padded_batches(data, batch_size: int, mesh: Mesh | None = None):
@@ -58,12 +69,8 @@ def _padded_batches(data, batch_size: int, mesh: Mesh | None = None):
     over its ``'data'`` axis, each process supplying its own rows; without, host arrays."""
     if mesh is not None:
         batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
-    for a, b in _batches(data.num_examples, batch_size):
-        images, labels = data.images[a:b], data.labels[a:b]
-        pad = batch_size - (b - a)
-        if pad:
-            images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
-            labels = np.concatenate([labels, np.repeat(labels[-1:], pad, 0)])
+    batches = padded_batches((data.images, data.labels), data.num_examples, batch_size)
+    for a, b, (images, labels) in batches:
         indices = np.arange(a, a + batch_size, dtype=np.int32)
         arrays = (images, labels.astype(np.int32), indices)
         if mesh is None:

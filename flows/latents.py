@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from flows.errors import ConfigError
+from flows.evaluation import padded_batches
 from flows.metrics import dequantize_with_noise, quantize
 from flows.models.base import is_conditional
 
@@ -52,18 +53,6 @@ def num_examples(latents) -> int:
 def take(latents, indices):
     """The examples ``indices`` of every leaf (numpy indexing on axis 0)."""
     return jax.tree.map(lambda z: np.asarray(z)[np.asarray(indices)], latents)
-
-
-def _padded(tree, a: int, b: int, size: int):
-    """Rows ``a:b`` of every leaf of ``tree``, padded to ``size`` rows with copies of row
-    ``b - 1`` (so a compiled function sees one shape)."""
-
-    def one(z):
-        z = np.asarray(z)[a:b]
-        pad = size - (b - a)
-        return np.concatenate([z, np.repeat(z[-1:], pad, 0)]) if pad else z
-
-    return jax.tree.map(one, tree)
 
 
 def _concat(chunks):
@@ -162,9 +151,7 @@ def encode_split(model, data, *, batch_size: int, progress=None) -> EncodedSplit
     n = data.num_examples
     batch_size = min(batch_size, n)
     chunks, errors, exact = [], [], []
-    for a in range(0, n, batch_size):
-        b = min(a + batch_size, n)
-        images, labels = _padded((data.images, data.labels), a, b, batch_size)
+    for a, b, (images, labels) in padded_batches((data.images, data.labels), n, batch_size):
         try:
             latents, error, ok = jax.device_get(fn(state, images, labels))
         except NotImplementedError as e:
@@ -217,9 +204,7 @@ def decode(model, latents, context=None, *, batch_size: int) -> np.ndarray:
     graphdef, state = nnx.split(model)
     fn = _decode_fn(graphdef, is_conditional(model))
     out = []
-    for a in range(0, n, batch_size):
-        b = min(a + batch_size, n)
-        z, y = _padded((latents, context), a, b, batch_size)
+    for a, b, (z, y) in padded_batches((latents, context), n, batch_size):
         try:
             out.append(np.asarray(fn(state, z, y))[: b - a])
         except NotImplementedError as e:
