@@ -26,6 +26,12 @@ def no_extra_arguments(argv) -> None:
         raise ConfigError(f"unexpected arguments {argv[1:]} (flags are --name=value)")
 
 
+def use_ema(params: str) -> bool | None:
+    """``--params``: 'ema' or 'raw' parameters; 'auto' (None) follows the run's
+    ``config.eval.use_ema`` (``flows.train.restore.load_run``)."""
+    return None if params == "auto" else params == "ema"
+
+
 def run(main) -> None:
     """``absl.app.run(main)``, with user errors reported as one line and exit status 2."""
 

@@ -84,8 +84,7 @@ def _in_distribution(config) -> data_lib.ImageData:
 
 def _load(workdir: str):
     """``(model, config, info)`` of the checkpoint and parameters the flags choose."""
-    use_ema = None if _PARAMS.value == "auto" else _PARAMS.value == "ema"
-    return load_run(workdir, checkpoint=_CHECKPOINT.value, use_ema=use_ema)
+    return load_run(workdir, checkpoint=_CHECKPOINT.value, use_ema=cli.use_ema(_PARAMS.value))
 
 
 def _add_provenance(record: dict, info: dict, config, t0: float) -> None:

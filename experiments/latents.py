@@ -230,8 +230,9 @@ def main(argv):
     wd.load_config(_WORKDIR.value)  # "not a training workdir" before anything else
     num_classes = int(wd.load_data_info(_WORKDIR.value)["num_classes"] or 1)
     classes = _check_classes(checked["classes"], num_classes)
-    use_ema = None if _PARAMS.value == "auto" else _PARAMS.value == "ema"
-    model, config, info = load_run(_WORKDIR.value, checkpoint=_CHECKPOINT.value, use_ema=use_ema)
+    model, config, info = load_run(
+        _WORKDIR.value, checkpoint=_CHECKPOINT.value, use_ema=cli.use_ema(_PARAMS.value)
+    )
     data = data_lib.load_datasets(config.data)[_SPLIT.value]
     if data is None:
         raise ConfigError(f"the run has no {_SPLIT.value} split (data.validation_size = 0)")
