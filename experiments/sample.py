@@ -4,6 +4,12 @@
     python -m experiments.sample --workdir=runs/digits_cond --label=3        # one class
     python -m experiments.sample --workdir=runs/digits_cond --class_grid \
         --temperatures=0.5,0.7,0.85,1.0                # one row per class, a column per T
+    python -m experiments.sample --workdir=runs/tarflow_digits_cond --class_grid --guidance=2
+    python -m experiments.sample --workdir=runs/tarflow_digits_gen --denoise
+
+``--guidance=w`` (classifier-free guidance) needs a conditional run trained with
+``model.label_dropout > 0``; ``--denoise`` one trained with ``model.noise_sigma > 0``
+(``flows.models.base``).
 
 Writes a PNG (``--out``, default in the workdir) and prints its path.
 """
@@ -30,6 +36,8 @@ _CLASS_GRID = flags.DEFINE_bool("class_grid", False, "Rows = classes, columns = 
 _TEMPS = flags.DEFINE_list("temperatures", ["0.5", "0.7", "0.85", "1.0"], "For --class_grid.")
 _PER_CELL = flags.DEFINE_integer("per_temperature", 2, "Samples per class and temperature.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_GUIDANCE = flags.DEFINE_float("guidance", 0.0, "Classifier-free guidance weight (0: none).")
+_DENOISE = flags.DEFINE_bool("denoise", False, "Denoise samples (noise-augmented runs).")
 _OUT = flags.DEFINE_string("out", None, "Output PNG path.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -44,6 +52,13 @@ def main(argv):
         raise ConfigError("--label and --class_grid need a label-conditioned run")
     if _LABEL.value is not None and not 0 <= _LABEL.value < model.num_classes:
         raise ConfigError(f"--label must be in 0..{model.num_classes - 1}, got {_LABEL.value}")
+    model.check_guidance(_GUIDANCE.value)
+    if _DENOISE.value and not model.noise_sigma > 0:
+        raise ConfigError("--denoise needs a run trained with model.noise_sigma > 0")
+    options = {"guidance": _GUIDANCE.value, "denoise": _DENOISE.value}
+    tag = (f"_w{_GUIDANCE.value:g}" if _GUIDANCE.value else "") + (
+        "_denoised" if _DENOISE.value else ""
+    )
     if _CLASS_GRID.value:
         temps = [float(t) for t in _TEMPS.value]
         rows = []
@@ -51,10 +66,10 @@ def main(argv):
             labels = jnp.full((_PER_CELL.value,), y)
             for i, t in enumerate(temps):
                 k = jax.random.fold_in(jax.random.fold_in(key, y), i)
-                rows.append(sample_compiled(model, _PER_CELL.value, k, t, labels))
+                rows.append(sample_compiled(model, _PER_CELL.value, k, t, labels, **options))
         images = np.asarray(quantize(jnp.concatenate(rows), num_bins))
         ncols = _PER_CELL.value * len(temps)
-        name = f"class_grid_T{'-'.join(_TEMPS.value)}.png"
+        name = f"class_grid_T{'-'.join(_TEMPS.value)}{tag}.png"
         desc = f"rows: classes 0..{model.num_classes - 1}; column groups: T = {temps}"
     else:
         context = None
@@ -62,13 +77,17 @@ def main(argv):
             y = _LABEL.value
             context = jnp.full((_NUM.value,), y) if y is not None else jnp.arange(_NUM.value)
             context = context % model.num_classes
-        x = sample_compiled(model, _NUM.value, key, _T.value, context)
+        x = sample_compiled(model, _NUM.value, key, _T.value, context, **options)
         images, ncols = np.asarray(quantize(x, num_bins)), None
         suffix = f"_label{_LABEL.value}" if _LABEL.value is not None else ""
-        name = f"samples_T{_T.value}{suffix}.png"
+        name = f"samples_T{_T.value}{suffix}{tag}.png"
         desc = f"T = {_T.value}" + (f", label {_LABEL.value}" if _LABEL.value is not None else "")
     out = _OUT.value or os.path.join(_WORKDIR.value, name)
     plotting.save_image_grid(out, images, num_bins, ncols=ncols)
+    if _GUIDANCE.value:
+        desc += f", guidance {_GUIDANCE.value:g}"
+    if _DENOISE.value:
+        desc += f", denoised (sigma {model.noise_sigma:g})"
     provenance = f"{info['parameters']} params, step {info['checkpoint_step']}"
     print(f"{len(images)} samples ({desc}; {provenance}) -> {out}")
 

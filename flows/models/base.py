@@ -17,12 +17,22 @@ Every family subclasses ``DensityModel`` and implements
 
 and inherits ``inverse``, ``sample``, and for label-conditioned models (``num_classes`` set)
 ``class_log_likelihoods``, ``marginal_log_prob``, ``classify`` (Bayes' rule) and
-``set_label_prior``. ``log_prob_and_aux_loss`` is the training objective's hook: a family with
+``set_label_prior``, and ``sample(..., guidance=w, denoise=True)``.
+``log_prob_and_aux_loss`` is the training objective's hook: a family with
 an auxiliary loss (Glow's ``weight_y`` classifier) overrides it, so the trainer never needs to
 know which family it runs. ``dequantize(images, noise, num_bins) -> (x, log q(u | v))``
 turns integer images into x with the model's dequantizer (uniform unless the config asks for
 a variational one, ``flows.bijectors.dequantizer``); objectives and evaluation bound
 ``log P(v)`` through it, whatever the family.
+
+Classifier-free guidance: a family whose networks can run without a label (the all-zero
+class weights of ``null_context``, which label dropout, ``model.label_dropout``, trains)
+overrides ``guided_inverse(latents, context=..., guidance=w)``; with guidance w it extrapolates
+its networks' outputs away from the unconditional ones, ``(1 + w) f(. | y) - w f(. | none)``.
+The default raises ``ConfigError``. Gaussian noise augmentation (``model.noise_sigma``,
+TarFlow's generation mode): the model was trained on ``x + sigma * N(0, I)``, so it is a
+density of noisy images and ``denoise`` removes the noise from a sample in one step of
+Tweedie's formula, ``x + sigma^2 grad_x log p(x | y)``.
 
 Conditioning: ``context`` is integer labels ``(batch,)`` in ``[0, num_classes)`` (one-hot
 encoded here, in float32; out of range: ``DatasetError`` for concrete labels, NaN features
@@ -42,7 +52,7 @@ from flax import nnx
 
 from flows.bijectors import Buffer
 from flows.bijectors.dequantizer import UniformDequantizer
-from flows.errors import DatasetError
+from flows.errors import ConfigError, DatasetError
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -80,6 +90,11 @@ class DensityModel(nnx.Module):
         # How integer images become x on the unit scale; build_model may replace it with a
         # learned one (model.dequantization = 'variational').
         self.dequantizer = UniformDequantizer()
+        # Set by build_model from config.model (flows.models.registry): the probability of
+        # training a label-conditioned model without its label, and the std of the Gaussian
+        # noise added to its training inputs (on the unit scale).
+        self.label_dropout = 0.0
+        self.noise_sigma = 0.0
         if num_classes is not None:
             # log p(y) for the marginal and Bayes' rule: uniform until set_label_prior().
             self.log_label_prior = Buffer(jnp.full((num_classes,), -math.log(num_classes)))
@@ -118,9 +133,64 @@ class DensityModel(nnx.Module):
     def inverse(self, latents, *, context=None):
         return self.inverse_and_log_det(latents, context=context)[0]
 
-    def sample(self, num: int, key: jax.Array, *, temperature: float = 1.0, context=None):
-        """``num`` images in [0, 1) (continuous; quantize with ``flows.metrics.quantize``)."""
-        return self.inverse(self.sample_latents(key, num, temperature), context=context)
+    def sample(
+        self,
+        num: int,
+        key: jax.Array,
+        *,
+        temperature: float = 1.0,
+        context=None,
+        guidance: float = 0.0,
+        denoise: bool = False,
+    ):
+        """``num`` images in [0, 1) (continuous; quantize with ``flows.metrics.quantize``).
+
+        ``guidance`` (a Python float, conditional models): classifier-free guidance weight,
+        0 for plain conditional samples. ``denoise``: one Tweedie step (``denoise``) for a
+        model trained with Gaussian noise."""
+        latents = self.sample_latents(key, num, temperature)
+        if guidance:
+            x = self.guided_inverse(latents, context=context, guidance=float(guidance))
+        else:
+            x = self.inverse(latents, context=context)
+        return self.denoise(x, context=context) if denoise else x
+
+    # -- guidance and denoising ---------------------------------------------------------
+    def null_context(self, batch: int):
+        """The "no label" context: all-zero class weights (batch, num_classes)."""
+        if self.num_classes is None:
+            raise ValueError("null_context needs a class-conditional model")
+        return jnp.zeros((batch, self.num_classes), jnp.float32)
+
+    def guided_inverse(self, latents, *, context, guidance: float):
+        """The inverse with classifier-free guidance weight ``guidance`` (families that
+        support it override this)."""
+        raise ConfigError(
+            f"{type(self).__name__} has no classifier-free guidance; sample with guidance=0"
+        )
+
+    def check_guidance(self, guidance: float) -> None:
+        """A one-line ``ConfigError`` unless guidance ``w >= 0`` can be used with this model
+        (w > 0: a conditional model trained with label dropout)."""
+        if not guidance:
+            return
+        if not guidance > 0:
+            raise ConfigError(f"guidance must be >= 0, got {guidance}")
+        if self.num_classes is None:
+            raise ConfigError("guidance needs a label-conditioned model")
+        if not self.label_dropout > 0:
+            raise ConfigError(
+                "guidance needs a model trained with model.label_dropout > 0 (its "
+                "unconditional branch was never trained)"
+            )
+
+    def denoise(self, x, *, context=None):
+        """One step of Tweedie's formula, ``x + sigma^2 grad_x log p(x | y)``, for a model
+        trained on inputs with Gaussian noise of std ``sigma = noise_sigma`` (unit scale)."""
+        if not self.noise_sigma > 0:
+            raise ConfigError("denoise needs a model trained with model.noise_sigma > 0")
+        score = jax.grad(lambda v: jnp.sum(self.log_prob(v, context=context)))(x)
+        return x + self.noise_sigma**2 * score
 
     # -- conditioning -------------------------------------------------------------------
     def context_features(self, labels):
@@ -195,10 +265,22 @@ class DensityModel(nnx.Module):
         return jax.nn.softmax(joint, axis=1)
 
 
-@functools.partial(nnx.jit, static_argnums=1)
-def sample_compiled(model: DensityModel, num: int, key, temperature, context=None):
-    """``model.sample(num, key, temperature=..., context=...)`` as one compiled program; the
-    temperature and the labels are traced, so a grid over temperatures and classes compiles
-    once per ``num`` (eager ``sample`` compiles each layer's ops separately, on every call).
-    Labels are not range-checked here (traced): out-of-range ones give NaN images."""
-    return model.sample(num, key, temperature=temperature, context=context)
+@functools.partial(nnx.jit, static_argnames=("num", "guidance", "denoise"))
+def sample_compiled(
+    model: DensityModel,
+    num: int,
+    key,
+    temperature,
+    context=None,
+    guidance: float = 0.0,
+    denoise: bool = False,
+):
+    """``model.sample(num, key, temperature=..., context=..., guidance=..., denoise=...)`` as
+    one compiled program; the temperature and the labels are traced, so a grid over
+    temperatures and classes compiles once per ``num`` and guidance weight (eager ``sample``
+    compiles each layer's ops separately, on every call). Labels are not range-checked here
+    (traced): out-of-range ones give NaN images."""
+    model.check_guidance(guidance)
+    return model.sample(
+        num, key, temperature=temperature, context=context, guidance=guidance, denoise=denoise
+    )

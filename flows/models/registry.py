@@ -7,7 +7,8 @@ A family registers itself in its own module (``flows/models/glow.py`` for Glow):
 
 ``config.model`` holds ``name``, ``conditional`` (p(x|y) with ``num_classes`` taken from the
 dataset), ``dequantization`` with the sizes of a variational dequantizer (attached to any
-family's model here, ``flows.bijectors.dequantizer``) and the family's own fields.
+family's model here, ``flows.bijectors.dequantizer``), ``label_dropout`` and ``noise_sigma``
+(training options any family takes, ``flows.train.objectives``) and the family's own fields.
 ``build_model`` is the only place that maps a config to a model; the trainer, evaluation,
 sampling and compare call it and then use only the ``DensityModel`` interface
 (``flows.models.base``). Adding a family is one module that calls ``register_model``
@@ -17,6 +18,7 @@ sampling and compare call it and then use only the ``DensityModel`` interface
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -35,6 +37,12 @@ COMMON_FIELDS: dict[str, Any] = {
     "dequantizer_hidden_channels": 32,
     "dequantizer_steps": 4,
     "dequantizer_segments": 8,
+    # Conditional models: the probability of training on an example without its label (the
+    # all-zero "no label" context), which classifier-free guidance needs at sampling.
+    "label_dropout": 0.0,
+    # Std of Gaussian noise added to the training inputs on the unit scale (TarFlow's
+    # generation mode; samples are then denoised, DensityModel.denoise). 0: none.
+    "noise_sigma": 0.0,
 }
 DEQUANTIZER_FIELDS = {
     "dequantizer_hidden_channels": "hidden_channels",
@@ -71,6 +79,10 @@ class ModelFamily:
             text = " ".join([self.name, *changed])
         if values["dequantization"] != "uniform":
             text += f", {values['dequantization']} dequantization"
+        if values["label_dropout"]:
+            text += f", label dropout {values['label_dropout']:g}"
+        if values["noise_sigma"]:
+            text += f", noise sigma {values['noise_sigma']:g}"
         return text
 
 
@@ -148,6 +160,13 @@ def build_model(model_config, image_shape, num_classes: int, *, rngs: nnx.Rngs) 
             f"model.name={family.name!r} has no field(s) {unknown}; its fields: {sorted(known)}"
         )
     values = {**family.config_defaults(), **{k: model_config[k] for k in model_config.keys()}}
+    label_dropout, noise_sigma = values["label_dropout"], values["noise_sigma"]
+    if not isinstance(label_dropout, int | float) or not 0 <= label_dropout < 1:
+        raise ConfigError(f"model.label_dropout must be in [0, 1), got {label_dropout!r}")
+    if label_dropout and not values["conditional"]:
+        raise ConfigError("model.label_dropout needs model.conditional=True")
+    if not isinstance(noise_sigma, int | float) or not 0 <= noise_sigma < math.inf:
+        raise ConfigError(f"model.noise_sigma must be a number >= 0, got {noise_sigma!r}")
     image_shape = tuple(int(d) for d in image_shape)
     model = family.build(
         values,
@@ -162,4 +181,6 @@ def build_model(model_config, image_shape, num_classes: int, *, rngs: nnx.Rngs) 
         model.dequantizer = make_dequantizer(
             values["dequantization"], image_shape, rngs=rngs, **sizes
         )
+    model.label_dropout = float(label_dropout)
+    model.noise_sigma = float(noise_sigma)
     return model

@@ -11,6 +11,19 @@ model ``p`` is ``p(x | y)``. Metric ``bpd``: the mean bits/dim alone; with a var
 dequantizer also ``dequant_entropy_bits``, ``-mean log q(u | v) / (D log 2)``: a one-draw
 estimate of q's entropy in bits/dim, 0 for uniform noise and negative as q concentrates
 (``bpd`` = the model's cross-entropy term minus it).
+
+Two options of any family (``config.model``, set on the model by ``build_model``):
+
+* ``label_dropout`` p: each example of a conditional model is trained without its label
+  with probability p (context: the all-zero class weights, ``DensityModel.null_context``),
+  so one network learns p(x | y) and p(x) and sampling can use classifier-free guidance.
+* ``noise_sigma``: Gaussian noise of that std is added to x after dequantization (TarFlow's
+  generation mode). The model is then a density of the noisy images, ``bpd`` in training
+  is theirs, and samples are denoised (``DensityModel.denoise``); evaluation still bounds
+  ``log P(v)`` on clean dequantized images (a valid bound, looser than a noise-free model's).
+
+Their random draws use keys folded from the step's key, so the uniform noise of a model
+without them is what it always was.
 """
 
 from __future__ import annotations
@@ -31,7 +44,14 @@ def density_loss(num_bins: int):
         images, labels = batch["image"], batch["label"]
         noise = jax.random.uniform(key, images.shape, jnp.float32)
         x, log_q = model.dequantize(images, noise, num_bins)
+        if model.noise_sigma:
+            x = x + model.noise_sigma * jax.random.normal(jax.random.fold_in(key, 2), x.shape)
         context = labels if is_conditional(model) else None
+        if context is not None and model.label_dropout:
+            keep = jax.random.bernoulli(
+                jax.random.fold_in(key, 1), 1.0 - model.label_dropout, labels.shape
+            )
+            context = model.context_features(labels) * keep[:, None].astype(jnp.float32)
         log_prob, aux_loss, aux_metrics = model.log_prob_and_aux_loss(x, context=context)
         num_dims = math.prod(images.shape[1:])
         bpd = jnp.mean(bits_per_dim(log_prob - log_q, num_dims, num_bins))

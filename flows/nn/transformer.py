@@ -1,0 +1,183 @@
+"""A pre-norm transformer over token sequences: the coupling network of Jet and of TarFlow.
+
+``Transformer(x, context) -> out`` for ``x`` of shape (batch, T, in_features):
+
+    h_0 = x W_in + b_in + P[:T] (+ context W_c)        learned positions P; context: labels
+    h_l = h_{l-1} + Attn(LN(h_{l-1}))                   (causal=True: token t sees tokens <= t)
+    h_l = h_l + MLP(LN(h_l))                            GELU, hidden mlp_ratio * width
+    out = LN(h_L) W_out + b_out                         W_out, b_out zero-initialised
+
+The output layer starts at zero, so a coupling (Jet) or an autoregressive block (TarFlow)
+that reads its shift and log-scale off ``out`` starts as the identity. With
+``context_features`` a learned projection of the context (one-hot labels or class weights;
+all-zero weights are the "no label" context of label dropout) is added to every token.
+
+The network need not be exact: a coupling stays exactly triangular whatever it computes, so
+its products run at the backend's default precision, in float32.
+
+Causal transformers can also run one token at a time with a key/value cache
+(``init_cache`` and ``decode_step``), which is how TarFlow inverts a block: step t reads the
+keys and values of tokens < t from the cache instead of recomputing them. ``decode_step``
+takes a traced position, so a ``lax.fori_loop`` / ``lax.scan`` over tokens compiles once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from flows.nn.conditioners import hidden_kernel_init
+
+_NEG = -1e30  # attention logit of a masked position (finite: no NaN from -inf - -inf)
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with one fused q/k/v projection."""
+
+    def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs):
+        if width % num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = width // num_heads
+        self.qkv = nnx.Linear(width, 3 * width, kernel_init=hidden_kernel_init, rngs=rngs)
+        self.out = nnx.Linear(width, width, kernel_init=hidden_kernel_init, rngs=rngs)
+
+    def _heads(self, h):
+        """(B, T, width) -> q, k, v each (B, heads, T, head_dim)."""
+        b, t, _ = h.shape
+        qkv = self.qkv(h).reshape(b, t, 3, self.num_heads, self.head_dim)
+        return (jnp.moveaxis(qkv[:, :, i], 1, 2) for i in range(3))
+
+    def _attend(self, q, k, v, mask):
+        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(self.head_dim)
+        if mask is not None:
+            logits = jnp.where(mask, logits, _NEG)
+        weights = jax.nn.softmax(logits, axis=-1)
+        o = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
+        b, _, t, _ = o.shape
+        return self.out(jnp.moveaxis(o, 1, 2).reshape(b, t, -1))
+
+    def __call__(self, h, *, causal: bool):
+        q, k, v = self._heads(h)
+        t = h.shape[1]
+        mask = jnp.tril(jnp.ones((t, t), bool)) if causal else None
+        return self._attend(q, k, v, mask)
+
+    def decode(self, h_t, t, cache):
+        """One token ``h_t`` (B, 1, width) at position ``t``; ``cache = (keys, values)`` each
+        (B, heads, T, head_dim), of which positions < t are filled. Returns (out, cache)."""
+        q, k, v = self._heads(h_t)
+        keys = jax.lax.dynamic_update_slice_in_dim(cache[0], k, t, axis=2)
+        values = jax.lax.dynamic_update_slice_in_dim(cache[1], v, t, axis=2)
+        mask = (jnp.arange(keys.shape[2]) <= t)[None, None, None, :]
+        return self._attend(q, keys, values, mask), (keys, values)
+
+
+class Block(nnx.Module):
+    """``h + Attn(LN(h))`` then ``h + MLP(LN(h))``."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: int, *, rngs: nnx.Rngs):
+        self.norm1 = nnx.LayerNorm(width, rngs=rngs)
+        self.attn = Attention(width, num_heads, rngs=rngs)
+        self.norm2 = nnx.LayerNorm(width, rngs=rngs)
+        hidden = mlp_ratio * width
+        self.fc1 = nnx.Linear(width, hidden, kernel_init=hidden_kernel_init, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, width, kernel_init=hidden_kernel_init, rngs=rngs)
+
+    def _mlp(self, h):
+        return self.fc2(jax.nn.gelu(self.fc1(self.norm2(h))))
+
+    def __call__(self, h, *, causal: bool):
+        h = h + self.attn(self.norm1(h), causal=causal)
+        return h + self._mlp(h)
+
+    def decode(self, h_t, t, cache):
+        a, cache = self.attn.decode(self.norm1(h_t), t, cache)
+        h_t = h_t + a
+        return h_t + self._mlp(h_t), cache
+
+
+class Transformer(nnx.Module):
+    """See the module docstring.
+
+    Args:
+      in_features, out_features: token features in and out.
+      num_tokens: T, the sequence length (the learned position embedding's size).
+      width, depth, num_heads, mlp_ratio: the blocks.
+      causal: token t attends to tokens <= t only (TarFlow); enables ``decode_step``.
+      context_features: size of the context vector (labels), or None.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        num_tokens: int,
+        width: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: int = 4,
+        causal: bool = False,
+        context_features: int | None = None,
+        rngs: nnx.Rngs,
+    ):
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.causal = bool(causal)
+        self.num_tokens = int(num_tokens)
+        self.num_heads = int(num_heads)
+        self.head_dim = width // num_heads
+        self.proj_in = nnx.Linear(in_features, width, kernel_init=hidden_kernel_init, rngs=rngs)
+        self.positions = nnx.Param(0.02 * jax.random.normal(rngs.params(), (num_tokens, width)))
+        self.context_proj = (
+            nnx.Linear(context_features, width, kernel_init=hidden_kernel_init, rngs=rngs)
+            if context_features
+            else None
+        )
+        self.blocks = nnx.List(
+            [Block(width, num_heads, mlp_ratio, rngs=rngs) for _ in range(depth)]
+        )
+        self.norm = nnx.LayerNorm(width, rngs=rngs)
+        zeros = nnx.initializers.zeros_init()
+        self.proj_out = nnx.Linear(width, out_features, kernel_init=zeros, rngs=rngs)
+
+    def _embed(self, x, positions, context):
+        h = self.proj_in(x) + positions
+        if self.context_proj is not None:
+            if context is None:
+                raise ValueError("this transformer is conditional: pass context")
+            h = h + self.context_proj(context)[:, None, :]
+        return h
+
+    def __call__(self, x, context=None):
+        if x.shape[1] != self.num_tokens:
+            raise ValueError(f"expected {self.num_tokens} tokens, got {x.shape[1]}")
+        h = self._embed(x, self.positions[...], context)
+        for block in self.blocks:
+            h = block(h, causal=self.causal)
+        return self.proj_out(self.norm(h))
+
+    # -- token by token (causal only) ---------------------------------------------------
+    def init_cache(self, batch: int, dtype=jnp.float32):
+        """Empty keys/values for every block: a list of (keys, values), each
+        (batch, heads, T, head_dim)."""
+        if not self.causal:
+            raise ValueError("a key/value cache needs a causal transformer")
+        shape = (batch, self.num_heads, self.num_tokens, self.head_dim)
+        return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in self.blocks]
+
+    def decode_step(self, x_t, t, cache, context=None):
+        """The output at position ``t`` (traced int) for the token ``x_t`` (B, 1, in)
+        given the cache of tokens < t; equals ``self(x)[:, t:t+1]`` for the full sequence.
+        Returns ``(out (B, 1, out_features), cache)``."""
+        position = jax.lax.dynamic_slice_in_dim(self.positions[...], t, 1, axis=0)
+        h = self._embed(x_t, position, context)
+        new_cache = []
+        for block, c in zip(self.blocks, cache, strict=True):
+            h, c = block.decode(h, t, c)
+            new_cache.append(c)
+        return self.proj_out(self.norm(h)), new_cache
