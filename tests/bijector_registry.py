@@ -1,4 +1,6 @@
-"""One registry of every bijector, each in a few configurations, including conditioned ones.
+"""One registry of every bijector and every whole model (a ``DensityModel`` is a bijection of
+images on the unit scale onto a pytree of latents), each in a few configurations, including
+conditioned ones.
 
 Generic tests (``test_bijectors.py``) run on every entry: round trip, log-det against the
 autodiff Jacobian, log-det of the inverse, jit against no-jit. A new layer is tested by adding
@@ -17,7 +19,7 @@ from flows import bijectors as B
 from flows.bijectors.dequantizer import VariationalDequantizer
 from flows.bijectors.spline import RationalQuadraticSpline, spline_coupling
 from flows.bijectors.vector import mlp_coupling
-from flows.models.glow import GlowLevel
+from flows.models.glow import Glow, GlowLevel
 from flows.models.steps import StepStack, glow_step
 
 
@@ -166,6 +168,21 @@ REGISTRY: list[Entry] = [
         ),
         (4, 2, 1),
         context_features=(4, 2, 1),
+        domain="unit",
+    ),  # ---- whole models: image on the unit scale -> latents, context = class weights ----
+    Entry(
+        "glow_model_cond",
+        lambda r: Glow(
+            (4, 4, 1),
+            num_levels=2,
+            num_steps=1,
+            hidden_channels=8,
+            num_classes=3,
+            condition_on="all",
+            rngs=r,
+        ),
+        (4, 4, 1),
+        context_features=3,
         domain="unit",
     ),
 ]
