@@ -36,13 +36,14 @@ def base_config(model: str = "glow") -> ml_collections.ConfigDict:
     c.model = _section(family.config_defaults(), family.optional_types)
 
     c.optim = ml_collections.ConfigDict()
-    c.optim.name = "adamax"  # Glow's released code; 'adam' also available
+    c.optim.name = "adamax"  # Glow's released code; 'adam' and 'adamw' also available
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 500
     c.optim.schedule = "constant"  # or 'cosine'
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.0  # AdamW's decoupled weight decay (optim.name='adamw' only)
     c.optim.grad_clip_norm = 0.0  # 0 disables global-norm clipping
     c.optim.max_consecutive_nonfinite = 50  # abort after that many skipped steps in a row
 

@@ -1,9 +1,12 @@
-"""Optimizers from config: Adam or Adamax (Glow's released code), linear warmup, optional
-cosine decay, global-norm gradient clipping, and skipping of non-finite updates.
+"""Optimizers from config: Adam, AdamW (Jet, TarFlow) or Adamax (Glow's released code), linear
+warmup, optional cosine decay, global-norm gradient clipping, and skipping of non-finite
+updates.
 
-``config`` fields (``config.optim``): ``name`` ('adam' | 'adamax'), ``lr``, ``warmup_steps``,
-``schedule`` ('constant' | 'cosine'), ``b1``, ``b2``, ``eps``, ``grad_clip_norm``
-(0 disables), ``max_consecutive_nonfinite`` (that many skipped steps in a row abort the run).
+``config`` fields (``config.optim``): ``name`` ('adam' | 'adamw' | 'adamax'), ``lr``,
+``warmup_steps``, ``schedule`` ('constant' | 'cosine'), ``b1``, ``b2``, ``eps``,
+``weight_decay`` (AdamW's decoupled decay, multiplied by the learning rate; AdamW only),
+``grad_clip_norm`` (0 disables), ``max_consecutive_nonfinite`` (that many skipped steps in a
+row abort the run).
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ import optax
 
 from flows.errors import ConfigError
 
-OPTIMIZERS = {"adam": optax.adam, "adamax": optax.adamax}
+OPTIMIZERS = {"adam": optax.adam, "adamw": optax.adamw, "adamax": optax.adamax}
+# Fields added to config.optim after runs were written, with the value that keeps what those
+# runs computed: a stored config without one ran with this (flows.train.setup on resume).
+ADDED_DEFAULTS = {"weight_decay": 0.0}
 
 
 def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
@@ -55,7 +61,13 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
     parts = []
     if config.grad_clip_norm and config.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
-    parts.append(OPTIMIZERS[config.name](schedule, b1=config.b1, b2=config.b2, eps=config.eps))
+    hyper = {"b1": config.b1, "b2": config.b2, "eps": config.eps}
+    weight_decay = float(config.get("weight_decay", 0.0))
+    if config.name == "adamw":
+        hyper["weight_decay"] = weight_decay
+    elif weight_decay:
+        raise ConfigError(f"optim.weight_decay needs optim.name='adamw', not {config.name!r}")
+    parts.append(OPTIMIZERS[config.name](schedule, **hyper))
     tx = optax.chain(*parts)
     # optax would apply updates again after max_consecutive_errors skips; the loop aborts
     # first (at optim.max_consecutive_nonfinite), so never train on a non-finite update.

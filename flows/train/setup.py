@@ -23,7 +23,7 @@ from flows.errors import CheckpointError, ConfigError
 from flows.metrics import dequantize
 from flows.models import build_model, is_conditional
 from flows.models.registry import with_defaults
-from flows.train import sharding
+from flows.train import optim, sharding
 from flows.train.checkpoint import Checkpointer, ShapeMismatch, abstract_like
 from flows.train.objectives import density_loss
 from flows.train.optim import make_optimizer
@@ -207,8 +207,12 @@ def _resume(run: Run, stored_config: dict | None, allow_config_change: bool) -> 
     refused unless ``allow_config_change``; an allowed change is recorded with its step."""
     changes = {}
     if stored_config is not None:
-        # Model fields added since the run was written are what it ran with: their defaults.
-        stored = {**stored_config, "model": with_defaults(stored_config.get("model", {}))}
+        # Fields added since the run was written are what it ran with: their defaults.
+        stored = {
+            **stored_config,
+            "model": with_defaults(stored_config.get("model", {})),
+            "optim": {**optim.ADDED_DEFAULTS, **stored_config.get("optim", {})},
+        }
         changes = wd.config_changes(stored, run.config.to_dict())
     if not run.checkpoints.all_steps():
         _start_afresh(run, stored_config is not None, changes)
