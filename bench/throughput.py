@@ -1,7 +1,12 @@
-"""Throughput, compile time and memory of a jit-compiled Glow (this library), on one device.
+"""Throughput, compile time and memory of a jit-compiled model of any family, on one device.
 
-Measures, after data-dependent ActNorm initialisation (``model.initialize``, as training does;
-without it deep Glows on random data go NaN at lr 1e-3):
+``--model`` names a registered family (``flows.models.registry``: glow, jet, tarflow, ...),
+built by ``build_model`` like training does; ``--field key=value`` (repeatable) sets a field
+of its ``config.model`` (values read as Python literals). For Glow the flags below
+(``--num_levels``, ``--num_steps``, ...) set its fields too.
+
+Measures, after data-dependent initialisation (``model.initialize``, as training does;
+without ActNorm's, deep Glows on random data go NaN at lr 1e-3):
 
   train_images_per_s   one jit-compiled step: dequantize random uint8 data, log-prob (mean
                        bits/dim), gradient w.r.t. every ``nnx.Param``, optax Adam update
@@ -17,13 +22,16 @@ Each throughput is the median over ``--iters`` timed calls (each waits for its r
 the PyTorch peer's ``loss.item()``); the block is repeated ``--repeats`` times and the best
 median is reported (all block medians are kept, to show the noise of a shared machine).
 
-GFLOP/s use the analytic convolution count of ``bench/torch_peer.py`` (coupling networks and
-invertible 1x1 convolutions; training = 3x forward), so both sides are counted alike.
+GFLOP/s (Glow only) use the analytic convolution count of ``bench/torch_peer.py`` (coupling
+networks and invertible 1x1 convolutions; training = 3x forward), so both sides are counted
+alike; every family's record has XLA's own count (``xla_train_gflop_per_step``).
 
 The last line printed is the JSON record; ``--out DIR`` also writes ``DIR/jax_<case>.json``.
 
   python -m bench.throughput --image_shape=32,32,1 --num_levels=3 --num_steps=8 \
       --hidden_channels=128 --batch_size=64
+  python -m bench.throughput --model=tarflow --image_shape=28,28,1 --field patch_size=4 \
+      --field width=128 --field num_blocks=4 --field layers_per_block=4
 
 Memory pages: XLA:CPU allocates a step's temporary buffers afresh on every call, and with
 4 KiB pages the kernel's page faults on them cost autodiff training ~20% of a step (the
@@ -44,6 +52,7 @@ Diagnostics: ``--hlo_convs`` prints the training step's compiled convolutions by
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import datetime
 import json
@@ -61,8 +70,10 @@ import optax
 from flax import nnx
 
 from bench.records import write_record
+from flows.errors import ConfigError
 from flows.metrics import bits_per_dim, dequantize
-from flows.models.glow import Glow
+from flows.models import build_model
+from flows.models.registry import describe_model, get_family
 from flows.nn.backend import COMPUTE_DTYPES, CONV_IMPLS
 
 NUM_BINS_8BIT = 256
@@ -89,6 +100,15 @@ def glow_forward_flop_per_image(image_shape, num_levels, num_steps, hidden_chann
     return total
 
 
+def analytic_forward_flop_per_image(args, image_shape):
+    """Glow's analytic forward FLOPs per image; None for other families (XLA counts theirs)."""
+    if args.model != "glow":
+        return None
+    return glow_forward_flop_per_image(
+        image_shape, args.num_levels, args.num_steps, args.hidden_channels
+    )
+
+
 # -- compiled-HLO inspection ------------------------------------------------------------------
 _CONV_RE = re.compile(r"=\s*(\S+)\s+convolution\(.*?dim_labels=([\w>_-]+)")
 FAST_CONV_LAYOUT = "b01f_01io->b01f"  # NHWC x HWIO -> NHWC: XLA:CPU's Eigen/oneDNN kernel
@@ -109,18 +129,38 @@ def hlo_convolutions(hlo_text: str) -> dict[str, int]:
 
 
 # -- the model and the steps ------------------------------------------------------------------
+def _literal(text):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word: a string field ('spline', 'linear', ...)
+
+
+def model_config(args) -> dict:
+    """``config.model`` of the benchmarked model: Glow's flags (for ``--model=glow``), then
+    every ``--field key=value``."""
+    fields = {}
+    if args.model == "glow":
+        fields = {
+            "num_levels": args.num_levels,
+            "num_steps": args.num_steps,
+            "hidden_channels": args.hidden_channels,
+            "backprop": args.backprop,
+            "compute_dtype": args.compute_dtype,
+            "remat_coupling_nets": args.remat_nets,
+            "conv_impl": args.conv_impl,
+        }
+    for item in args.field:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--field takes key=value, got {item!r}")
+        fields[key.strip()] = _literal(value.strip())
+    get_family(args.model)  # a one-line error for an unknown family
+    return {"name": args.model, **fields}
+
+
 def build(args, image_shape):
-    model = Glow(
-        image_shape,
-        num_levels=args.num_levels,
-        num_steps=args.num_steps,
-        hidden_channels=args.hidden_channels,
-        backprop=args.backprop,
-        compute_dtype=args.compute_dtype,
-        remat_coupling_nets=args.remat_nets,
-        conv_impl=args.conv_impl,
-        rngs=nnx.Rngs(args.seed),
-    )
+    model = build_model(model_config(args), image_shape, 10, rngs=nnx.Rngs(args.seed))
     key = jax.random.key(args.seed)
     k_data, k_init, k_run = jax.random.split(key, 3)
     data = jax.random.randint(
@@ -220,6 +260,13 @@ def xla_flops(compiled):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--image_shape", default="32,32,1", help="H,W,C")
+    p.add_argument("--model", default="glow", help="a registered model family")
+    p.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        help="key=value: a field of config.model (repeatable; a Python literal or a word)",
+    )
     p.add_argument("--num_levels", type=int, default=3, help="L")
     p.add_argument("--num_steps", type=int, default=8, help="K, steps per level")
     p.add_argument("--hidden_channels", type=int, default=128)
@@ -321,17 +368,15 @@ def main(argv=None):
         first_step_s = time.perf_counter() - first_loss_t0
         train, train_blocks = measure(train_step, bs, args.warmup, args.iters, args.repeats)
         params = state[0]
-        flops = glow_forward_flop_per_image(
-            image_shape, args.num_levels, args.num_steps, args.hidden_channels
-        )
-        gflop_step = 3 * flops * bs / 1e9
+        flops = analytic_forward_flop_per_image(args, image_shape)
+        gflop_step = 3 * flops * bs / 1e9 if flops else None
         record.update(
             train_images_per_s=round(train, 2),
             compile_s=round(compile_s, 2),
             trace_lower_s=round(lower_s, 2),
             first_step_run_s=round(first_step_s, 3),
-            train_gflop_per_step=round(gflop_step, 3),
-            train_gflops=round(gflop_step * train / bs, 2),
+            train_gflop_per_step=round(gflop_step, 3) if gflop_step else None,
+            train_gflops=round(gflop_step * train / bs, 2) if gflop_step else None,
             xla_train_gflop_per_step=(
                 round(xla_flops(train_c) / 1e9, 3) if xla_flops(train_c) else None
             ),
@@ -351,13 +396,11 @@ def main(argv=None):
             eval_c(params, key, data).block_until_ready()
 
         evals, eval_blocks = measure(eval_step, bs, args.warmup, args.iters, args.repeats)
-        fwd = glow_forward_flop_per_image(
-            image_shape, args.num_levels, args.num_steps, args.hidden_channels
-        )
+        fwd = analytic_forward_flop_per_image(args, image_shape)
         record.update(
             eval_images_per_s=round(evals, 2),
             eval_compile_s=round(eval_compile_s, 2),
-            eval_gflops=round(fwd * evals / 1e9, 2),
+            eval_gflops=round(fwd * evals / 1e9, 2) if fwd else None,
             eval_images_per_s_blocks=[round(v, 2) for v in eval_blocks],
             eval_bits_per_dim=round(
                 float(jnp.mean(bits_per_dim(eval_c(params, key, data), num_dims, 256))), 4
@@ -377,14 +420,12 @@ def main(argv=None):
             sample_images_per_s_blocks=[round(v, 2) for v in sample_blocks],
         )
 
-    case = args.case or (
-        f"{height}x{width}x{channels}_L{args.num_levels}_K{args.num_steps}"
-        f"_h{args.hidden_channels}_b{bs}"
-    )
-    record.update(
-        case=case,
-        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        config={
+    if args.model == "glow":
+        case = args.case or (
+            f"{height}x{width}x{channels}_L{args.num_levels}_K{args.num_steps}"
+            f"_h{args.hidden_channels}_b{bs}"
+        )
+        config = {
             "image_shape": list(image_shape),
             "num_levels": args.num_levels,
             "num_steps": args.num_steps,
@@ -401,6 +442,18 @@ def main(argv=None):
             "coupling": "affine (sigmoid(h + 2) scale)",
             "conv1x1": "LU",
             "prior": "learned Gaussian split priors + learned top prior",
+        }
+    else:
+        fields = "_".join(f"{k}{v}" for k, v in sorted(model_config(args).items()) if k != "name")
+        case = args.case or f"{args.model}_{height}x{width}x{channels}_{fields}_b{bs}"
+        config = {"image_shape": list(image_shape), "batch_size": bs}
+    record.update(
+        case=case,
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        config={
+            **config,
+            "model": model_config(args),
+            "model_description": describe_model(model_config(args)),
             "optimizer": f"optax.adam(lr={args.lr})",
             "n_params": int(n_params),
             "only": sorted(only),
@@ -430,4 +483,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as e:  # a bad --model / --field: one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -26,7 +26,7 @@ TINY = [
     [
         ["--compute_dtype=auto"],
         ["--compute_dtype=bfloat16", "--remat_nets", "--only=train,sample"],
-        ["--conv_impl=lax", "--only=train"],
+        ["--conv_impl=lax", "--only=train", "--field=coupling=additive"],
     ],
 )
 def test_throughput_prints_its_record(extra, capsys, tmp_path):
@@ -51,6 +51,9 @@ def test_throughput_prints_its_record(extra, capsys, tmp_path):
         assert config["compute_dtype"] == dtype_asked
     assert config["compute_dtype_reason"].startswith(config["compute_dtype"] + ":")
     assert config["conv_impl_reason"].startswith(config["conv_impl"] + ":")
+    fields = [e.split("=", 1)[1] for e in extra if e.startswith("--field=")]
+    for key, value in (f.split("=") for f in fields):
+        assert config["model"][key] == value
     (written,) = tmp_path.glob("jax_*.json")
     assert json.loads(written.read_text())["case"] == record["case"]
 
