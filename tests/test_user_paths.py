@@ -312,20 +312,62 @@ def test_compare_conditional_and_unconditional_runs(cond_run, uncond_run, tmp_pa
         assert (out_dir / name).exists(), name
 
 
-# -- 5. every config file's :smoke variant trains ------------------------------------------
+# -- 5. every config file's :smoke variant trains (or, for other families' catalog-data
+#       configs, builds and traces its model) ----------------------------------------------
 
 CONFIG_FILES = sorted(
     os.path.basename(p)[: -len(".py")] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
 )
 # toy_* configs: tests/test_toy_tables.py; base: no experiment of its own.
-GLOW_CONFIGS = [n for n in CONFIG_FILES if n not in ("__init__", "base") and n[:4] != "toy_"]
-SMOKE_VARIANTS = [(n, "smoke") for n in GLOW_CONFIGS]
+IMAGE_CONFIGS = [n for n in CONFIG_FILES if n not in ("__init__", "base") and n[:4] != "toy_"]
+# Glow's configs and every family's digits configs train. The other families' catalog-data
+# configs (MNIST, CIFAR-10, ImageNet64) share their data path with glow_mnist/glow_cifar10,
+# which train here on mocked data, and their model with the family's digits config: they are
+# checked by building and tracing their models (test_catalog_config_builds_its_model).
+TRAINED_CONFIGS = [n for n in IMAGE_CONFIGS if n.startswith("glow_") or n.endswith("_digits")]
+TRACED_CONFIGS = [n for n in IMAGE_CONFIGS if n not in TRAINED_CONFIGS]
+SMOKE_VARIANTS = [(n, "smoke") for n in TRAINED_CONFIGS]
+# Image shapes of the catalog datasets (before config.data.pad_to).
+CATALOG_SHAPES = {
+    "mnist": (28, 28, 1),
+    "cifar10": (32, 32, 3),
+    "downsampled_imagenet/64x64": (64, 64, 3),
+}
 
 
-def test_the_glow_config_files_are_found():
-    """A new config file joins SMOKE_VARIANTS by itself; these are the ones of today."""
+def test_the_config_files_are_found():
+    """A new config file joins SMOKE_VARIANTS or TRACED_CONFIGS by itself; these are the
+    ones of today."""
     known = {"glow_ablation", "glow_cifar10", "glow_digits", "glow_digits_cond", "glow_mnist"}
-    assert known <= set(GLOW_CONFIGS)
+    assert known <= set(TRAINED_CONFIGS)
+
+
+@pytest.mark.parametrize("name", TRACED_CONFIGS)
+def test_catalog_config_builds_its_model(name):
+    """The config's full model and its :smoke model build through the registry (shapes only,
+    ``nnx.eval_shape``: no memory for ImageNet-size models), and the smoke model's log-density
+    traces on a batch of the dataset's image shape."""
+    import jax
+    from flax import nnx
+
+    from flows.models import build_model
+
+    module = importlib.import_module(f"configs.{name}")
+    for variant in (None, "smoke"):
+        config = module.get_config(variant)
+        assert config.data.name in CATALOG_SHAPES, config.data.name
+        h, w, c = CATALOG_SHAPES[config.data.name]
+        if config.data.get("pad_to"):
+            h, w = config.data.pad_to
+        model = nnx.eval_shape(
+            lambda config=config, shape=(h, w, c): build_model(
+                config.model, shape, 10, rngs=nnx.Rngs(0)
+            )
+        )
+        x = jax.ShapeDtypeStruct((2, h, w, c), jax.numpy.float32)
+        context = jax.ShapeDtypeStruct((2,), jax.numpy.int32) if config.model.conditional else None
+        log_p = jax.eval_shape(lambda m, v, y: m.log_prob(v, context=y), model, x, context)
+        assert log_p.shape == (2,), (name, variant)
 
 
 def _as_dict(config) -> dict:
