@@ -83,6 +83,27 @@ def test_cached_inverse_equals_the_fixed_point_of_the_forward_map():
     assert float(jnp.max(jnp.abs(x_naive - z))) > 1e-2  # the map is not the identity
 
 
+def test_backprop_modes_give_the_same_gradients():
+    """'save_dots' (default) and 'checkpoint' recompute parts of the forward pass in the
+    backward pass; the gradients are autodiff's."""
+    x = jax.random.uniform(jax.random.key(3), (2, *SHAPE))
+    grads = []
+    for backprop in ("save_dots", "checkpoint", "autodiff"):
+        model = _perturbed(
+            TarFlow(SHAPE, patch_size=2, width=8, num_blocks=2, layers_per_block=1,
+                    num_heads=2, backprop=backprop, rngs=nnx.Rngs(0))
+        )  # fmt: skip
+        graphdef, state = nnx.split(model)
+
+        def loss(state, graphdef=graphdef):
+            return jnp.sum(nnx.merge(graphdef, state).log_prob(x))
+
+        grads.append(jax.jit(jax.grad(loss))(state))
+    for other in grads[1:]:
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                     grads[0], other)  # fmt: skip
+
+
 def test_guidance():
     """w = 0 is the plain inverse; w > 0 changes the samples; with the label context equal to
     the null context both branches agree, so any w gives the plain inverse again. (The weight

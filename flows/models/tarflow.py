@@ -47,7 +47,15 @@ from flows.models.steps import StepStack
 from flows.nn.transformer import Transformer
 
 GUIDANCE_SCHEDULES = ("constant", "linear")
-TARFLOW_BACKPROP = ("autodiff", "checkpoint")
+# How the block stack is differentiated: 'save_dots' (the default) recomputes each block's
+# elementwise work (layer norms, GELU, softmax) in the backward pass and keeps only the
+# outputs of its unbatched matrix products (jax.checkpoint with the policy
+# dots_with_no_batch_dims_saveable); 'checkpoint' recomputes the whole block (keeps its
+# input); 'autodiff' keeps everything. The gradients are the same; on XLA:CPU 'save_dots'
+# is the fastest (stacking every activation of the scan's iterations for the backward pass
+# costs more than recomputing the elementwise ops: 1.59 vs 2.06 CPU-s per batch of 64 at
+# the MNIST setting) and uses the least memory after 'checkpoint'.
+TARFLOW_BACKPROP = ("save_dots", "checkpoint", "autodiff")
 
 
 def guidance_weights(guidance, num_tokens: int, schedule: str):
@@ -103,10 +111,12 @@ class TarFlowBlock(Bijector):
         num_heads: int,
         mlp_ratio: int = 4,
         context_features: int | None = None,
+        save_dots: bool = False,
         rngs: nnx.Rngs,
     ):
         self.features = features
         self.num_tokens = num_tokens
+        self.save_dots = bool(save_dots)
         self.net = Transformer(
             features,
             2 * features,
@@ -125,10 +135,22 @@ class TarFlowBlock(Bijector):
         out = jnp.concatenate([jnp.zeros_like(out[:, :1]), out[:, :-1]], axis=1)
         return out[..., : self.features], out[..., self.features :]
 
-    def forward_and_log_det(self, x, *, context=None):
+    def _forward(self, x, context):
         mu, alpha = self._shift_and_log_scale(x, context)
         z = (x - mu) * jnp.exp(-alpha)
         return z[:, ::-1], -jnp.sum(alpha, axis=(1, 2))
+
+    def forward_and_log_det(self, x, *, context=None):
+        if not self.save_dots:
+            return self._forward(x, context)
+        # Keep only the unbatched matrix products' outputs for the backward pass.
+        graphdef, state = nnx.split(self)
+
+        def forward(state, x, context):
+            return nnx.merge(graphdef, state)._forward(x, context)
+
+        policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+        return jax.checkpoint(forward, policy=policy)(state, x, context)
 
     def inverse_and_log_det(self, z, *, context=None):
         return self.decode(z[:, ::-1], context)
@@ -184,8 +206,8 @@ class TarFlow(DensityModel):
       num_blocks: autoregressive blocks, alternating identity and reversed token order.
       num_classes: None for p(x); N for a label-conditioned p(x | y).
       guidance_schedule: ``'constant'`` or ``'linear'`` (see the module docstring).
-      backprop: ``'autodiff'`` or ``'checkpoint'`` (recompute each block's activations in
-        the backward pass; ``flows.models.steps``).
+      backprop: ``'save_dots'`` (default), ``'checkpoint'`` or ``'autodiff'``: what the
+        backward pass keeps and what it recomputes (``TARFLOW_BACKPROP``); same gradients.
     """
 
     def __init__(
@@ -200,7 +222,7 @@ class TarFlow(DensityModel):
         mlp_ratio: int = 4,
         num_classes: int | None = None,
         guidance_schedule: str = "constant",
-        backprop: str = "autodiff",
+        backprop: str = "save_dots",
         rngs: nnx.Rngs,
     ):
         super().__init__(image_shape, num_classes)
@@ -256,11 +278,12 @@ class TarFlow(DensityModel):
                 num_heads=num_heads,
                 mlp_ratio=mlp_ratio,
                 context_features=num_classes,
+                save_dots=backprop == "save_dots",
                 rngs=r,
             ),
             num_blocks,
             rngs=rngs,
-            backprop=backprop,
+            backprop="checkpoint" if backprop == "checkpoint" else "autodiff",
         )
 
     # -- token order ----------------------------------------------------------------------
@@ -335,7 +358,8 @@ def describe_tarflow(m) -> str:
         "mlp_ratio": 4,  # MLP hidden = mlp_ratio * width
         # Classifier-free guidance weight over the tokens: 'constant' or 'linear' (annealed).
         "guidance_schedule": "constant",
-        "backprop": "autodiff",  # 'autodiff' | 'checkpoint' (recompute block activations)
+        # 'save_dots' | 'checkpoint' | 'autodiff': what the backward pass keeps (same gradients)
+        "backprop": "save_dots",
     },
     describe=describe_tarflow,
 )
