@@ -84,11 +84,12 @@ def test_cached_inverse_equals_the_fixed_point_of_the_forward_map():
 
 
 def test_backprop_modes_give_the_same_gradients():
-    """'save_dots' (default) and 'checkpoint' recompute parts of the forward pass in the
-    backward pass; the gradients are autodiff's."""
+    """'save_dots' (the default) recomputes the elementwise part of each block in the
+    backward pass; the gradients are autodiff's. ('checkpoint' is StepStack's, tested with
+    Glow.)"""
     x = jax.random.uniform(jax.random.key(3), (2, *SHAPE))
     grads = []
-    for backprop in ("save_dots", "checkpoint", "autodiff"):
+    for backprop in ("save_dots", "autodiff"):
         model = _perturbed(
             TarFlow(SHAPE, patch_size=2, width=8, num_blocks=2, layers_per_block=1,
                     num_heads=2, backprop=backprop, rngs=nnx.Rngs(0))
@@ -99,9 +100,7 @@ def test_backprop_modes_give_the_same_gradients():
             return jnp.sum(nnx.merge(graphdef, state).log_prob(x))
 
         grads.append(jax.jit(jax.grad(loss))(state))
-    for other in grads[1:]:
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                     grads[0], other)  # fmt: skip
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)
 
 
 def test_guidance():
@@ -115,7 +114,8 @@ def test_guidance():
     guided = nnx.jit(lambda m, z, c, w: m.guided_inverse(z, context=c, guidance=w))
     plain = nnx.jit(lambda m, z, c: m.inverse(z, context=c))
     x = plain(model, z, labels)
-    np.testing.assert_allclose(guided(model, z, labels, 0.0), x, atol=1e-6)
+    # (the guided loop runs a batch of 2B: matrix products may round differently)
+    np.testing.assert_allclose(guided(model, z, labels, 0.0), x, rtol=1e-5, atol=1e-5)
     assert float(jnp.max(jnp.abs(guided(model, z, labels, 2.0) - x))) > 1e-2
     np.testing.assert_allclose(guided(model, z, null, 3.0), plain(model, z, null), atol=1e-5)
 
@@ -173,11 +173,11 @@ def test_conditional_smoke_run_trains_and_samples_with_guidance(tmp_path):
     annealed and denoised sampling of the restored model in one compiled program each."""
     config = tarflow_digits.get_config("smoke,cond,gen,linear")
     config.train.progress = False
-    config.train.num_train_steps = 4
+    config.train.num_train_steps = 2
     config.train.eval_every = config.train.checkpoint_every = config.train.log_every = 2
     workdir = str(tmp_path / "run")
     record = train_and_evaluate(config, workdir)
-    assert record["train_steps"] == 4
+    assert record["train_steps"] == 2
     for field in ("bits_per_dim", "marginal_bits_per_dim", "accuracy"):
         assert np.isfinite(record[field]), field
     model, _, _ = load_run(workdir)
