@@ -21,6 +21,7 @@ from flows.bijectors.spline import RationalQuadraticSpline, spline_coupling
 from flows.bijectors.vector import mlp_coupling
 from flows.models.glow import Glow, GlowLevel
 from flows.models.steps import StepStack, glow_step
+from flows.models.tarflow import TarFlow, TarFlowBlock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +180,37 @@ REGISTRY: list[Entry] = [
             hidden_channels=8,
             num_classes=3,
             condition_on="all",
+            rngs=r,
+        ),
+        (4, 4, 1),
+        context_features=3,
+        domain="unit",
+    ),
+    # ---- TarFlow (issue 13) ----
+    Entry(
+        "tarflow_block_cond",  # one autoregressive block on (T=4, d=3) tokens, then reversed
+        lambda r: TarFlowBlock(3, 4, width=8, depth=1, num_heads=2, context_features=2, rngs=r),
+        (4, 3),
+        context_features=2,
+    ),
+    Entry(
+        "tarflow_model",
+        lambda r: TarFlow(
+            (4, 4, 1), patch_size=2, width=8, num_blocks=2, layers_per_block=1, num_heads=2, rngs=r
+        ),
+        (4, 4, 1),
+        domain="unit",
+    ),
+    Entry(
+        "tarflow_model_cond",  # odd number of blocks: the latents are put back in image order
+        lambda r: TarFlow(
+            (4, 4, 1),
+            patch_size=2,
+            width=8,
+            num_blocks=3,
+            layers_per_block=1,
+            num_heads=2,
+            num_classes=3,
             rngs=r,
         ),
         (4, 4, 1),

@@ -1,0 +1,186 @@
+"""TarFlow (flows/models/tarflow.py): the cached token-by-token inverse, guidance, one compiled
+sampling program, bad configs, and a conditional smoke run through the real training loop.
+
+The generic bijector tests (round trip, float64 log-det against the autodiff Jacobian, jit)
+run on the registry entries ``tarflow_block_cond``, ``tarflow_model`` and
+``tarflow_model_cond`` (tests/bijector_registry.py); the unconditional ``:smoke`` variant of
+every TarFlow config trains in tests/test_user_paths.py.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import tarflow_digits
+from flows.errors import ConfigError
+from flows.models import build_model, get_family, sample_compiled
+from flows.models.tarflow import TarFlow, TarFlowBlock, guidance_weights, patchify, unpatchify
+from flows.train.loop import train_and_evaluate
+from flows.train.restore import load_run
+
+SHAPE = (4, 4, 1)
+
+
+def _perturbed(module, seed=0, scale=0.2):
+    """Every float parameter plus noise: the zero-initialised outputs become non-zero."""
+    rng = np.random.default_rng(seed)
+
+    def perturb(v):
+        if jnp.issubdtype(v.dtype, jnp.floating):
+            return jnp.asarray(np.asarray(v) + scale * rng.standard_normal(v.shape), v.dtype)
+        return v
+
+    nnx.update(module, jax.tree.map(perturb, nnx.state(module, nnx.Param)))
+    return module
+
+
+def _model(num_classes=3, schedule="constant", num_blocks=3):
+    return _perturbed(
+        TarFlow(
+            SHAPE,
+            patch_size=2,
+            width=8,
+            num_blocks=num_blocks,
+            layers_per_block=1,
+            num_heads=2,
+            num_classes=num_classes,
+            guidance_schedule=schedule,
+            rngs=nnx.Rngs(0),
+        )
+    )
+
+
+def test_patchify_round_trip_and_token_layout():
+    x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3)
+    tokens = patchify(x, 2)
+    assert tokens.shape == (2, 6, 12)
+    np.testing.assert_array_equal(tokens[:, 1], x[:, 0:2, 2:4].reshape(2, 12))  # row-major
+    np.testing.assert_array_equal(unpatchify(tokens, (4, 6, 3), 2), x)
+
+
+def test_cached_inverse_equals_the_fixed_point_of_the_forward_map():
+    """The key/value-cache decoding equals the naive inverse: iterate
+    x <- z exp(alpha(x)) + mu(x) with the full (uncached) transformer T times; token t is
+    exact after t iterations."""
+    block = _perturbed(TarFlowBlock(3, 5, width=8, depth=2, num_heads=2, rngs=nnx.Rngs(1)))
+    z = jax.random.normal(jax.random.key(0), (2, 5, 3))
+
+    def naive(z):
+        x = z
+        for _ in range(z.shape[1]):
+            mu, alpha = block._shift_and_log_scale(x, None)
+            x = z * jnp.exp(alpha) + mu
+        return x, jnp.sum(alpha, axis=(1, 2))
+
+    x_cached, ld_cached = nnx.jit(lambda b, z: b.decode(z, None))(block, z)
+    x_naive, ld_naive = jax.jit(naive)(z)
+    np.testing.assert_allclose(x_cached, x_naive, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ld_cached, ld_naive, rtol=1e-5, atol=1e-5)
+    assert float(jnp.max(jnp.abs(x_naive - z))) > 1e-2  # the map is not the identity
+
+
+def test_backprop_modes_give_the_same_gradients():
+    """'save_dots' (the default) recomputes the elementwise part of each block in the
+    backward pass; the gradients are autodiff's. ('checkpoint' is StepStack's, tested with
+    Glow.)"""
+    x = jax.random.uniform(jax.random.key(3), (2, *SHAPE))
+    grads = []
+    for backprop in ("save_dots", "autodiff"):
+        model = _perturbed(
+            TarFlow(SHAPE, patch_size=2, width=8, num_blocks=2, layers_per_block=1,
+                    num_heads=2, backprop=backprop, rngs=nnx.Rngs(0))
+        )  # fmt: skip
+        graphdef, state = nnx.split(model)
+
+        def loss(state, graphdef=graphdef):
+            return jnp.sum(nnx.merge(graphdef, state).log_prob(x))
+
+        grads.append(jax.jit(jax.grad(loss))(state))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)
+
+
+def test_guidance():
+    """w = 0 is the plain inverse; w > 0 changes the samples; with the label context equal to
+    the null context both branches agree, so any w gives the plain inverse again. (The weight
+    is traced: one compiled program for every w.)"""
+    model = _model()
+    z = model.sample_latents(jax.random.key(2), 4)
+    labels = model.context_features(jnp.array([0, 1, 2, 1]))
+    null = model.null_context(4)
+    guided = nnx.jit(lambda m, z, c, w: m.guided_inverse(z, context=c, guidance=w))
+    plain = nnx.jit(lambda m, z, c: m.inverse(z, context=c))
+    x = plain(model, z, labels)
+    # (the guided loop runs a batch of 2B: matrix products may round differently)
+    np.testing.assert_allclose(guided(model, z, labels, 0.0), x, rtol=1e-5, atol=1e-5)
+    assert float(jnp.max(jnp.abs(guided(model, z, labels, 2.0) - x))) > 1e-2
+    np.testing.assert_allclose(guided(model, z, null, 3.0), plain(model, z, null), atol=1e-5)
+
+
+def test_guidance_weights_schedules():
+    np.testing.assert_allclose(guidance_weights(2.0, 5, "constant"), [2, 2, 2, 2])
+    np.testing.assert_allclose(guidance_weights(2.0, 5, "linear"), [0.5, 1.0, 1.5, 2.0])
+
+
+def test_sampling_is_one_program_with_a_loop_over_tokens_inside_the_scan_over_blocks():
+    """The jaxpr of guided sampling holds one scan over the blocks whose body holds the loop
+    over the T - 1 decoded tokens as a lax loop (a scan, or a while loop), not unrolled."""
+    model = _model()
+    graphdef, state = nnx.split(model)
+
+    def sample(state, key):
+        m = nnx.merge(graphdef, state)
+        return m.sample(2, key, context=jnp.arange(2), guidance=2.0)
+
+    jaxpr = jax.make_jaxpr(sample)(state, jax.random.key(0)).jaxpr
+    (blocks,) = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
+    assert blocks.params["length"] == 3 and blocks.params["reverse"]
+    inner = [e for e in blocks.params["jaxpr"].jaxpr.eqns if e.primitive.name in ("scan", "while")]
+    assert len(inner) == 1
+    if inner[0].primitive.name == "scan":
+        assert inner[0].params["length"] == model.num_tokens - 1
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"patch_size": 3}, "not divisible by model.patch_size=3"),
+        ({"patch_size": 8}, "at least 2 tokens"),
+        ({"width": 10, "num_heads": 4}, "width=10 is not divisible by model.num_heads=4"),
+        ({"num_blocks": 0}, "num_blocks must be a positive integer"),
+        ({"guidance_schedule": "cosine"}, "guidance_schedule must be one of"),
+        ({"backprop": "invertible"}, "backprop must be one of"),
+    ],
+)
+def test_bad_config_is_one_line_config_error(fields, match):
+    config = {**get_family("tarflow").config_defaults(), "width": 8, **fields}
+    with pytest.raises(ConfigError, match=match) as info:
+        build_model(config, (8, 8, 1), 10, rngs=nnx.Rngs(0))
+    assert "\n" not in str(info.value)
+
+
+def test_describe():
+    config = tarflow_digits.get_config("cond")
+    text = get_family("tarflow").summary(config.model.to_dict())
+    assert text == "tarflow p2 w128 4x2 h2 cond, label dropout 0.1"
+
+
+def test_conditional_smoke_run_trains_and_samples_with_guidance(tmp_path):
+    """``tarflow_digits.py:smoke,cond`` (shortened) through the real loop, then guided,
+    annealed and denoised sampling of the restored model in one compiled program each."""
+    config = tarflow_digits.get_config("smoke,cond,gen,linear")
+    config.train.progress = False
+    config.train.num_train_steps = 2
+    config.train.eval_every = config.train.checkpoint_every = config.train.log_every = 2
+    workdir = str(tmp_path / "run")
+    record = train_and_evaluate(config, workdir)
+    assert record["train_steps"] == 2
+    for field in ("bits_per_dim", "marginal_bits_per_dim", "accuracy"):
+        assert np.isfinite(record[field]), field
+    model, _, _ = load_run(workdir)
+    assert isinstance(model, TarFlow) and model.guidance_schedule == "linear"
+    x = sample_compiled(model, 4, jax.random.key(0), 1.0, jnp.arange(4), 2.0, True)
+    assert x.shape == (4, 8, 8, 1) and bool(jnp.all(jnp.isfinite(x)))
