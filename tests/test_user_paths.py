@@ -400,7 +400,7 @@ def test_smoke_variant_trains(name, variant, request, tmp_path):
     module = importlib.import_module(f"configs.{name}")
     config = _config_with(module, variant, {})
     # The digits runs of the fixtures are these configs (with the fixture's overrides): reuse.
-    for fixture in RUNS:
+    for fixture in RUNS if config.model.name == "glow" else ():  # the fixtures are Glows
         run = request.getfixturevalue(fixture)
         if _same_config(_config_with(module, variant, run.overrides), run.config):
             config, record = run.config, run.record
