@@ -45,35 +45,41 @@ class Attention(nnx.Module):
         self.qkv = nnx.Linear(width, 3 * width, kernel_init=hidden_kernel_init, rngs=rngs)
         self.out = nnx.Linear(width, width, kernel_init=hidden_kernel_init, rngs=rngs)
 
-    def _heads(self, h):
-        """(B, T, width) -> q, k, v each (B, heads, T, head_dim)."""
-        b, t, _ = h.shape
-        qkv = self.qkv(h).reshape(b, t, 3, self.num_heads, self.head_dim)
-        return (jnp.moveaxis(qkv[:, :, i], 1, 2) for i in range(3))
+    def _heads(self, h, batch: int):
+        """(B*T, width) rows -> q, k, v each (B, T, heads, head_dim)."""
+        qkv = self.qkv(h).reshape(batch, -1, 3, self.num_heads, self.head_dim)
+        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
     def _attend(self, q, k, v, mask):
-        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(self.head_dim)
+        """Rows (B*Tq, width) of the attention output of q (B, Tq, H, hd) over k, v."""
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.head_dim)
         if mask is not None:
             logits = jnp.where(mask, logits, _NEG)
         weights = jax.nn.softmax(logits, axis=-1)
-        o = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
-        b, _, t, _ = o.shape
-        return self.out(jnp.moveaxis(o, 1, 2).reshape(b, t, -1))
+        o = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        return self.out(o.reshape(-1, self.num_heads * self.head_dim))
 
-    def __call__(self, h, *, causal: bool):
-        q, k, v = self._heads(h)
-        t = h.shape[1]
+    def __call__(self, h, batch: int, *, causal: bool):
+        """``h``: (B*T, width), the tokens of each example in consecutive rows."""
+        q, k, v = self._heads(h, batch)
+        t = q.shape[1]
         mask = jnp.tril(jnp.ones((t, t), bool)) if causal else None
         return self._attend(q, k, v, mask)
 
     def decode(self, h_t, t, cache):
-        """One token ``h_t`` (B, 1, width) at position ``t``; ``cache = (keys, values)`` each
-        (B, heads, T, head_dim), of which positions < t are filled. Returns (out, cache)."""
-        q, k, v = self._heads(h_t)
+        """One token per example, ``h_t`` (B, width), at position ``t``; ``cache = (keys,
+        values)`` each (B, heads, T, head_dim) (the layout the per-token products read
+        without transposing the cache), of which positions < t are filled. Returns
+        (out (B, width), cache)."""
+        b = h_t.shape[0]
+        qkv = self.qkv(h_t).reshape(b, 3, self.num_heads, 1, self.head_dim)
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # (B, H, 1, hd)
         keys = jax.lax.dynamic_update_slice_in_dim(cache[0], k, t, axis=2)
         values = jax.lax.dynamic_update_slice_in_dim(cache[1], v, t, axis=2)
-        mask = (jnp.arange(keys.shape[2]) <= t)[None, None, None, :]
-        return self._attend(q, keys, values, mask), (keys, values)
+        logits = jnp.einsum("bhqd,bhkd->bhqk", q, keys) / math.sqrt(self.head_dim)
+        logits = jnp.where((jnp.arange(keys.shape[2]) <= t)[None, None, None, :], logits, _NEG)
+        o = jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(logits, axis=-1), values)
+        return self.out(o.reshape(b, -1)), (keys, values)
 
 
 class Block(nnx.Module):
@@ -90,8 +96,8 @@ class Block(nnx.Module):
     def _mlp(self, h):
         return self.fc2(jax.nn.gelu(self.fc1(self.norm2(h))))
 
-    def __call__(self, h, *, causal: bool):
-        h = h + self.attn(self.norm1(h), causal=causal)
+    def __call__(self, h, batch: int, *, causal: bool):
+        h = h + self.attn(self.norm1(h), batch, causal=causal)
         return h + self._mlp(h)
 
     def decode(self, h_t, t, cache):
@@ -146,7 +152,8 @@ class Transformer(nnx.Module):
         self.proj_out = nnx.Linear(width, out_features, kernel_init=zeros, rngs=rngs)
 
     def _embed(self, x, positions, context):
-        h = self.proj_in(x) + positions
+        b, t, _ = x.shape
+        h = self.proj_in(x.reshape(b * t, -1)).reshape(b, t, -1) + positions
         if self.context_proj is not None:
             if context is None:
                 raise ValueError("this transformer is conditional: pass context")
@@ -156,10 +163,12 @@ class Transformer(nnx.Module):
     def __call__(self, x, context=None):
         if x.shape[1] != self.num_tokens:
             raise ValueError(f"expected {self.num_tokens} tokens, got {x.shape[1]}")
-        h = self._embed(x, self.positions[...], context)
+        b, t, _ = x.shape
+        # Rows (B*T, width): every dense layer is one 2-D product (and so is its gradient).
+        h = self._embed(x, self.positions[...], context).reshape(b * t, -1)
         for block in self.blocks:
-            h = block(h, causal=self.causal)
-        return self.proj_out(self.norm(h))
+            h = block(h, b, causal=self.causal)
+        return self.proj_out(self.norm(h)).reshape(b, t, -1)
 
     # -- token by token (causal only) ---------------------------------------------------
     def init_cache(self, batch: int, dtype=jnp.float32):
@@ -175,9 +184,9 @@ class Transformer(nnx.Module):
         given the cache of tokens < t; equals ``self(x)[:, t:t+1]`` for the full sequence.
         Returns ``(out (B, 1, out_features), cache)``."""
         position = jax.lax.dynamic_slice_in_dim(self.positions[...], t, 1, axis=0)
-        h = self._embed(x_t, position, context)
+        h = self._embed(x_t, position, context)[:, 0]
         new_cache = []
         for block, c in zip(self.blocks, cache, strict=True):
             h, c = block.decode(h, t, c)
             new_cache.append(c)
-        return self.proj_out(self.norm(h)), new_cache
+        return self.proj_out(self.norm(h))[:, None], new_cache
