@@ -4,7 +4,7 @@ Importing this package registers every family shipped with the library (``glow``
 family is one module that calls ``registry.register_model``, imported here.
 """
 
-from flows.models import glow  # noqa: F401  (registers 'glow')
+from flows.models import glow, jet  # noqa: F401  (register 'glow', 'jet')
 from flows.models.base import (
     DensityModel,
     is_conditional,
