@@ -204,10 +204,16 @@ class Jet(DensityModel):
             self.groups = create(rngs, stacked)
         else:
             self.groups = nnx.data(None)
-        tail = [
-            coupling(kinds[i], projections[i], rngs) for i in range(num_groups * period, len(kinds))
-        ]
-        self.tail = CouplingGroup(tail) if tail else nnx.data(None)
+        tail = range(num_groups * period, len(kinds))
+        if tail:
+            # Compiled, like the groups: eager initialisation dispatches every op separately.
+            @nnx.jit
+            def create_tail(r):
+                return CouplingGroup([coupling(kinds[i], projections[i], r) for i in tail])
+
+            self.tail = create_tail(rngs)
+        else:
+            self.tail = nnx.data(None)
 
     # -- the bijection ----------------------------------------------------------------------
     def _scan(self, h, ctx, *, inverse, guidance=0.0, null=None):
