@@ -186,7 +186,7 @@ class Jet(DensityModel):
         self.latent_shape = (num_tokens, features)
         self.pattern = pattern
         period = len(pattern)
-        num_groups, rest = divmod(num_couplings, period)
+        num_groups = num_couplings // period
         self.num_groups = num_groups
         if num_groups:
             stacked = [
