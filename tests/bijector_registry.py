@@ -17,9 +17,16 @@ from flax import nnx
 
 from flows import bijectors as B
 from flows.bijectors.dequantizer import VariationalDequantizer
+from flows.bijectors.jet_coupling import (
+    JetCoupling,
+    Patchify,
+    channel_projection,
+    spatial_projection,
+)
 from flows.bijectors.spline import RationalQuadraticSpline, spline_coupling
 from flows.bijectors.vector import mlp_coupling
 from flows.models.glow import Glow, GlowLevel
+from flows.models.jet import Jet
 from flows.models.steps import StepStack, glow_step
 from flows.models.tarflow import TarFlow, TarFlowBlock
 
@@ -47,6 +54,19 @@ def _level(context=None, is_top=False, coupling="affine", permutation="conv1x1_l
         rngs=r,
         **spline,
     )
+
+
+# Jet's coupling networks and a tiny whole Jet (issue 13).
+_JET_NET = {"width": 8, "depth": 1, "num_heads": 2}
+_JET_MODEL = {
+    "patch_size": 2,
+    "num_couplings": 3,
+    "block_depth": 1,
+    "width": 8,
+    "num_heads": 2,
+    "coupling_pattern": "channels,spatial",
+    "spatial_splits": "checkerboard,hstripes",
+}
 
 
 REGISTRY: list[Entry] = [
@@ -213,6 +233,40 @@ REGISTRY: list[Entry] = [
             num_classes=3,
             rngs=r,
         ),
+        (4, 4, 1),
+        context_features=3,
+        domain="unit",
+    ),
+    # ---- Jet (issue 13) ----
+    Entry("jet_patchify", lambda r: Patchify((4, 6, 2), 2), (4, 6, 2)),
+    Entry(
+        "jet_channel_coupling",
+        lambda r: JetCoupling("channels", 4, 5, channel_projection(3, 5), **_JET_NET, rngs=r),
+        (4, 5),
+    ),
+    Entry(
+        "jet_spatial_coupling_cond",
+        lambda r: JetCoupling(
+            "spatial",
+            6,
+            3,
+            spatial_projection("vstripes-inv", (3, 2)),
+            **_JET_NET,
+            context_features=2,
+            rngs=r,
+        ),
+        (6, 3),
+        context_features=2,
+    ),
+    Entry(  # 3 couplings, pattern (channels, spatial): one scanned group and a tail
+        "jet_model",
+        lambda r: Jet((4, 4, 1), **_JET_MODEL, rngs=r),
+        (4, 4, 1),
+        domain="unit",
+    ),
+    Entry(
+        "jet_model_cond",
+        lambda r: Jet((4, 4, 1), **_JET_MODEL, num_classes=3, rngs=r),
         (4, 4, 1),
         context_features=3,
         domain="unit",

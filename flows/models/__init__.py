@@ -1,12 +1,14 @@
 """Model families behind one interface (``base.DensityModel``) and one registry.
 
-Importing this package registers every family shipped with the library (``glow``); a new
+Importing this package registers every family shipped with the library (``glow``, ``jet``,
+``tarflow``); a new
 family is one module that calls ``registry.register_model``, imported here.
 """
 
-from flows.models import (
-    glow,  # noqa: F401  (registers 'glow')
-    tarflow,  # noqa: F401  (registers 'tarflow')
+from flows.models import (  # noqa: F401  (each registers its family)
+    glow,
+    jet,
+    tarflow,
 )
 from flows.models.base import (
     DensityModel,
