@@ -17,12 +17,7 @@ from flax import nnx
 
 from flows import bijectors as B
 from flows.bijectors.dequantizer import VariationalDequantizer
-from flows.bijectors.jet_coupling import (
-    JetCoupling,
-    Patchify,
-    channel_projection,
-    spatial_projection,
-)
+from flows.bijectors.jet_coupling import JetCoupling, channel_projection, spatial_projection
 from flows.bijectors.spline import RationalQuadraticSpline, spline_coupling
 from flows.bijectors.vector import mlp_coupling
 from flows.models.glow import Glow, GlowLevel
@@ -238,7 +233,7 @@ REGISTRY: list[Entry] = [
         domain="unit",
     ),
     # ---- Jet (issue 13) ----
-    Entry("jet_patchify", lambda r: Patchify((4, 6, 2), 2), (4, 6, 2)),
+    Entry("patchify", lambda r: B.Patchify((4, 6, 2), 2), (4, 6, 2)),
     Entry(
         "jet_channel_coupling",
         lambda r: JetCoupling("channels", 4, 5, channel_projection(3, 5), **_JET_NET, rngs=r),

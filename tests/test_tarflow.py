@@ -16,9 +16,10 @@ import pytest
 from flax import nnx
 
 from configs import tarflow_digits
+from flows.bijectors import Patchify
 from flows.errors import ConfigError
 from flows.models import build_model, get_family, sample_compiled
-from flows.models.tarflow import TarFlow, TarFlowBlock, guidance_weights, patchify, unpatchify
+from flows.models.tarflow import TarFlow, TarFlowBlock, guidance_weights
 from flows.train.loop import train_and_evaluate
 from flows.train.restore import load_run
 
@@ -56,10 +57,11 @@ def _model(num_classes=3, schedule="constant", num_blocks=3):
 
 def test_patchify_round_trip_and_token_layout():
     x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3)
-    tokens = patchify(x, 2)
+    patchify = Patchify((4, 6, 3), 2)
+    tokens = patchify.forward(x)
     assert tokens.shape == (2, 6, 12)
     np.testing.assert_array_equal(tokens[:, 1], x[:, 0:2, 2:4].reshape(2, 12))  # row-major
-    np.testing.assert_array_equal(unpatchify(tokens, (4, 6, 3), 2), x)
+    np.testing.assert_array_equal(patchify.inverse(tokens), x)
 
 
 def test_cached_inverse_equals_the_fixed_point_of_the_forward_map():

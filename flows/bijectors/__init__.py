@@ -8,7 +8,7 @@ from flows.bijectors.permutations import Permute, Reverse, Shuffle
 from flows.bijectors.preprocess import Logit, Probit, Scale, Shift
 from flows.bijectors.priors import GaussianSplit, LearnedPrior
 from flows.bijectors.spline import RationalQuadraticSpline, SplineCoupling, spline_coupling
-from flows.bijectors.squeeze import Squeeze
+from flows.bijectors.squeeze import Patchify, Squeeze
 from flows.bijectors.vector import mlp_coupling
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "Invert",
     "LearnedPrior",
     "Logit",
+    "Patchify",
     "Permute",
     "Probit",
     "RationalQuadraticSpline",

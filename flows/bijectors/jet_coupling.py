@@ -1,9 +1,5 @@
-"""Jet's layers (Kolesnikov et al. 2024): patchify, and affine couplings of tokens whose
-networks are transformers (ViTs).
-
-* ``Patchify(image_shape, patch_size)``: (H, W, C) -> (T, d) tokens, ``T = (H/p)(W/p)``
-  patches in row-major order, each flattened to ``d = p * p * C`` features ordered
-  (row in patch, column in patch, channel). A pure reordering: log|det| = 0.
+"""Jet's layers (Kolesnikov et al. 2024): affine couplings of tokens (``flows.bijectors.squeeze.
+Patchify``) whose networks are transformers (ViTs).
 
 * ``JetCoupling``: an affine coupling of tokens ``x`` (T, d), split by a fixed projection P
   (a permutation matrix, a buffer that is never trained):
@@ -58,31 +54,6 @@ SPATIAL_SPLITS = tuple(
     for base in ("checkerboard", "vstripes", "hstripes")
     for suffix in ("", "-inv")
 )
-
-
-class Patchify(Bijector):
-    """(B, H, W, C) -> (B, T, p*p*C) tokens; see the module docstring."""
-
-    def __init__(self, image_shape, patch_size: int):
-        h, w, c = (int(d) for d in image_shape)
-        p = int(patch_size)
-        if p < 1 or h % p or w % p:
-            raise ValueError(f"patch size {p} does not divide the image size {h}x{w}")
-        self.image_shape = (h, w, c)
-        self.patch_size = p
-        self.grid = (h // p, w // p)
-
-    def forward_and_log_det(self, x, *, context=None):
-        b = x.shape[0]
-        (nh, nw), p, c = self.grid, self.patch_size, self.image_shape[2]
-        t = x.reshape(b, nh, p, nw, p, c).transpose(0, 1, 3, 2, 4, 5)
-        return t.reshape(b, nh * nw, p * p * c), jnp.zeros((b,), x.dtype)
-
-    def inverse_and_log_det(self, z, *, context=None):
-        b = z.shape[0]
-        (nh, nw), p, c = self.grid, self.patch_size, self.image_shape[2]
-        x = z.reshape(b, nh, nw, p, p, c).transpose(0, 1, 3, 2, 4, 5)
-        return x.reshape(b, *self.image_shape), jnp.zeros((b,), z.dtype)
 
 
 def channel_projection(seed, features: int) -> jax.Array:

@@ -43,14 +43,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flows.bijectors import Scale, Shift
+from flows.bijectors import Patchify, Scale, Shift
 from flows.bijectors.jet_coupling import (
     CHANNEL_SPLITS,
     COUPLING_KINDS,
     SPATIAL_SPLITS,
     CouplingGroup,
     JetCoupling,
-    Patchify,
     channel_projection,
     spatial_projection,
 )

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flows.bijectors import Bijector, Chain, Scale, Shift
+from flows.bijectors import Bijector, Chain, Patchify, Scale, Shift
 from flows.errors import ConfigError
 from flows.models.base import DensityModel
 from flows.models.registry import register_model
@@ -68,21 +68,6 @@ def guidance_weights(guidance, num_tokens: int, schedule: str):
     raise ConfigError(
         f"guidance_schedule must be one of {list(GUIDANCE_SCHEDULES)}, got {schedule!r}"
     )
-
-
-def patchify(x, p: int):
-    """(B, H, W, C) -> (B, (H/p)(W/p), p*p*C), patches in row-major order."""
-    b, h, w, c = x.shape
-    x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, (h // p) * (w // p), p * p * c)
-
-
-def unpatchify(tokens, image_shape, p: int):
-    """The inverse of ``patchify`` for images of ``image_shape`` (H, W, C)."""
-    h, w, c = image_shape
-    b = tokens.shape[0]
-    x = tokens.reshape(b, h // p, w // p, p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h, w, c)
 
 
 class TarFlowBlock(Bijector):
@@ -269,6 +254,7 @@ class TarFlow(DensityModel):
         self.guidance_schedule = guidance_schedule
         # x in [0, 1) -> 2x - 1 in [-1, 1): log|det| = D log 2, counted here.
         self.preprocess = Chain([Scale(2.0), Shift(-1.0)])
+        self.patchify = Patchify(self.image_shape, patch_size)
         self.blocks = StepStack(
             lambda r: TarFlowBlock(
                 self.token_features,
@@ -297,17 +283,15 @@ class TarFlow(DensityModel):
         self.check_images(x)
         ctx = self.context_features(context)
         y, log_det = self.preprocess.forward_and_log_det(x)
-        tokens, ld = self.blocks.forward_and_log_det(patchify(y, self.patch_size), context=ctx)
-        z = unpatchify(self._to_image_order(tokens), self.image_shape, self.patch_size)
+        tokens, ld = self.blocks.forward_and_log_det(self.patchify.forward(y), context=ctx)
+        z = self.patchify.inverse(self._to_image_order(tokens))
         return z, log_det + ld
 
     def inverse_and_log_det(self, latents, *, context=None):
         ctx = self.context_features(context)
-        tokens = self._to_image_order(patchify(latents, self.patch_size))
+        tokens = self._to_image_order(self.patchify.forward(latents))
         tokens, ld = self.blocks.inverse_and_log_det(tokens, context=ctx)
-        x, ld_pre = self.preprocess.inverse_and_log_det(
-            unpatchify(tokens, self.image_shape, self.patch_size)
-        )
+        x, ld_pre = self.preprocess.inverse_and_log_det(self.patchify.inverse(tokens))
         return x, ld + ld_pre
 
     def guided_inverse(self, latents, *, context, guidance: float):
@@ -316,14 +300,14 @@ class TarFlow(DensityModel):
         ctx = self.context_features(context)
         null = self.null_context(latents.shape[0]).astype(ctx.dtype)
         weights = guidance_weights(guidance, self.num_tokens, self.guidance_schedule)
-        tokens = self._to_image_order(patchify(latents, self.patch_size))
+        tokens = self._to_image_order(self.patchify.forward(latents))
         tokens, _ = self.blocks._scan(
             lambda s, h, c: s.guided_inverse_and_log_det(h, context=c, weights=weights),
             tokens,
             (ctx, null),
             True,
         )
-        x = unpatchify(tokens, self.image_shape, self.patch_size)
+        x = self.patchify.inverse(tokens)
         return self.preprocess.inverse(x)
 
     def initialize(self, x, *, context=None) -> None:
@@ -380,4 +364,4 @@ def build_tarflow(cfg, image_shape, num_classes, *, rngs: nnx.Rngs) -> TarFlow:
     )
 
 
-__all__ = ["TarFlow", "TarFlowBlock", "guidance_weights", "patchify", "unpatchify"]
+__all__ = ["TarFlow", "TarFlowBlock", "guidance_weights"]
