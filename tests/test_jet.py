@@ -19,7 +19,7 @@ from flows.errors import ConfigError
 from flows.models import build_model, sample_compiled
 from flows.models.jet import Jet
 from flows.models.registry import describe_model
-from tests.test_precision import _SQUARE, products
+from tests.test_precision import _SQUARE, lowered_text, products
 
 IMAGE = (4, 8, 1)  # patch 2: a 2x4 grid of T = 8 tokens of d = 4 features
 SMALL = {
@@ -47,27 +47,11 @@ def _jet(num_couplings=3, num_classes=None, perturb=True, image=IMAGE, **kw):
 # -- exactness: the split projections at HIGHEST, the networks at the default --------------
 
 
-def _lowered(model, direction):
-    graphdef, state = nnx.split(model)
-    if direction == "forward":
-        x = jnp.full((2, *IMAGE), 0.3)
-
-        def fn(state, x):
-            return nnx.merge(graphdef, state).log_prob(x)
-    else:
-        x = model.sample_latents(jax.random.key(0), 2)
-
-        def fn(state, x):
-            return nnx.merge(graphdef, state).inverse(x)
-
-    return jax.jit(fn).lower(state, x).as_text(debug_info=True)
-
-
 def test_split_projections_are_highest_and_network_products_are_not():
     model = _jet(perturb=False)
     for direction in ("forward", "inverse"):
         mixing, nets = [], []
-        for op, rest, highest, files in products(_lowered(model, direction)):
+        for op, rest, highest, files in products(lowered_text(model, direction)):
             if any("flows/nn/" in f for f in files):
                 nets.append((op, rest, highest))
             elif any(f.endswith("flows/bijectors/jet_coupling.py") for f in files):
