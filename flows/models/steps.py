@@ -145,7 +145,11 @@ class StepStack(Bijector):
         graphdef, state = nnx.split(self.steps)
         return graphdef, state, x.astype(carry_dtype(x, context, state))
 
-    def _scan(self, apply, x, context, reverse):
+    def scan(self, apply, x, context, reverse: bool):
+        """``apply(step, h, context) -> (h, log|det|)`` through every step, in order (or in
+        reverse), as one ``lax.scan``; returns ``(h, summed log|det|)``. Forward and inverse
+        are this with the steps' own methods; a family calls it with another method of its
+        steps (TarFlow: the guided inverse)."""
         graphdef, state, x = self._split(x, context)
 
         def body(carry, step_state):
@@ -163,10 +167,10 @@ class StepStack(Bijector):
         if self.backprop == "invertible":
             graphdef, state, x = self._split(x, context)
             return invertible_scan(graphdef, state, x, context)
-        return self._scan(lambda s, h, c: s.forward_and_log_det(h, context=c), x, context, False)
+        return self.scan(lambda s, h, c: s.forward_and_log_det(h, context=c), x, context, False)
 
     def inverse_and_log_det(self, z, *, context=None):
-        return self._scan(lambda s, h, c: s.inverse_and_log_det(h, context=c), z, context, True)
+        return self.scan(lambda s, h, c: s.inverse_and_log_det(h, context=c), z, context, True)
 
     def initialize(self, x, *, context=None):
         graphdef, state, x = self._split(x, context)

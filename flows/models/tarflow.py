@@ -301,7 +301,7 @@ class TarFlow(DensityModel):
         null = self.null_context(latents.shape[0]).astype(ctx.dtype)
         weights = guidance_weights(guidance, self.num_tokens, self.guidance_schedule)
         tokens = self._to_image_order(self.patchify.forward(latents))
-        tokens, _ = self.blocks._scan(
+        tokens, _ = self.blocks.scan(
             lambda s, h, c: s.guided_inverse_and_log_det(h, context=c, weights=weights),
             tokens,
             (ctx, null),
