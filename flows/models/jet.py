@@ -55,7 +55,7 @@ from flows.bijectors.jet_coupling import (
 )
 from flows.errors import ConfigError
 from flows.models.base import DensityModel
-from flows.models.registry import register_model
+from flows.models.registry import check_positive_ints, register_model
 from flows.models.steps import carry_dtype
 
 
@@ -68,12 +68,6 @@ def _names(value, field: str) -> tuple[str, ...]:
     if not names:
         raise ConfigError(f"{field} must name at least one entry, got {value!r}")
     return names
-
-
-def _positive_int(value, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{field} must be a positive integer, got {value!r}")
-    return value
 
 
 class Jet(DensityModel):
@@ -114,14 +108,17 @@ class Jet(DensityModel):
     ):
         super().__init__(image_shape, num_classes)
         h, w, c = self.image_shape
-        p = _positive_int(patch_size, "patch_size")
+        check_positive_ints(
+            patch_size=patch_size,
+            num_couplings=num_couplings,
+            block_depth=block_depth,
+            width=width,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+        )
+        p = patch_size
         if h % p or w % p:
             raise ConfigError(f"patch_size {p} does not divide the image size {h}x{w}")
-        num_couplings = _positive_int(num_couplings, "num_couplings")
-        block_depth = _positive_int(block_depth, "block_depth")
-        width = _positive_int(width, "width")
-        num_heads = _positive_int(num_heads, "num_heads")
-        mlp_ratio = _positive_int(mlp_ratio, "mlp_ratio")
         if width % num_heads:
             raise ConfigError(f"width {width} is not divisible by num_heads {num_heads}")
         pattern = _names(coupling_pattern, "coupling_pattern")

@@ -112,6 +112,14 @@ def register_model(
     return decorator
 
 
+def check_positive_ints(**fields) -> None:
+    """A one-line ``ConfigError`` naming the first of ``fields`` (``config.model`` field name
+    -> value) that is not a positive integer (booleans are not integers here)."""
+    for name, value in fields.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
+
+
 def unregister_model(name: str) -> None:
     """Removes a family (for tests that register a throwaway one)."""
     _FAMILIES.pop(name, None)

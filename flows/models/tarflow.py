@@ -42,7 +42,7 @@ from flax import nnx
 from flows.bijectors import Bijector, Chain, Patchify, Scale, Shift
 from flows.errors import ConfigError
 from flows.models.base import DensityModel
-from flows.models.registry import register_model
+from flows.models.registry import check_positive_ints, register_model
 from flows.models.steps import StepStack
 from flows.nn.transformer import Transformer
 
@@ -212,16 +212,14 @@ class TarFlow(DensityModel):
     ):
         super().__init__(image_shape, num_classes)
         h, w, c = self.image_shape
-        for name, value in (
-            ("patch_size", patch_size),
-            ("width", width),
-            ("num_blocks", num_blocks),
-            ("layers_per_block", layers_per_block),
-            ("num_heads", num_heads),
-            ("mlp_ratio", mlp_ratio),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
+        check_positive_ints(
+            patch_size=patch_size,
+            width=width,
+            num_blocks=num_blocks,
+            layers_per_block=layers_per_block,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+        )
         if h % patch_size or w % patch_size:
             raise ConfigError(
                 f"image size {h}x{w} is not divisible by model.patch_size={patch_size}; "
