@@ -159,8 +159,8 @@ def model_config(args) -> dict:
     return {"name": args.model, **fields}
 
 
-def build(args, image_shape):
-    model = build_model(model_config(args), image_shape, 10, rngs=nnx.Rngs(args.seed))
+def build(args, image_shape, model_cfg):
+    model = build_model(model_cfg, image_shape, 10, rngs=nnx.Rngs(args.seed))
     key = jax.random.key(args.seed)
     k_data, k_init, k_run = jax.random.split(key, 3)
     data = jax.random.randint(
@@ -340,7 +340,8 @@ def main(argv=None):
     bs = args.batch_size
     num_dims = height * width * channels
 
-    model, data, key = build(args, image_shape)
+    model_cfg = model_config(args)
+    model, data, key = build(args, image_shape, model_cfg)
     tx = optax.adam(args.lr)
     params, train_fn, eval_fn, sample_fn = make_steps(model, tx, num_dims, bs)
     n_params = sum(p.size for p in jax.tree.leaves(params))
@@ -444,7 +445,7 @@ def main(argv=None):
             "prior": "learned Gaussian split priors + learned top prior",
         }
     else:
-        fields = "_".join(f"{k}{v}" for k, v in sorted(model_config(args).items()) if k != "name")
+        fields = "_".join(f"{k}{v}" for k, v in sorted(model_cfg.items()) if k != "name")
         case = args.case or f"{args.model}_{height}x{width}x{channels}_{fields}_b{bs}"
         config = {"image_shape": list(image_shape), "batch_size": bs}
     record.update(
@@ -452,8 +453,8 @@ def main(argv=None):
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         config={
             **config,
-            "model": model_config(args),
-            "model_description": describe_model(model_config(args)),
+            "model": model_cfg,
+            "model_description": describe_model(model_cfg),
             "optimizer": f"optax.adam(lr={args.lr})",
             "n_params": int(n_params),
             "only": sorted(only),
