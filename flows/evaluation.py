@@ -69,20 +69,19 @@ def _padded_batches(data, batch_size: int, mesh: Mesh | None = None):
     over its ``'data'`` axis, each process supplying its own rows; without, host arrays."""
     if mesh is not None:
         batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
-    batches = padded_batches((data.images, data.labels), data.num_examples, batch_size)
-    for a, b, (images, labels) in batches:
+    rows = slice(None) if mesh is None else _process_rows(batch_size)
+    n = data.num_examples
+    for a in range(0, n, batch_size):
+        b = min(a + batch_size, n)
         indices = np.arange(a, a + batch_size, dtype=np.int32)
-        arrays = (images, labels.astype(np.int32), indices)
+        # Each process reads only its rows; the padding repeats the last example.
+        images, labels = data.read(np.minimum(indices[rows], n - 1))
+        arrays = (images, labels.astype(np.int32), indices[rows])
         if mesh is None:
             yield a, b, *(jnp.asarray(x) for x in arrays)
         else:
-            rows = _process_rows(batch_size)
             sharded = NamedSharding(mesh, PartitionSpec("data"))
-            yield (
-                a,
-                b,
-                *(jax.make_array_from_process_local_data(sharded, x[rows]) for x in arrays),
-            )
+            yield (a, b, *(jax.make_array_from_process_local_data(sharded, x) for x in arrays))
 
 
 def eval_devices() -> list:

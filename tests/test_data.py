@@ -15,9 +15,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 import flows.data as fd
-from flows.data import batching, digits_ood, loading
+from flows.data import batching, digits_ood, loading, pipeline
 from flows.data import digits as digits_lib
 from flows.data import testing as data_testing
+from flows.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -213,17 +214,32 @@ def test_images_outside_the_levels_are_a_one_line_dataset_error(images, expected
 
 
 def test_load_split_checks_the_labels_it_reads(digits_dir, monkeypatch):
-    read_all = loading._read_all
+    as_data_source = loading._as_data_source
 
-    def read_with_a_bad_label(*args):
-        images, labels = read_all(*args)
-        labels[5] = 10  # digits has 10 classes: 0..9
-        return images, labels
+    class BadLabel:  # the split's source, with label 10 on record 5
+        def __init__(self, source):
+            self.source = source
 
-    monkeypatch.setattr(loading, "_read_all", read_with_a_bad_label)
+        def __len__(self):
+            return len(self.source)
+
+        def __getitem__(self, record):
+            return self.__getitems__([record])[0]
+
+        def __getitems__(self, records):
+            examples = self.source.__getitems__(records)
+            pairs = zip(records, examples, strict=True)
+            return [{**e, "label": 10} if r == 5 else e for r, e in pairs]
+
+    monkeypatch.setattr(loading, "_as_data_source", lambda *a: BadLabel(as_data_source(*a)))
     with pytest.raises(fd.DatasetError, match="digits:test: label 10 of example 5") as info:
         fd.load_split("digits", "test", data_dir=digits_dir)
     _one_line(info.value)
+    streamed = fd.open_split("digits", "test", data_dir=digits_dir)
+    streamed.read([7, 3])  # a read without record 5 passes
+    with pytest.raises(fd.DatasetError, match="label 10 of example 2 .1 such of the 2 read") as e:
+        streamed.subset([9, 5, 5], "sub").read([0, 2])  # example 2 of the subset: record 5
+    _one_line(e.value)
 
 
 # ----------------------------------------------------------------------------- levels, padding
@@ -331,6 +347,36 @@ def test_catalog_dataset_loads_through_load_split_under_mock_data(tmp_path, no_n
     assert cifar["validation"].num_examples == 2 and cifar["test"].num_examples == 12
 
 
+# ----------------------------------------------------------------------------- streamed splits
+
+
+def test_streamed_splits_read_what_load_datasets_loads(digits_dir):
+    config = _config(digits_dir)
+    whole = fd.load_datasets(config)
+    streamed = fd.load_datasets(config, stream=True)
+    for key in ("train", "validation", "test"):
+        s, w = streamed[key], whole[key]
+        assert isinstance(s, fd.StreamedSplit) and isinstance(w, fd.ImageData)
+        assert (s.name, s.num_examples, s.image_shape, s.num_bins, s.num_classes) == (
+            w.name, w.num_examples, w.image_shape, w.num_bins, w.num_classes
+        )  # fmt: skip
+        order = np.random.RandomState(0).permutation(w.num_examples)[:37]
+        for got, want in zip(s.read(order), w.read(order), strict=True):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(s.labels, w.labels)
+        np.testing.assert_array_equal(s.materialize().images, w.images)
+
+
+def test_streamed_catalog_split_reduces_and_pads_per_read(tmp_path, no_network):
+    with data_testing.mock_data(num_examples=12):
+        whole = fd.load_split("mnist", "test", data_dir=str(tmp_path), n_bits=5, pad_to=(32, 32))
+        streamed = fd.open_split("mnist", "test", data_dir=str(tmp_path), n_bits=5, pad_to=(32, 32))
+        images, labels = streamed.read([11, 0, 4])
+    assert streamed.image_shape == (32, 32, 1) and streamed.num_bins == 32
+    np.testing.assert_array_equal(images, whole.images[[11, 0, 4]])
+    np.testing.assert_array_equal(labels, whole.labels[[11, 0, 4]])
+
+
 # ----------------------------------------------------------------------------- batching
 
 
@@ -421,3 +467,47 @@ def test_digits_inverted_loads_offline_as_digits_with_levels_inverted(digits_dir
         np.testing.assert_array_equal(inverted.images, 16 - plain.images)
         np.testing.assert_array_equal(inverted.labels, plain.labels)
         assert inverted.num_classes == 10
+
+
+# ----------------------------------------------------------------------------- grain pipeline
+
+
+def _tiny_data(n=10):
+    images = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1)
+    return fd.ImageData(images, np.arange(n, dtype=np.int32) % 3, 17, 3, "tiny")
+
+
+def test_training_batches_are_the_seeded_batches_split_over_processes():
+    data, batch_size, seed = _tiny_data(), 4, 3
+    dataset = pipeline.training_batches(data, batch_size, seed, num_steps=7)
+    halves = [
+        pipeline.training_batches(data, batch_size, seed, 7, rows=slice(p * 2, p * 2 + 2))
+        for p in range(2)
+    ]
+    assert len(dataset) == 7
+    for step in range(7):
+        want = fd.batch_indices(10, batch_size, seed, step)
+        np.testing.assert_array_equal(dataset[step]["image"].ravel(), want)
+        np.testing.assert_array_equal(dataset[step]["label"], want % 3)
+        assert dataset[step]["label"].dtype == np.int32
+        # Two processes each read their half; together they are the global batch.
+        np.testing.assert_array_equal(
+            np.concatenate([h[step]["image"] for h in halves]), dataset[step]["image"]
+        )
+    with pytest.raises(ConfigError, match="larger than the dataset"):
+        pipeline.training_batches(data, 11, seed, num_steps=1)
+
+
+def test_training_iterator_resumes_from_its_saved_state():
+    dataset = pipeline.training_batches(_tiny_data(), 4, 0, num_steps=9)
+    uninterrupted = [b["image"].ravel() for b in pipeline.start_batches(dataset, 0)]
+    assert len(uninterrupted) == 9
+    first = pipeline.start_batches(dataset, 0)
+    for _ in range(4):
+        next(first)
+    state = first.get_state()
+    assert pipeline.next_index(state) == 4
+    resumed = pipeline.start_batches(dataset, state)
+    rest = [b["image"].ravel() for b in resumed]
+    for got, want in zip(rest, uninterrupted[4:], strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -7,10 +7,13 @@ of ``tfds_compat``.
 
 Public API:
   load_split(name, split, *, data_dir, n_bits, pad_to, download) -> ImageData
-  load_datasets(data_config) -> {'train', 'validation', 'test'}: ImageData (validation may be None)
-  ImageData, DatasetError, DATA_CONFIG_DEFAULTS, default_data_dir
+  open_split(name, split, ...) -> StreamedSplit (read on demand)
+  load_datasets(data_config, stream=False) -> {'train', 'validation', 'test'}: ImageData, or
+    StreamedSplit with stream=True (validation may be None)
+  ImageData, StreamedSplit, DatasetError, DATA_CONFIG_DEFAULTS, default_data_dir
   reduce_bits, pad_images, split_validation
   epoch_permutation, batch_indices, steps_per_epoch   (stateless deterministic batching)
+  pipeline.training_batches, pipeline.start_batches   (the grain training pipeline)
   Digits (the TFDS builder); PhotoPatches, DigitsInverted (its OOD companions)
 """
 
@@ -25,10 +28,12 @@ from flows.data.loading import (
     default_data_dir,
     load_datasets,
     load_split,
+    open_split,
     pad_images,
     reduce_bits,
     split_validation,
 )
+from flows.data.source import StreamedSplit
 
 __all__ = [
     "DATA_CONFIG_DEFAULTS",
@@ -37,11 +42,13 @@ __all__ = [
     "DigitsInverted",
     "ImageData",
     "PhotoPatches",
+    "StreamedSplit",
     "batch_indices",
     "default_data_dir",
     "epoch_permutation",
     "load_datasets",
     "load_split",
+    "open_split",
     "pad_images",
     "reduce_bits",
     "split_validation",

@@ -1,4 +1,5 @@
-"""Image datasets through TFDS's no-TensorFlow path, as in-memory NumPy arrays.
+"""Image datasets through TFDS's no-TensorFlow path: read on demand (``open_split``, a
+``StreamedSplit``) or whole into NumPy arrays (``load_split``, an ``ImageData``).
 
 Every dataset, the offline ``digits`` and catalog ones (``mnist``, ``cifar10``, ...), goes
 through the same calls, the ones ``tfds.data_source`` makes::
@@ -7,10 +8,11 @@ through the same calls, the ones ``tfds.data_source`` makes::
     builder.download_and_prepare(file_format="array_record", ...)  # if download=True
     source = builder.as_data_source(split)                         # array_record, PIL decoding
 
-and the split is read with ``source.__getitems__`` in chunks into one ``(N, H, W, C)`` array
-(batched: reading ``source[i]`` one at a time took 3x as long for 60k images). Cost, one CPU
-core: digits train (1497) about 0.2 s; 60k 28x28 PNG images about 5 s, spent in TFDS's
-per-example protobuf parsing and PIL decoding (TFDS decodes with OpenCV instead when installed).
+and examples are read with ``source.__getitems__``: by the batch when training, in chunks into
+one ``(N, H, W, C)`` array by ``load_split`` (reading ``source[i]`` one at a time took 3x as
+long for 60k images). Cost of a whole split, one CPU core: digits train (1497) about 0.2 s;
+60k 28x28 PNG images about 5 s, spent in TFDS's per-example protobuf parsing and PIL decoding
+(TFDS decodes with OpenCV instead when installed).
 
 Levels. ``num_bins`` (K) is the dataset's own count of levels per value:
 ``info.metadata['num_bins']`` when the builder records it (17 for ``digits``; copies prepared
@@ -39,6 +41,7 @@ import tensorflow_datasets as tfds
 from flows.data import digits as _digits  # noqa: F401  (registers the `digits` builder)
 from flows.data import digits_ood as _digits_ood  # noqa: F401  (and its OOD companions)
 from flows.data import tfds_compat
+from flows.data.source import StreamedSplit
 from flows.errors import DatasetError
 
 # Fields of `config.data` read by `load_datasets`, with their defaults.
@@ -53,8 +56,6 @@ DATA_CONFIG_DEFAULTS: dict[str, Any] = {
     "test_split": "test",
     "download": True,  # False: never call download_and_prepare
 }
-
-_READ_CHUNK = 4096  # examples per `__getitems__` call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +94,18 @@ class ImageData:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.images.shape[1:])
 
+    def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """Examples ``indices`` in that order: ``(images, labels)`` (``StreamedSplit.read``)."""
+        indices = np.asarray(indices, np.int64).reshape(-1)
+        return self.images[indices], self.labels[indices]
+
+    def subset(self, indices, name: str) -> "ImageData":
+        """The examples ``indices`` (in that order) as a new ``ImageData``."""
+        indices = np.asarray(indices, np.int64)
+        return dataclasses.replace(
+            self, images=self.images[indices], labels=self.labels[indices], name=name
+        )
+
 
 def check_levels(images: np.ndarray, num_bins: int, name: str) -> None:
     """Raises ``DatasetError`` unless the images are integers in ``[0, num_bins)`` (the values
@@ -109,15 +122,18 @@ def check_levels(images: np.ndarray, num_bins: int, name: str) -> None:
         )
 
 
-def check_labels(labels: np.ndarray, num_classes: int, name: str) -> None:
+def check_labels(labels: np.ndarray, num_classes: int, name: str, examples=None) -> None:
     """Raises ``DatasetError`` unless every label is in ``[0, num_classes)`` (a model one-hots
-    them; an out-of-range label would condition on nothing)."""
+    them; an out-of-range label would condition on nothing). ``examples``: the split's
+    indices of ``labels`` (default ``0..len-1``), which the message names."""
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if bad.size:
+        example = bad[0] if examples is None else examples[bad[0]]
+        counted = "" if examples is None else f" of the {len(labels)} read"
         raise DatasetError(
-            f"{name}: label {labels[bad[0]]} of example {bad[0]} ({bad.size} such) is outside "
-            f"0..{num_classes - 1} (num_classes={num_classes}); fix the labels or num_classes "
-            "(re-prepare a dataset whose labels disagree with its ClassLabel feature)"
+            f"{name}: label {labels[bad[0]]} of example {example} ({bad.size} such{counted}) "
+            f"is outside 0..{num_classes - 1} (num_classes={num_classes}); fix the labels or "
+            "num_classes (re-prepare a dataset whose labels disagree with its ClassLabel feature)"
         )
 
 
@@ -173,10 +189,9 @@ def pad_images(images: np.ndarray, pad_to, *, name: str = "dataset") -> np.ndarr
     return np.pad(images, pads)
 
 
-def split_validation(
-    data: ImageData, validation_size: int, seed: int = 0
-) -> tuple[ImageData, ImageData | None]:
-    """Carves ``validation_size`` examples from the END of a seeded shuffle of ``data``.
+def split_validation(data, validation_size: int, seed: int = 0):
+    """Carves ``validation_size`` examples from the END of a seeded shuffle of ``data`` (an
+    ``ImageData`` or a ``StreamedSplit``; the parts are of the same kind).
 
     ``perm = np.random.RandomState(seed).permutation(N)``; validation is ``perm[N - v:]``, train
     the rest. Both keep the record order of ``data`` (indices sorted), so they are disjoint and
@@ -192,18 +207,11 @@ def split_validation(
         )
     perm = np.random.RandomState(seed).permutation(n)
     keep = n - validation_size
-    parts = []
-    for idx, piece in ((perm[:keep], f"[:{keep}]"), (perm[keep:], f"[{keep}:]")):
-        idx = np.sort(idx)
-        parts.append(
-            dataclasses.replace(
-                data,
-                images=data.images[idx],
-                labels=data.labels[idx],
-                name=f"{data.name}[shuffle(seed={seed})]{piece}",
-            )
-        )
-    return parts[0], parts[1]
+    train, validation = (
+        data.subset(np.sort(idx), f"{data.name}[shuffle(seed={seed})]{piece}")
+        for idx, piece in ((perm[:keep], f"[:{keep}]"), (perm[keep:], f"[{keep}:]"))
+    )
+    return train, validation
 
 
 def _first_line(exc: BaseException, limit: int = 300) -> str:
@@ -314,24 +322,43 @@ def _dataset_bins(info: tfds.core.DatasetInfo, dtype: np.dtype, name: str) -> in
     raise DatasetError(f"dataset {name!r} has {dtype} images; integer levels are required")
 
 
-def _read_all(source, image_key: str, label_key: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """Reads a data source into (N, H, W, C) images and (N,) int32 labels."""
-    n = len(source)
-    if n == 0:
-        raise DatasetError("the split is empty")
-    first = source[0][image_key]
-    images = np.empty((n, *first.shape), first.dtype)
-    labels = np.zeros((n,), np.int32)
-    for start in range(0, n, _READ_CHUNK):
-        stop = min(n, start + _READ_CHUNK)
-        examples = source.__getitems__(list(range(start, stop)))
-        try:
-            images[start:stop] = np.stack([ex[image_key] for ex in examples])
-        except ValueError as e:
-            raise DatasetError(f"images of different shapes are not supported: {e}") from e
-        if label_key is not None:
-            labels[start:stop] = [ex[label_key] for ex in examples]
-    return images, labels
+def open_split(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    n_bits: int | None = None,
+    pad_to: tuple[int, int] | None = None,
+    download: bool = True,
+) -> StreamedSplit:
+    """Split ``split`` of TFDS dataset ``name``, read on demand (``StreamedSplit``): nothing
+    but the first example is read here. Arguments and errors as ``load_split``'s."""
+    data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir else default_data_dir()
+    builder = _get_builder(name, data_dir)
+    image_key, label_key = _feature_keys(builder.info, name)
+    image_shape = builder.info.features[image_key].shape
+    if pad_to is not None and None not in image_shape[:2]:
+        _check_pad_to(image_shape[:2], pad_to, name)  # fail before reading anything
+    if download:
+        _prepare(builder, name, data_dir)
+    source = _as_data_source(builder, name, split, data_dir)
+    if len(source) == 0:
+        raise DatasetError(f"{name}:{split}: the split is empty")
+    first = np.asarray(source[0][image_key])
+    if pad_to is not None:
+        _check_pad_to(first.shape[:2], pad_to, name)
+    num_classes = builder.info.features[label_key].num_classes if label_key else 1
+    return StreamedSplit(
+        source,
+        image_key=image_key,
+        label_key=label_key,
+        source_bins=_dataset_bins(builder.info, first.dtype, name),
+        n_bits=n_bits,
+        pad_to=pad_to,
+        num_classes=int(num_classes),
+        name=f"{name}:{split}",
+        image_shape=first.shape,
+    )
 
 
 def load_split(
@@ -358,26 +385,16 @@ def load_split(
     Raises:
       DatasetError: unknown dataset, not prepared and not preparable, bad n_bits or pad_to.
     """
-    data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir else default_data_dir()
-    builder = _get_builder(name, data_dir)
-    image_key, label_key = _feature_keys(builder.info, name)
-    image_shape = builder.info.features[image_key].shape
-    if pad_to is not None and None not in image_shape[:2]:
-        _check_pad_to(image_shape[:2], pad_to, name)  # fail before reading anything
-    if download:
-        _prepare(builder, name, data_dir)
-    source = _as_data_source(builder, name, split, data_dir)
-    images, labels = _read_all(source, image_key, label_key)
-    num_bins = _dataset_bins(builder.info, images.dtype, name)
-    images, num_bins = reduce_bits(images, num_bins, n_bits, name=name)
-    if pad_to is not None:
-        images = pad_images(images, pad_to, name=name)
-    num_classes = builder.info.features[label_key].num_classes if label_key else 1
-    return ImageData(images, labels, num_bins, int(num_classes), f"{name}:{split}")
+    split_data = open_split(
+        name, split, data_dir=data_dir, n_bits=n_bits, pad_to=pad_to, download=download
+    )
+    return split_data.materialize()
 
 
-def load_datasets(data_config) -> dict[str, ImageData | None]:
-    """Loads 'train', 'validation' (None when ``validation_size == 0``) and 'test'.
+def load_datasets(data_config, *, stream: bool = False) -> dict:
+    """Loads 'train', 'validation' (None when ``validation_size == 0``) and 'test': whole
+    splits in memory (``ImageData``), or with ``stream=True`` splits read on demand
+    (``StreamedSplit``, what training uses: no split is read whole).
 
     ``data_config`` (an ml_collections ConfigDict or a mapping) has the fields of
     ``DATA_CONFIG_DEFAULTS``; only ``name`` is required:
@@ -409,7 +426,8 @@ def load_datasets(data_config) -> dict[str, ImageData | None]:
     kwargs = dict(
         data_dir=cfg["data_dir"], n_bits=cfg["n_bits"], pad_to=pad_to, download=cfg["download"]
     )
-    train = load_split(cfg["name"], cfg["train_split"], **kwargs)
+    load = open_split if stream else load_split
+    train = load(cfg["name"], cfg["train_split"], **kwargs)
     train, validation = split_validation(train, int(cfg["validation_size"]), cfg["split_seed"])
-    test = load_split(cfg["name"], cfg["test_split"], **kwargs)
+    test = load(cfg["name"], cfg["test_split"], **kwargs)
     return {"train": train, "validation": validation, "test": test}

@@ -1,6 +1,6 @@
 """Checkpoints with orbax: the whole ``TrainState`` (params, optimizer state, EMA, step, RNG)
-plus a JSON record of the loop's own state (best validation so far). The step count is the
-data position (batches are a pure function of it, ``flows.data.batch_indices``).
+plus a JSON record of the loop's own state (best validation so far, and the training input
+iterator's state: the data position, ``flows.data.pipeline``).
 
 Orbax writes each checkpoint to a temporary directory and renames it when complete, so a run
 killed mid-save (even by SIGKILL) leaves the previous checkpoint intact; the temporary

@@ -27,7 +27,7 @@ from flows import plotting
 from flows import workdir as wd
 from flows.evaluation import evaluate
 from flows.train import optim, periodic, sharding, tensorboard
-from flows.train.setup import Run, host_batch, setup_run
+from flows.train.setup import Run, setup_run
 
 
 def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = False) -> dict:
@@ -89,7 +89,7 @@ def run_steps(run: Run, board: tensorboard.Board | None = None) -> None:
     )
     last_val = None
     for step in range(run.start_step, tc.num_train_steps):
-        batch = sharding.shard_batch(host_batch(run.train, step, tc.batch_size, tc.seed), run.mesh)
+        batch = sharding.shard_batch(next(run.batches), run.mesh)
         run.state, metrics = run.train_step(run.state, batch)
         bar.update(1)
         done, is_last = step + 1, step + 1 == tc.num_train_steps

@@ -30,7 +30,7 @@ from flows.evaluation import evaluate_bits_per_dim
 from flows.metrics import quantize
 from flows.models import is_conditional, sample_compiled
 from flows.train.optim import learning_rate_of_step
-from flows.train.setup import Run
+from flows.train.setup import DATA_STATE, Run
 from flows.train.tensorboard import PERIODIC_SAMPLES, Board
 
 
@@ -167,6 +167,7 @@ class SaveCheckpoint(PeriodicAction):
 
     def __call__(self, run: Run, step: int, record: dict) -> None:
         run.meta["wall_time_s"] = self.wall_time()
+        run.meta[DATA_STATE] = run.batches.get_state()  # the next batch to read
         # The best state this meta names must be on disk before a checkpoint refers to it
         # (saves are asynchronous): a resume then never finds best/ behind its meta.
         run.best.wait()

@@ -19,6 +19,7 @@ from flax import nnx
 
 from flows import data as data_lib
 from flows import workdir as wd
+from flows.data import pipeline
 from flows.errors import CheckpointError, ConfigError
 from flows.metrics import dequantize
 from flows.models import build_model, is_conditional
@@ -30,6 +31,9 @@ from flows.train.optim import make_optimizer
 from flows.train.state import TrainState
 from flows.train.step import make_train_step
 
+# The key of a checkpoint's meta holding the training iterator's state.
+DATA_STATE = "data_iterator"
+
 
 @dataclasses.dataclass
 class Run:
@@ -38,9 +42,9 @@ class Run:
     config: object
     workdir: str
     is_main: bool
-    train: data_lib.ImageData
-    validation: data_lib.ImageData | None
-    test: data_lib.ImageData
+    train: data_lib.StreamedSplit
+    validation: data_lib.StreamedSplit | None
+    test: data_lib.StreamedSplit
     mesh: jax.sharding.Mesh
     graphdef: nnx.GraphDef
     state: TrainState
@@ -50,6 +54,9 @@ class Run:
     meta: dict
     start_step: int
     num_params: int
+    # This process's training batches from start_step on (a grain iterator; its state goes
+    # into every checkpoint's meta as DATA_STATE); None once every step is done.
+    batches: object = None
 
     @property
     def use_ema(self) -> bool:
@@ -71,11 +78,10 @@ class Run:
         self.best.close()
 
 
-def host_batch(data, step: int, batch_size: int, seed: int) -> dict:
-    """This process's rows of global batch ``step`` (a pure function of the step)."""
-    idx = data_lib.batch_indices(data.num_examples, batch_size, seed, step)
-    idx = idx[sharding.process_slice(batch_size)]
-    return {"image": data.images[idx], "label": data.labels[idx].astype(np.int32)}
+def host_batches(data, batch_size: int, seed: int, num_steps: int):
+    """The grain dataset of this process's rows of global batches ``0..num_steps-1``."""
+    rows = sharding.process_slice(batch_size)
+    return pipeline.training_batches(data, batch_size, seed, num_steps, rows=rows)
 
 
 def make_model_and_state(
@@ -244,20 +250,37 @@ def _resume(run: Run, stored_config: dict | None, allow_config_change: bool) -> 
         print(f"resumed from {run.checkpoints.step_path(step)}")
 
 
+def _start_batches(run: Run):
+    """The training batches from ``run.start_step`` on, at the data position the resumed
+    checkpoint saved (a checkpoint written before the position was saved: its step)."""
+    tc = run.config.train
+    if run.start_step >= tc.num_train_steps:
+        return None
+    state = run.meta.get(DATA_STATE, {"next_index": run.start_step})
+    if pipeline.next_index(state) != run.start_step:
+        raise CheckpointError(
+            f"checkpoint {run.start_step} in {run.workdir} saved the data position "
+            f"{state} of another step; use a fresh --workdir"
+        )
+    dataset = host_batches(run.train, tc.batch_size, tc.seed, tc.num_train_steps)
+    return pipeline.start_batches(dataset, state)
+
+
 def setup_run(config, workdir: str, *, allow_config_change: bool = False) -> Run:
     """Everything a run needs, resumed from ``workdir``'s newest readable checkpoint if it has
     one. A config other than the stored one is refused unless ``allow_config_change``."""
     sharding.initialize_distributed(config.train.distributed)
     is_main = jax.process_index() == 0
     stored_config = _prepare_workdir(workdir, is_main)
-    datasets = data_lib.load_datasets(config.data)
+    datasets = data_lib.load_datasets(config.data, stream=True)
     train = datasets["train"]
 
     tc = config.train
     mesh = sharding.data_mesh()
     sharding.check_batch_size(tc.batch_size, mesh)
     tx = make_optimizer(config.optim, tc.num_train_steps)
-    init = sharding.shard_batch(host_batch(train, 0, tc.init_batch_size, tc.seed + 1), mesh)
+    init = host_batches(train, tc.init_batch_size, tc.seed + 1, num_steps=1)[0]
+    init = sharding.shard_batch(init, mesh)
     graphdef, state = make_model_and_state(
         config,
         train.image_shape,
@@ -267,7 +290,12 @@ def setup_run(config, workdir: str, *, allow_config_change: bool = False) -> Run
         init["image"],
         init["label"],
         mesh,
-        label_counts=np.bincount(train.labels, minlength=train.num_classes),
+        # p(y) of a conditional model: one pass over the train split's labels.
+        label_counts=(
+            np.bincount(train.labels, minlength=train.num_classes)
+            if config.model.get("conditional")
+            else None
+        ),
     )
     checkpoints = Checkpointer(wd.path(workdir, wd.CHECKPOINTS), max_to_keep=2)
     best = Checkpointer(wd.path(workdir, wd.BEST), max_to_keep=1)
@@ -290,6 +318,7 @@ def setup_run(config, workdir: str, *, allow_config_change: bool = False) -> Run
     )
     try:
         _resume(run, stored_config, allow_config_change)
+        run.batches = _start_batches(run)
         if is_main:
             _write_run_files(config, workdir, train)
     except BaseException:

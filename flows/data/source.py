@@ -1,0 +1,134 @@
+"""A split read on demand: ``StreamedSplit`` reads only the examples asked for.
+
+It wraps a random-access source of records (a ``tfds.data_source``: array_record files,
+decoded with PIL, no TensorFlow) and applies, per read, what ``load_split`` applies to a whole
+split: Glow's bit reduction (``reduce_bits``), zero padding (``pad_images``) and the checks
+of levels and labels. An optional index subset (``subset``) is how the validation examples
+are carved from the train split without reading it. ``ImageData`` (the whole split in
+memory) has the same interface (``read``, ``subset``, ``labels``, ``num_examples``, ...), so
+the training pipeline (``flows.data.pipeline``) and evaluation take either.
+
+Reading example ``i`` of a subset reads record ``indices[i]``; ``read`` keeps the order it is
+given (a batch of a shuffled epoch stays in that order).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from flows.errors import DatasetError
+
+READ_CHUNK = 4096  # examples per source read when a whole split is read
+
+
+class StreamedSplit:
+    """One split of a dataset, read example by example from ``source``.
+
+    Attributes:
+      num_examples, image_shape (after padding), num_bins (after bit reduction),
+      num_classes, name: as ``ImageData``'s.
+      labels: (N,) int32, read once on first use (one pass over the split) and kept.
+    """
+
+    def __init__(
+        self,
+        source,
+        *,
+        image_key: str,
+        label_key: str | None,
+        source_bins: int,
+        n_bits: int | None,
+        pad_to: tuple[int, int] | None,
+        num_classes: int,
+        name: str,
+        image_shape: tuple[int, int, int],
+        indices: np.ndarray | None = None,
+    ):
+        from flows.data import loading  # the per-array transforms (loading imports us)
+
+        self._loading = loading
+        self._source = source
+        self._image_key, self._label_key = image_key, label_key
+        self._source_bins, self._n_bits, self._pad_to = source_bins, n_bits, pad_to
+        _, self.num_bins = loading.reduce_bits(
+            np.zeros((0,), np.uint8), source_bins, n_bits, name=name
+        )
+        self.num_classes = int(num_classes)
+        self.name = name
+        self._indices = None if indices is None else np.asarray(indices, np.int64)
+        size = len(source) if self._indices is None else len(self._indices)
+        if size == 0:
+            raise DatasetError(f"{name}: the split is empty")
+        self.num_examples = int(size)
+        height, width, channels = image_shape
+        if pad_to is not None:
+            height, width = (int(pad_to[0]), int(pad_to[1]))
+        self.image_shape = (int(height), int(width), int(channels))
+
+    def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """Examples ``indices`` (in that order): ``(images (k, H, W, C), labels (k,) int32)``,
+        reduced, padded and checked like ``load_split``'s."""
+        indices = np.asarray(indices, np.int64).reshape(-1)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.num_examples):
+            raise IndexError(f"{self.name}: indices outside 0..{self.num_examples - 1}")
+        records = indices if self._indices is None else self._indices[indices]
+        examples = self._source.__getitems__([int(i) for i in records])
+        try:
+            images = np.stack([ex[self._image_key] for ex in examples])
+        except ValueError as e:
+            raise DatasetError(f"images of different shapes are not supported: {e}") from e
+        if self._label_key is None:
+            labels = np.zeros((len(examples),), np.int32)
+        else:
+            labels = np.asarray([ex[self._label_key] for ex in examples], np.int32)
+        loading = self._loading
+        loading.check_levels(images, self._source_bins, self.name)
+        images, _ = loading.reduce_bits(images, self._source_bins, self._n_bits, name=self.name)
+        if self._pad_to is not None:
+            images = loading.pad_images(images, self._pad_to, name=self.name)
+        loading.check_labels(labels, self.num_classes, self.name, examples=indices)
+        return images, labels
+
+    def chunks(self, size: int = READ_CHUNK):
+        """``(a, b, images, labels)`` for consecutive examples ``a:b`` of the whole split."""
+        for a in range(0, self.num_examples, size):
+            b = min(a + size, self.num_examples)
+            yield (a, b, *self.read(np.arange(a, b)))
+
+    @functools.cached_property
+    def labels(self) -> np.ndarray:
+        labels = np.empty((self.num_examples,), np.int32)
+        for a, b, _, chunk in self.chunks():
+            labels[a:b] = chunk
+        labels.flags.writeable = False
+        return labels
+
+    def subset(self, indices, name: str) -> StreamedSplit:
+        """The examples ``indices`` of this split (in that order), read on demand."""
+        indices = np.asarray(indices, np.int64)
+        records = indices if self._indices is None else self._indices[indices]
+        return StreamedSplit(
+            self._source,
+            image_key=self._image_key,
+            label_key=self._label_key,
+            source_bins=self._source_bins,
+            n_bits=self._n_bits,
+            pad_to=self._pad_to,
+            num_classes=self.num_classes,
+            name=name,
+            image_shape=self.image_shape,
+            indices=records,
+        )
+
+    def materialize(self):
+        """The whole split in memory, as ``ImageData``."""
+        images = np.empty((self.num_examples, *self.image_shape), self._dtype())
+        labels = np.empty((self.num_examples,), np.int32)
+        for a, b, chunk_images, chunk_labels in self.chunks():
+            images[a:b], labels[a:b] = chunk_images, chunk_labels
+        return self._loading.ImageData(images, labels, self.num_bins, self.num_classes, self.name)
+
+    def _dtype(self):
+        return self.read([0])[0].dtype
