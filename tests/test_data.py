@@ -367,6 +367,32 @@ def test_streamed_splits_read_what_load_datasets_loads(digits_dir):
         np.testing.assert_array_equal(s.materialize().images, w.images)
 
 
+def test_streamed_split_keeps_what_it_decodes_within_its_budget(digits_dir):
+    reads = []
+
+    def counting(split):
+        source = split._source
+        split._source = type("Counting", (), {
+            "__len__": lambda self: len(source),
+            "__getitems__": lambda self, r: reads.append(list(r)) or source.__getitems__(r),
+        })()  # fmt: skip
+        return split
+
+    cached = counting(fd.open_split("digits", "test", data_dir=digits_dir))
+    uncached = fd.open_split("digits", "test", data_dir=digits_dir, cache_bytes=0)
+    first = cached.read([4, 9, 4])
+    assert reads == [[4, 9]]  # each record decoded once
+    again = cached.read([9, 4, 2])
+    assert reads == [[4, 9], [2]]  # only the example not read before
+    for got, idx in ((first, [4, 9, 4]), (again, [9, 4, 2])):
+        for a, b in zip(got, uncached.read(idx), strict=True):
+            np.testing.assert_array_equal(a, b)
+    small = counting(fd.open_split("digits", "test", data_dir=digits_dir, cache_bytes=100))
+    small.read([4])
+    small.read([4])
+    assert reads[-2:] == [[4], [4]]  # over budget (300 x 64 bytes): decoded on every read
+
+
 def test_streamed_catalog_split_reduces_and_pads_per_read(tmp_path, no_network):
     with data_testing.mock_data(num_examples=12):
         whole = fd.load_split("mnist", "test", data_dir=str(tmp_path), n_bits=5, pad_to=(32, 32))

@@ -41,7 +41,7 @@ import tensorflow_datasets as tfds
 from flows.data import digits as _digits  # noqa: F401  (registers the `digits` builder)
 from flows.data import digits_ood as _digits_ood  # noqa: F401  (and its OOD companions)
 from flows.data import tfds_compat
-from flows.data.source import StreamedSplit
+from flows.data.source import CACHE_BYTES, StreamedSplit
 from flows.errors import DatasetError
 
 # Fields of `config.data` read by `load_datasets`, with their defaults.
@@ -330,9 +330,11 @@ def open_split(
     n_bits: int | None = None,
     pad_to: tuple[int, int] | None = None,
     download: bool = True,
+    cache_bytes: int = CACHE_BYTES,
 ) -> StreamedSplit:
     """Split ``split`` of TFDS dataset ``name``, read on demand (``StreamedSplit``): nothing
-    but the first example is read here. Arguments and errors as ``load_split``'s."""
+    but the first example is read here. Arguments and errors as ``load_split``'s; a split
+    whose decoded images fit in ``cache_bytes`` keeps what it decodes (0: never)."""
     data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir else default_data_dir()
     builder = _get_builder(name, data_dir)
     image_key, label_key = _feature_keys(builder.info, name)
@@ -358,6 +360,8 @@ def open_split(
         num_classes=int(num_classes),
         name=f"{name}:{split}",
         image_shape=first.shape,
+        dtype=first.dtype,
+        cache_bytes=cache_bytes,
     )
 
 
