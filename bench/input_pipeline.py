@@ -11,7 +11,8 @@ reduction and padding), three ways:
                           ``READ_THREADS`` threads, ``PREFETCH_BATCHES`` batches ahead),
                           cache off, drained as fast as it yields
   cached_images_per_s     the trainer's iterator on the split as the trainer opens it
-                          (cached: ``flows.data.source.CACHE_BYTES``), after one epoch
+                          (cached: ``flows.data.source.CACHE_BYTES``; read in the calling
+                          thread), after one epoch
 
 Datasets (``--dataset``):
   digits       the data of ``--config`` (default ``configs/glow_digits.py``: 8x8 PNGs)
@@ -122,7 +123,7 @@ def _train_split(args, cache_bytes: int):
 def _drain(split, batch_size: int, batches: int) -> float:
     """Images/s of the trainer's iterator over ``batches`` batches (after its first)."""
     dataset = pipeline.training_batches(split, batch_size, 0, num_steps=batches + 1)
-    iterator = pipeline.start_batches(dataset, 0)
+    iterator = pipeline.start_batches(dataset, 0, threads=pipeline.read_threads(split))
     next(iterator)  # threads started, first batch read
     start = time.perf_counter()
     for _ in range(batches):
@@ -163,7 +164,7 @@ def main() -> None:
         "decode_images_per_s": round(decode, 1),
         "pipeline_images_per_s": round(piped, 1),
         "cached_images_per_s": round(cached, 1),
-        "read_threads": pipeline.READ_THREADS,
+        "read_threads": pipeline.READ_THREADS,  # of pipeline_images_per_s
         "prefetch_batches": pipeline.PREFETCH_BATCHES,
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),

@@ -7,10 +7,11 @@ four devices runs the same two sessions. Checked:
 
 1. the final parameters (raw and EMA) equal the single-process run's, and so do the
    validation and test records;
-2. only process 0 writes the run's files: every process records the files it opens for
-   writing (and renames, makes, removes) with an audit hook (``sys.addaudithook``), and
-   process 1 wrote nothing in the workdir but what orbax's multi-process protocol asks of
-   it; process 1 prints no progress bar and no result line;
+2. each process reads from the train split only its half of every global batch (and of
+   the initialisation batch); only process 0 writes the run's files: every process records
+   the files it opens for writing (and renames, makes, removes) with an audit hook
+   (``sys.addaudithook``), and process 1 wrote nothing in the workdir but what orbax's
+   multi-process protocol asks of it; process 1 prints no progress bar and no result line;
 3. evaluation is sharded over the mesh: the per-example bits/dim on four devices equal a
    one-device evaluation, and each device's compiled program does a quarter of the work.
 
@@ -127,6 +128,12 @@ def check_two_processes_train_like_one(tmp_path):
     printed = [line for line in out1.splitlines() if line.strip() and "peer ranks" not in line]
     assert printed == [] and "train:" not in err1, "\n".join(printed) + err1[-2000:]
 
+    # Each process reads only its half of every training batch from the train split.
+    for pid, d in enumerate(dist):
+        train, expected = _expected_train_reads(pid)
+        train_reads = {tuple(idx) for name, idx in d["reads"] if name == train}
+        assert train_reads == expected, (pid, sorted(train_reads)[:3])
+
     # 3. Sharded evaluation (checked in the reference worker, on 4 devices).
     assert reference["eval_max_rel_diff"] < 1e-5, reference
     assert reference["flops_ratio"] < 0.3, reference
@@ -167,6 +174,42 @@ def _audit_writes(root: str) -> list:
     return writes
 
 
+def _record_reads() -> list:
+    """Starts recording ``(split name, [indices])`` of every read of a streamed split (from
+    any thread: the input pipeline's readers); returns the (growing) list."""
+    from flows.data.source import StreamedSplit
+
+    reads, read = [], StreamedSplit.read
+
+    def recorded(self, indices):
+        reads.append((self.name, [int(i) for i in np.ravel(indices)]))
+        return read(self, indices)
+
+    StreamedSplit.read = recorded
+    return reads
+
+
+def _expected_train_reads(process_id: int) -> set:
+    """``(train split name, rows)``: the rows of the train split process ``process_id`` of 2
+    must read: its half of every global batch of both sessions and of the initialisation
+    batch, nothing else."""
+    sys.path.insert(0, ROOT)
+    from configs import glow_digits
+    from flows import data as data_lib
+
+    config = glow_digits.get_config("smoke")
+    tc = config.train
+    train = data_lib.load_datasets(config.data, stream=True)["train"]
+    n = train.num_examples
+
+    def half(batch_size, seed, step):
+        idx = data_lib.batch_indices(n, batch_size, seed, step)
+        return tuple(int(i) for i in np.split(idx, 2)[process_id])
+
+    rows = {half(tc.batch_size, tc.seed, step) for step in range(STEPS[-1])}
+    return train.name, rows | {half(tc.init_batch_size, tc.seed + 1, 0)}
+
+
 def _worker(mode, process_id, port, workdir, out_path, compare_with=None):
     os.makedirs(workdir, exist_ok=True)
     writes = _audit_writes(workdir)
@@ -174,6 +217,7 @@ def _worker(mode, process_id, port, workdir, out_path, compare_with=None):
     from configs import glow_digits
     from flows.train.loop import train_and_evaluate
 
+    reads = _record_reads()
     records, cpu = [], [time.process_time()]
     for session, steps in enumerate(STEPS):
         config = glow_digits.get_config("smoke")
@@ -192,7 +236,7 @@ def _worker(mode, process_id, port, workdir, out_path, compare_with=None):
                 d.coordinator_address = f"127.0.0.1:{port}"
         records.append(train_and_evaluate(config, workdir, allow_config_change=session > 0))
         cpu.append(time.process_time())
-    result = {"records": records, "writes": writes, "cpu_s": cpu}
+    result = {"records": records, "writes": writes, "reads": reads, "cpu_s": cpu}
     if mode == "ref":
         result.update(_reference_checks(workdir, compare_with))
         result["cpu_s"].append(time.process_time())

@@ -76,6 +76,7 @@ class ImageData:
     num_bins: int
     num_classes: int
     name: str
+    cached = True  # in memory (as ``StreamedSplit.cached``)
 
     def __post_init__(self):
         if self.images.ndim != 4 or self.labels.shape != self.images.shape[:1]:

@@ -36,6 +36,8 @@ class StreamedSplit:
       num_examples, image_shape (after padding), num_bins (after bit reduction),
       num_classes, name: as ``ImageData``'s.
       labels: (N,) int32, read once on first use (one pass over the split) and kept.
+      cached: whether it keeps the examples it decodes (its decoded images fit in
+        ``cache_bytes``): after its first epoch, a read only indexes memory.
     """
 
     def __init__(
@@ -78,7 +80,7 @@ class StreamedSplit:
         self._dtype = np.dtype(dtype)
         self._cache_bytes = int(cache_bytes)
         decoded = self.num_examples * int(np.prod(self.image_shape)) * self._dtype.itemsize
-        self._caching = decoded <= self._cache_bytes
+        self.cached = decoded <= self._cache_bytes  # keeps what it decodes
         self._cache = None  # (images, labels, filled), allocated at the first read
         self._lock = threading.Lock()
 
@@ -89,7 +91,7 @@ class StreamedSplit:
         indices = np.asarray(indices, np.int64).reshape(-1)
         if indices.size and (indices.min() < 0 or indices.max() >= self.num_examples):
             raise IndexError(f"{self.name}: indices outside 0..{self.num_examples - 1}")
-        if not self._caching:
+        if not self.cached:
             return self._decode(indices)
         with self._lock:
             if self._cache is None:

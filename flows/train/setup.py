@@ -263,7 +263,7 @@ def _start_batches(run: Run):
             f"{state} of another step; use a fresh --workdir"
         )
     dataset = host_batches(run.train, tc.batch_size, tc.seed, tc.num_train_steps)
-    return pipeline.start_batches(dataset, state)
+    return pipeline.start_batches(dataset, state, threads=pipeline.read_threads(run.train))
 
 
 def setup_run(config, workdir: str, *, allow_config_change: bool = False) -> Run:
