@@ -21,7 +21,8 @@ else
     # files it is given), so no worker starts a long file while the others run out of work.
     if [ "$#" -eq 0 ]; then
         longest=(tests/test_user_paths.py tests/test_bijectors.py tests/test_toy_tables.py
-            tests/test_invertible_backprop.py tests/test_workdir_contract.py)
+            tests/test_distributed.py tests/test_invertible_backprop.py
+            tests/test_workdir_contract.py)
         set -- "${longest[@]}"
         for file in tests/test_*.py; do
             [[ " ${longest[*]} " == *" $file "* ]] || set -- "$@" "$file"
