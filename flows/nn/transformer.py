@@ -37,13 +37,15 @@ _NEG = -1e30  # attention logit of a masked position (finite: no NaN from -inf -
 class Attention(nnx.Module):
     """Multi-head self-attention with one fused q/k/v projection."""
 
-    def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs):
+    def __init__(
+        self, width: int, num_heads: int, *, kernel_init=hidden_kernel_init, rngs: nnx.Rngs
+    ):
         if width % num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = width // num_heads
-        self.qkv = nnx.Linear(width, 3 * width, kernel_init=hidden_kernel_init, rngs=rngs)
-        self.out = nnx.Linear(width, width, kernel_init=hidden_kernel_init, rngs=rngs)
+        self.qkv = nnx.Linear(width, 3 * width, kernel_init=kernel_init, rngs=rngs)
+        self.out = nnx.Linear(width, width, kernel_init=kernel_init, rngs=rngs)
 
     def _heads(self, h, batch: int):
         """(B*T, width) rows -> q, k, v each (B, T, heads, head_dim)."""
@@ -85,13 +87,21 @@ class Attention(nnx.Module):
 class Block(nnx.Module):
     """``h + Attn(LN(h))`` then ``h + MLP(LN(h))``."""
 
-    def __init__(self, width: int, num_heads: int, mlp_ratio: int, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        width: int,
+        num_heads: int,
+        mlp_ratio: int,
+        *,
+        kernel_init=hidden_kernel_init,
+        rngs: nnx.Rngs,
+    ):
         self.norm1 = nnx.LayerNorm(width, rngs=rngs)
-        self.attn = Attention(width, num_heads, rngs=rngs)
+        self.attn = Attention(width, num_heads, kernel_init=kernel_init, rngs=rngs)
         self.norm2 = nnx.LayerNorm(width, rngs=rngs)
         hidden = mlp_ratio * width
-        self.fc1 = nnx.Linear(width, hidden, kernel_init=hidden_kernel_init, rngs=rngs)
-        self.fc2 = nnx.Linear(hidden, width, kernel_init=hidden_kernel_init, rngs=rngs)
+        self.fc1 = nnx.Linear(width, hidden, kernel_init=kernel_init, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, width, kernel_init=kernel_init, rngs=rngs)
 
     def _mlp(self, h):
         return self.fc2(jax.nn.gelu(self.fc1(self.norm2(h))))
@@ -115,6 +125,9 @@ class Transformer(nnx.Module):
       width, depth, num_heads, mlp_ratio: the blocks.
       causal: token t attends to tokens <= t only (TarFlow); enables ``decode_step``.
       context_features: size of the context vector (labels), or None.
+      position_std: the learned position embedding starts as N(0, position_std^2).
+      block_kernel_init: initializer of the blocks' dense kernels (attention and MLP); the
+        input and context projections are LeCun-normal, the output projection zero.
     """
 
     def __init__(
@@ -129,6 +142,8 @@ class Transformer(nnx.Module):
         mlp_ratio: int = 4,
         causal: bool = False,
         context_features: int | None = None,
+        position_std: float = 0.02,
+        block_kernel_init=hidden_kernel_init,
         rngs: nnx.Rngs,
     ):
         if depth < 1:
@@ -138,14 +153,18 @@ class Transformer(nnx.Module):
         self.num_heads = int(num_heads)
         self.head_dim = width // num_heads
         self.proj_in = nnx.Linear(in_features, width, kernel_init=hidden_kernel_init, rngs=rngs)
-        self.positions = nnx.Param(0.02 * jax.random.normal(rngs.params(), (num_tokens, width)))
+        noise = jax.random.normal(rngs.params(), (num_tokens, width))
+        self.positions = nnx.Param(position_std * noise)
         self.context_proj = (
             nnx.Linear(context_features, width, kernel_init=hidden_kernel_init, rngs=rngs)
             if context_features
             else None
         )
         self.blocks = nnx.List(
-            [Block(width, num_heads, mlp_ratio, rngs=rngs) for _ in range(depth)]
+            [
+                Block(width, num_heads, mlp_ratio, kernel_init=block_kernel_init, rngs=rngs)
+                for _ in range(depth)
+            ]
         )
         self.norm = nnx.LayerNorm(width, rngs=rngs)
         zeros = nnx.initializers.zeros_init()
