@@ -34,6 +34,53 @@ from flows.nn.conditioners import hidden_kernel_init
 _NEG = -1e30  # attention logit of a masked position (finite: no NaN from -inf - -inf)
 
 
+@jax.custom_vjp
+def _rows_matmul(x, kernel, bias):
+    """``x @ kernel + bias`` for rows ``x`` (N, in): an ``nnx.Linear``'s forward, with a
+    hand-written VJP whose weight gradient XLA:CPU runs on its fast GEMM kernel.
+
+    Autodiff's weight gradient ``x^T g`` contracts the leading (row) axis of both operands;
+    XLA:CPU runs that product on its generic dot, not on the YNNPACK GEMM it uses for
+    ``a @ b`` with ``a``'s minor axis contracted (in isolation 45 vs 73 GFLOP/s for
+    (3136, 512)^T (3136, 128) on a 2-core Zen 3). So the VJP transposes the thinner of
+    ``x`` and ``g`` into a real array (``optimization_barrier`` stops XLA from folding the
+    transpose back into the product) and multiplies in the fast layout. Same products and
+    sums; only the summation order, and so the float rounding, may differ. Being a custom
+    VJP, it has no forward-mode rule: differentiate the transformer with reverse mode
+    (``jax.grad``, ``jax.jacrev``), as training and the tests do."""
+    return x @ kernel + bias
+
+
+def _rows_matmul_fwd(x, kernel, bias):
+    return x @ kernel + bias, (x, kernel, bias)
+
+
+def _weight_grad(x, g):
+    """``x^T g`` (in, out) for x (N, in), g (N, out), contracting the minor axis of a
+    materialised transpose of the thinner operand."""
+    if x.shape[1] <= g.shape[1]:
+        return jax.lax.optimization_barrier(x.T) @ g
+    return jax.lax.optimization_barrier(jax.lax.optimization_barrier(g.T) @ x).T
+
+
+def _rows_matmul_bwd(res, g):
+    x, kernel, bias = res
+    dx, dk, db = g @ kernel.T, _weight_grad(x, g), jnp.sum(g, axis=0)
+    return dx.astype(x.dtype), dk.astype(kernel.dtype), db.astype(bias.dtype)
+
+
+_rows_matmul.defvjp(_rows_matmul_fwd, _rows_matmul_bwd)
+
+
+def dense(layer: nnx.Linear, x):
+    """``layer(x)`` for rows ``x`` (N, in) through ``_rows_matmul`` (same parameters, same
+    forward; the backward pass's weight gradient on the fast kernel). Every row product of
+    the transformer goes through it: on TarFlow's MNIST benchmark setting (p4 w128 4x4,
+    batch 64, 2-core Zen 3, shared) it made the training step 1.03-1.07x faster (mean 1.05x)
+    over 4 paired fresh-process runs of ``bench.throughput``."""
+    return _rows_matmul(x, layer.kernel[...], layer.bias[...])
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention with one fused q/k/v projection."""
 
@@ -49,7 +96,7 @@ class Attention(nnx.Module):
 
     def _heads(self, h, batch: int):
         """(B*T, width) rows -> q, k, v each (B, T, heads, head_dim)."""
-        qkv = self.qkv(h).reshape(batch, -1, 3, self.num_heads, self.head_dim)
+        qkv = dense(self.qkv, h).reshape(batch, -1, 3, self.num_heads, self.head_dim)
         return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
     def _attend(self, q, k, v, mask):
@@ -59,7 +106,7 @@ class Attention(nnx.Module):
             logits = jnp.where(mask, logits, _NEG)
         weights = jax.nn.softmax(logits, axis=-1)
         o = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-        return self.out(o.reshape(-1, self.num_heads * self.head_dim))
+        return dense(self.out, o.reshape(-1, self.num_heads * self.head_dim))
 
     def __call__(self, h, batch: int, *, causal: bool):
         """``h``: (B*T, width), the tokens of each example in consecutive rows."""
@@ -104,7 +151,7 @@ class Block(nnx.Module):
         self.fc2 = nnx.Linear(hidden, width, kernel_init=kernel_init, rngs=rngs)
 
     def _mlp(self, h):
-        return self.fc2(jax.nn.gelu(self.fc1(self.norm2(h))))
+        return dense(self.fc2, jax.nn.gelu(dense(self.fc1, self.norm2(h))))
 
     def __call__(self, h, batch: int, *, causal: bool):
         h = h + self.attn(self.norm1(h), batch, causal=causal)
@@ -172,7 +219,7 @@ class Transformer(nnx.Module):
 
     def _embed(self, x, positions, context):
         b, t, _ = x.shape
-        h = self.proj_in(x.reshape(b * t, -1)).reshape(b, t, -1) + positions
+        h = dense(self.proj_in, x.reshape(b * t, -1)).reshape(b, t, -1) + positions
         if self.context_proj is not None:
             if context is None:
                 raise ValueError("this transformer is conditional: pass context")
@@ -187,7 +234,7 @@ class Transformer(nnx.Module):
         h = self._embed(x, self.positions[...], context).reshape(b * t, -1)
         for block in self.blocks:
             h = block(h, b, causal=self.causal)
-        return self.proj_out(self.norm(h)).reshape(b, t, -1)
+        return dense(self.proj_out, self.norm(h)).reshape(b, t, -1)
 
     # -- token by token (causal only) ---------------------------------------------------
     def init_cache(self, batch: int, dtype=jnp.float32):
