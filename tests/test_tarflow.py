@@ -105,6 +105,39 @@ def test_backprop_modes_give_the_same_gradients():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)
 
 
+def test_matmul_impls_give_the_same_gradients_and_lax_has_forward_mode():
+    """'gemm' (what 'auto' is on CPU) gives the transformers' row products a hand-written
+    VJP; 'lax' is plain autodiff, so jax.jvp works through the model (float64: it equals
+    a central difference)."""
+    with jax.enable_x64():
+        x = jax.random.uniform(jax.random.key(3), (2, *SHAPE), jnp.float64)
+        models, grads = {}, []
+        for impl in ("gemm", "lax"):
+            model = TarFlow(SHAPE, patch_size=2, width=8, num_blocks=2, layers_per_block=1,
+                            num_heads=2, matmul_impl=impl, rngs=nnx.Rngs(0))  # fmt: skip
+            model = _perturbed(model)
+            nnx.update(model, jax.tree.map(lambda v: v.astype(jnp.float64), nnx.state(model)))
+            graphdef, state = nnx.split(model)
+            models[impl] = model
+
+            def loss(state, graphdef=graphdef):
+                return jnp.sum(nnx.merge(graphdef, state).log_prob(x))
+
+            grads.append(jax.grad(loss)(state))
+        assert models["gemm"].matmul_impl == "gemm" and models["lax"].matmul_impl == "lax"
+        assert TarFlow(SHAPE, width=8, num_heads=2, rngs=nnx.Rngs(0)).matmul_impl == (
+            "gemm" if jax.default_backend() == "cpu" else "lax"
+        )
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10), *grads)
+        v = jax.random.normal(jax.random.key(4), x.shape, jnp.float64)
+        _, tangent = jax.jvp(models["lax"].log_prob, (x,), (v,))
+        eps = 1e-6
+        central = models["lax"].log_prob(x + eps * v) - models["lax"].log_prob(x - eps * v)
+        np.testing.assert_allclose(tangent, central / (2 * eps), rtol=1e-6)
+        with pytest.raises(TypeError, match="custom_vjp"):
+            jax.jvp(models["gemm"].log_prob, (x,), (v,))
+
+
 def test_guidance():
     """w = 0 is the plain inverse; w > 0 changes the samples; with the label context equal to
     the null context both branches agree, so any w gives the plain inverse again. (The weight

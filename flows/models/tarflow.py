@@ -44,6 +44,7 @@ from flows.errors import ConfigError
 from flows.models.base import DensityModel
 from flows.models.registry import check_positive_ints, register_model
 from flows.models.steps import StepStack
+from flows.nn.backend import resolve_matmul_impl
 from flows.nn.transformer import Transformer
 
 GUIDANCE_SCHEDULES = ("constant", "linear")
@@ -97,6 +98,7 @@ class TarFlowBlock(Bijector):
         mlp_ratio: int = 4,
         context_features: int | None = None,
         save_dots: bool = False,
+        matmul_impl: str = "lax",
         rngs: nnx.Rngs,
     ):
         self.features = features
@@ -112,6 +114,7 @@ class TarFlowBlock(Bijector):
             mlp_ratio=mlp_ratio,
             causal=True,
             context_features=context_features,
+            matmul_impl=matmul_impl,
             rngs=rngs,
         )
 
@@ -193,6 +196,9 @@ class TarFlow(DensityModel):
       guidance_schedule: ``'constant'`` or ``'linear'`` (see the module docstring).
       backprop: ``'save_dots'`` (default), ``'checkpoint'`` or ``'autodiff'``: what the
         backward pass keeps and what it recomputes (``TARFLOW_BACKPROP``); same gradients.
+      matmul_impl: the transformers' row products, ``'auto'`` (default), ``'gemm'`` or
+        ``'lax'`` (``flows.nn.backend.resolve_matmul_impl``; ``'lax'`` for ``jax.jvp``).
+        ``self.matmul_impl`` / ``self.matmul_impl_reason`` hold the resolved choice.
     """
 
     def __init__(
@@ -208,9 +214,11 @@ class TarFlow(DensityModel):
         num_classes: int | None = None,
         guidance_schedule: str = "constant",
         backprop: str = "save_dots",
+        matmul_impl: str = "auto",
         rngs: nnx.Rngs,
     ):
         super().__init__(image_shape, num_classes)
+        self.matmul_impl, self.matmul_impl_reason = resolve_matmul_impl(matmul_impl)
         h, w, c = self.image_shape
         check_positive_ints(
             patch_size=patch_size,
@@ -263,6 +271,7 @@ class TarFlow(DensityModel):
                 mlp_ratio=mlp_ratio,
                 context_features=num_classes,
                 save_dots=backprop == "save_dots",
+                matmul_impl=self.matmul_impl,
                 rngs=r,
             ),
             num_blocks,
@@ -342,6 +351,8 @@ def describe_tarflow(m) -> str:
         "guidance_schedule": "constant",
         # 'save_dots' | 'checkpoint' | 'autodiff': what the backward pass keeps (same gradients)
         "backprop": "save_dots",
+        # 'auto' | 'gemm' | 'lax': the transformers' row products ('lax' for jax.jvp)
+        "matmul_impl": "auto",
     },
     describe=describe_tarflow,
 )
@@ -358,6 +369,7 @@ def build_tarflow(cfg, image_shape, num_classes, *, rngs: nnx.Rngs) -> TarFlow:
         num_classes=num_classes,
         guidance_schedule=cfg["guidance_schedule"],
         backprop=cfg["backprop"],
+        matmul_impl=cfg["matmul_impl"],
         rngs=rngs,
     )
 

@@ -11,6 +11,8 @@ record next to their numbers.
   product, differentiated by autodiff (so ``jax.jvp`` / ``jax.jacfwd`` work through the
   model, and GPU/TPU use their own convolution kernels). ``'auto'``: ``'gemm'`` on CPU,
   ``'lax'`` on GPU and TPU.
+* ``matmul_impl`` (a transformer's row products, TarFlow's): the same three names; ``'gemm'``
+  is ``flows.nn.transformer.dense`` with its hand-written VJP, ``'lax'`` plain autodiff.
 * ``compute_dtype`` (the coupling networks' product dtype): ``'auto'`` is ``'bfloat16'``
   only where bf16 products are faster than float32: on GPU and TPU, and on a CPU that
   reports native bf16 dot instructions (Linux ``/proc/cpuinfo`` flags ``avx512_bf16`` or
@@ -61,6 +63,23 @@ def resolve_conv_impl(conv_impl: str = "auto", *, backend: str | None = None) ->
     if backend == "cpu":
         return "gemm", "gemm: CPU backend (custom-VJP patch GEMMs beat XLA:CPU convolutions)"
     return "lax", f"lax: {backend} backend (its own convolution kernels, plain autodiff)"
+
+
+def resolve_matmul_impl(
+    matmul_impl: str = "auto", *, backend: str | None = None
+) -> tuple[str, str]:
+    """``(impl, reason)`` for a transformer's row products (``flows.nn.transformer``):
+    ``'gemm'`` gives them a hand-written VJP whose weight gradients run on XLA:CPU's fast
+    GEMM (no forward-mode rule), ``'lax'`` is plain products and autodiff (``jax.jvp`` /
+    ``jax.jacfwd`` work). ``'auto'``: ``'gemm'`` on CPU, ``'lax'`` on GPU/TPU."""
+    if matmul_impl not in CONV_IMPLS:
+        raise ConfigError(f"matmul_impl {matmul_impl!r}: use one of {list(CONV_IMPLS)}")
+    if matmul_impl != "auto":
+        return matmul_impl, f"{matmul_impl}: as configured"
+    backend = _backend(backend)
+    if backend == "cpu":
+        return "gemm", "gemm: CPU backend (weight gradients on XLA:CPU's fast GEMM layout)"
+    return "lax", f"lax: {backend} backend (plain products and autodiff)"
 
 
 def cpu_bf16_flags(cpuinfo_path: str | None = None) -> list[str]:

@@ -72,12 +72,15 @@ def _rows_matmul_bwd(res, g):
 _rows_matmul.defvjp(_rows_matmul_fwd, _rows_matmul_bwd)
 
 
-def dense(layer: nnx.Linear, x):
-    """``layer(x)`` for rows ``x`` (N, in) through ``_rows_matmul`` (same parameters, same
-    forward; the backward pass's weight gradient on the fast kernel). Every row product of
-    the transformer goes through it: on TarFlow's MNIST benchmark setting (p4 w128 4x4,
-    batch 64, 2-core Zen 3, shared) it made the training step 1.03-1.07x faster (mean 1.05x)
-    over 4 paired fresh-process runs of ``bench.throughput``."""
+def dense(layer: nnx.Linear, x, gemm: bool = True):
+    """``layer(x)`` for rows ``x`` (N, in); with ``gemm`` through ``_rows_matmul`` (same
+    parameters, same forward; the backward pass's weight gradient on the fast kernel), else
+    ``layer(x)`` itself. A transformer built with ``matmul_impl='gemm'`` sends every row
+    product through it: on TarFlow's MNIST benchmark setting (p4 w128 4x4, batch 64, 2-core
+    Zen 3, shared) that made the training step 1.03-1.07x faster (mean 1.05x) over 4 paired
+    fresh-process runs of ``bench.throughput``."""
+    if not gemm:
+        return layer(x)
     return _rows_matmul(x, layer.kernel[...], layer.bias[...])
 
 
@@ -85,10 +88,17 @@ class Attention(nnx.Module):
     """Multi-head self-attention with one fused q/k/v projection."""
 
     def __init__(
-        self, width: int, num_heads: int, *, kernel_init=hidden_kernel_init, rngs: nnx.Rngs
+        self,
+        width: int,
+        num_heads: int,
+        *,
+        kernel_init=hidden_kernel_init,
+        gemm: bool = False,
+        rngs: nnx.Rngs,
     ):
         if width % num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+        self.gemm = bool(gemm)
         self.num_heads = num_heads
         self.head_dim = width // num_heads
         self.qkv = nnx.Linear(width, 3 * width, kernel_init=kernel_init, rngs=rngs)
@@ -96,7 +106,7 @@ class Attention(nnx.Module):
 
     def _heads(self, h, batch: int):
         """(B*T, width) rows -> q, k, v each (B, T, heads, head_dim)."""
-        qkv = dense(self.qkv, h).reshape(batch, -1, 3, self.num_heads, self.head_dim)
+        qkv = dense(self.qkv, h, self.gemm).reshape(batch, -1, 3, self.num_heads, self.head_dim)
         return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
     def _attend(self, q, k, v, mask):
@@ -106,7 +116,7 @@ class Attention(nnx.Module):
             logits = jnp.where(mask, logits, _NEG)
         weights = jax.nn.softmax(logits, axis=-1)
         o = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-        return dense(self.out, o.reshape(-1, self.num_heads * self.head_dim))
+        return dense(self.out, o.reshape(-1, self.num_heads * self.head_dim), self.gemm)
 
     def __call__(self, h, batch: int, *, causal: bool):
         """``h``: (B*T, width), the tokens of each example in consecutive rows."""
@@ -141,17 +151,20 @@ class Block(nnx.Module):
         mlp_ratio: int,
         *,
         kernel_init=hidden_kernel_init,
+        gemm: bool = False,
         rngs: nnx.Rngs,
     ):
+        self.gemm = bool(gemm)
         self.norm1 = nnx.LayerNorm(width, rngs=rngs)
-        self.attn = Attention(width, num_heads, kernel_init=kernel_init, rngs=rngs)
+        self.attn = Attention(width, num_heads, kernel_init=kernel_init, gemm=gemm, rngs=rngs)
         self.norm2 = nnx.LayerNorm(width, rngs=rngs)
         hidden = mlp_ratio * width
         self.fc1 = nnx.Linear(width, hidden, kernel_init=kernel_init, rngs=rngs)
         self.fc2 = nnx.Linear(hidden, width, kernel_init=kernel_init, rngs=rngs)
 
     def _mlp(self, h):
-        return dense(self.fc2, jax.nn.gelu(dense(self.fc1, self.norm2(h))))
+        hidden = jax.nn.gelu(dense(self.fc1, self.norm2(h), self.gemm))
+        return dense(self.fc2, hidden, self.gemm)
 
     def __call__(self, h, batch: int, *, causal: bool):
         h = h + self.attn(self.norm1(h), batch, causal=causal)
@@ -175,6 +188,9 @@ class Transformer(nnx.Module):
       position_std: the learned position embedding starts as N(0, position_std^2).
       block_kernel_init: initializer of the blocks' dense kernels (attention and MLP); the
         input and context projections are LeCun-normal, the output projection zero.
+      matmul_impl: ``'lax'`` (plain products, autodiff: forward mode works) or ``'gemm'``
+        (every row product through ``dense``'s hand-written VJP, faster on XLA:CPU; reverse
+        mode only). ``flows.nn.backend.resolve_matmul_impl`` turns ``'auto'`` into one.
     """
 
     def __init__(
@@ -191,10 +207,14 @@ class Transformer(nnx.Module):
         context_features: int | None = None,
         position_std: float = 0.02,
         block_kernel_init=hidden_kernel_init,
+        matmul_impl: str = "lax",
         rngs: nnx.Rngs,
     ):
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
+        if matmul_impl not in ("lax", "gemm"):
+            raise ValueError(f"matmul_impl must be 'lax' or 'gemm', got {matmul_impl!r}")
+        self.gemm = matmul_impl == "gemm"
         self.causal = bool(causal)
         self.num_tokens = int(num_tokens)
         self.num_heads = int(num_heads)
@@ -209,7 +229,14 @@ class Transformer(nnx.Module):
         )
         self.blocks = nnx.List(
             [
-                Block(width, num_heads, mlp_ratio, kernel_init=block_kernel_init, rngs=rngs)
+                Block(
+                    width,
+                    num_heads,
+                    mlp_ratio,
+                    kernel_init=block_kernel_init,
+                    gemm=self.gemm,
+                    rngs=rngs,
+                )
                 for _ in range(depth)
             ]
         )
@@ -219,7 +246,7 @@ class Transformer(nnx.Module):
 
     def _embed(self, x, positions, context):
         b, t, _ = x.shape
-        h = dense(self.proj_in, x.reshape(b * t, -1)).reshape(b, t, -1) + positions
+        h = dense(self.proj_in, x.reshape(b * t, -1), self.gemm).reshape(b, t, -1) + positions
         if self.context_proj is not None:
             if context is None:
                 raise ValueError("this transformer is conditional: pass context")
@@ -234,7 +261,7 @@ class Transformer(nnx.Module):
         h = self._embed(x, self.positions[...], context).reshape(b * t, -1)
         for block in self.blocks:
             h = block(h, b, causal=self.causal)
-        return dense(self.proj_out, self.norm(h)).reshape(b, t, -1)
+        return dense(self.proj_out, self.norm(h), self.gemm).reshape(b, t, -1)
 
     # -- token by token (causal only) ---------------------------------------------------
     def init_cache(self, batch: int, dtype=jnp.float32):
