@@ -13,7 +13,9 @@ four devices runs the same two sessions. Checked:
    (``sys.addaudithook``), and process 1 wrote nothing in the workdir but what orbax's
    multi-process protocol asks of it; process 1 prints no progress bar and no result line;
 3. evaluation is sharded over the mesh: the per-example bits/dim on four devices equal a
-   one-device evaluation, and each device's compiled program does a quarter of the work.
+   one-device evaluation, and each device's compiled program does a quarter of the work;
+4. in one process, two training steps on four devices equal them on one (losses within
+   1e-5 relative, parameters within 1e-4 |b| + 1e-5).
 
 Multi-host for real. Every host runs the same command with
 ``--config.train.distributed.enabled=True`` and, where JAX cannot detect the cluster
@@ -137,6 +139,11 @@ def check_two_processes_train_like_one(tmp_path):
     # 3. Sharded evaluation (checked in the reference worker, on 4 devices).
     assert reference["eval_max_rel_diff"] < 1e-5, reference
     assert reference["flops_ratio"] < 0.3, reference
+
+    # 4. One process: two training steps on one device and on four agree.
+    one, four = reference["one_vs_four_losses"]
+    np.testing.assert_allclose(four, one, rtol=1e-5)
+    assert reference["one_vs_four_params_close"], reference
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -304,6 +311,45 @@ def _reference_checks(ref_dir, dist_dir) -> dict:
         "params_max_rel_diff": params_diff,
         "eval_max_rel_diff": _max_rel_diff(sharded, single),
         "flops_ratio": flops[0] / flops[1],
+        **_one_device_and_four(),
+    }
+
+
+def _one_device_and_four() -> dict:
+    """Two training steps of ``glow_digits:smoke`` (no EMA) on one device and on all four,
+    from the same initialisation and global batch: their losses and parameters."""
+    import jax
+
+    from configs import glow_digits
+    from flows import data as data_lib
+    from flows.train import sharding
+    from flows.train.objectives import density_loss
+    from flows.train.optim import make_optimizer
+    from flows.train.setup import make_model_and_state
+    from flows.train.step import make_train_step
+
+    config = glow_digits.get_config("smoke")
+    train = data_lib.load_datasets(config.data)["train"]
+    idx = data_lib.batch_indices(train.num_examples, 16, 0, 0)
+    batch = {"image": train.images[idx], "label": train.labels[idx]}
+    losses, params = [], []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = sharding.data_mesh(devices)
+        tx = make_optimizer(config.optim, 10)
+        b = sharding.shard_batch(batch, mesh)
+        graphdef, state = make_model_and_state(
+            config, train.image_shape, train.num_bins, train.num_classes, tx,
+            b["image"], b["label"], mesh, None,
+        )  # fmt: skip
+        step = jax.jit(make_train_step(graphdef, density_loss(train.num_bins), tx))
+        state, m1 = step(state, b)
+        state, m2 = step(state, b)
+        losses.append([float(m1["loss"]), float(m2["loss"])])
+        params.append(np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.params)]))
+    return {
+        "one_vs_four_losses": losses,
+        # |a - b| <= 1e-4 |b| + 1e-5 (the reductions run in another order on four devices)
+        "one_vs_four_params_close": bool(np.allclose(params[1], params[0], 1e-4, 1e-5)),
     }
 
 

@@ -2,7 +2,8 @@
 ``glow_digits:smoke`` through the real loop, with a resume, like one 4-device process: the
 check is ``scripts/check_distributed.py`` (its docstring lists what it asserts: equal final
 parameters and records, each process reading only its half of every batch, process 0 alone
-writing the run's files, evaluation sharded over the mesh)."""
+writing the run's files, evaluation sharded over the mesh, and in one process four devices
+training like one)."""
 
 import importlib.util
 import os
