@@ -11,7 +11,9 @@ heads. AdamW (Jet's optimizer family): lr 1e-3 with 200 warmup steps and cosine 
 learning rate: 1e-5 per step at the peak, Jet's ImageNet64 decay per step). Batch 64, 3000
 steps, EMA 0.99 of the parameters; model selection on a 150-example validation split, the
 test split (300 examples) evaluated once on the best-on-validation EMA parameters, as in
-``glow_digits.py``. Result: see README ("Results"); Jet's own code at these sizes: 2.164.
+``glow_digits.py``. Result (AMD EPYC, 2 cores, about 20-40 min): 2.134 +- 0.015 test bits/dim
+(best step 1750); ``:cond`` marginal 2.101 +- 0.016, Bayes accuracy 0.990. Jet's own code at
+these sizes: 2.164 +- 0.016. Data: the offline digits (nothing to download).
 Variants (comma-separated, combinable): ``smoke`` (seconds, a tiny model; the tests run it),
 ``cond`` (label-conditioned p(x|y), label dropout 0.1 so classifier-free guidance works).
 """

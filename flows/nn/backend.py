@@ -51,18 +51,30 @@ def _backend(backend: str | None) -> str:
     return jax.default_backend() if backend is None else backend
 
 
+def _resolve_impl(field: str, impl: str, backend: str | None, cpu_why: str, other_why: str):
+    """``(impl, reason)`` for a kernel choice of ``CONV_IMPLS``: ``'auto'`` is ``'gemm'`` on
+    CPU and ``'lax'`` elsewhere."""
+    if impl not in CONV_IMPLS:
+        raise ConfigError(f"{field} {impl!r}: use one of {list(CONV_IMPLS)}")
+    if impl != "auto":
+        return impl, f"{impl}: as configured"
+    backend = _backend(backend)
+    if backend == "cpu":
+        return "gemm", f"gemm: CPU backend ({cpu_why})"
+    return "lax", f"lax: {backend} backend ({other_why})"
+
+
 def resolve_conv_impl(conv_impl: str = "auto", *, backend: str | None = None) -> tuple[str, str]:
     """``(impl, reason)``: ``impl`` is ``'gemm'`` or ``'lax'``; ``'auto'`` is ``'gemm'`` on
     CPU (XLA:CPU's convolution kernels are slow, its GEMMs fast) and ``'lax'`` on GPU/TPU.
     ``backend`` defaults to ``jax.default_backend()``."""
-    if conv_impl not in CONV_IMPLS:
-        raise ConfigError(f"conv_impl {conv_impl!r}: use one of {list(CONV_IMPLS)}")
-    if conv_impl != "auto":
-        return conv_impl, f"{conv_impl}: as configured"
-    backend = _backend(backend)
-    if backend == "cpu":
-        return "gemm", "gemm: CPU backend (custom-VJP patch GEMMs beat XLA:CPU convolutions)"
-    return "lax", f"lax: {backend} backend (its own convolution kernels, plain autodiff)"
+    return _resolve_impl(
+        "conv_impl",
+        conv_impl,
+        backend,
+        "custom-VJP patch GEMMs beat XLA:CPU convolutions",
+        "its own convolution kernels, plain autodiff",
+    )
 
 
 def resolve_matmul_impl(
@@ -72,14 +84,13 @@ def resolve_matmul_impl(
     ``'gemm'`` gives them a hand-written VJP whose weight gradients run on XLA:CPU's fast
     GEMM (no forward-mode rule), ``'lax'`` is plain products and autodiff (``jax.jvp`` /
     ``jax.jacfwd`` work). ``'auto'``: ``'gemm'`` on CPU, ``'lax'`` on GPU/TPU."""
-    if matmul_impl not in CONV_IMPLS:
-        raise ConfigError(f"matmul_impl {matmul_impl!r}: use one of {list(CONV_IMPLS)}")
-    if matmul_impl != "auto":
-        return matmul_impl, f"{matmul_impl}: as configured"
-    backend = _backend(backend)
-    if backend == "cpu":
-        return "gemm", "gemm: CPU backend (weight gradients on XLA:CPU's fast GEMM layout)"
-    return "lax", f"lax: {backend} backend (plain products and autodiff)"
+    return _resolve_impl(
+        "matmul_impl",
+        matmul_impl,
+        backend,
+        "weight gradients on XLA:CPU's fast GEMM layout",
+        "plain products and autodiff",
+    )
 
 
 def cpu_bf16_flags(cpuinfo_path: str | None = None) -> list[str]:
