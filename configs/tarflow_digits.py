@@ -11,10 +11,11 @@ decay 1e-4 as in ml-tarflow's default, decoupled), gradient clipping at norm 1, 
 3000 steps, EMA 0.99, validation every 250 steps on 150 held-out training digits
 (best-on-validation selection), test bits/dim with uniform dequantization, k = 1.
 TarFlow's own code at these sizes reaches 2.205 +- 0.027 test bits/dim; Glow
-(configs/glow_digits.py) 2.071. Result here (at f9057d9, backprop='autodiff', which gives
-the same gradients as today's default; 2 shared CPU cores, about 45 min each): test
-2.176 +- 0.017 bits/dim (EMA, best-on-validation step 1500); ``:cond`` conditional
-2.115 +- 0.021, marginal 2.157 +- 0.019, Bayes accuracy 0.983 +- 0.007. Validation is best
+(configs/glow_digits.py) 2.071. Result here (at 8823bd0, 2 CPU cores, 20 min): test
+2.184 +- 0.019 bits/dim (EMA, best-on-validation step 1500; at f9057d9, before the dense
+layers' 2-D products and CPU weight-gradient VJP changed the rounding, 2.176 +- 0.017);
+``:cond`` (at f9057d9) conditional 2.115 +- 0.021, marginal 2.157 +- 0.019, Bayes accuracy
+0.983 +- 0.007. Validation is best
 at step 1500 and rises after it (train 1.73, validation 2.69 at step 3000): the 1,347
 training digits are overfit, which best-on-validation selection absorbs.
 
