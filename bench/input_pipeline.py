@@ -98,17 +98,20 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _train_split(args, cache_bytes: int):
+def _prepare_mnist_like() -> str:
+    """A temporary data_dir holding the prepared ``mnist_like`` records."""
+    data_dir = tempfile.mkdtemp(prefix="mnist_like_")
+    builder = MnistLike(data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare(file_format="array_record")
+    return data_dir
+
+
+def _train_split(args, data_dir: str | None, cache_bytes: int):
     if args.dataset == "mnist_like":
-        if not hasattr(args, "data_dir"):
-            args.data_dir = tempfile.mkdtemp(prefix="mnist_like_")
-            MnistLike(data_dir=args.data_dir, file_format="array_record").download_and_prepare(
-                file_format="array_record"
-            )
         return data_lib.open_split(
             "mnist_like",
             "train",
-            data_dir=args.data_dir,
+            data_dir=data_dir,
             pad_to=(32, 32),
             download=False,
             cache_bytes=cache_bytes,
@@ -140,7 +143,8 @@ def main() -> None:
     p.add_argument("--out", default=None, help="directory for input_pipeline_<dataset>.json")
     args = p.parse_args()
 
-    split = _train_split(args, cache_bytes=0)
+    data_dir = _prepare_mnist_like() if args.dataset == "mnist_like" else None
+    split = _train_split(args, data_dir, cache_bytes=0)
     n, b = split.num_examples, args.batch_size
     split.read(data_lib.batch_indices(n, b, 0, 0))  # warm: file handles, decoder
     start = time.perf_counter()
@@ -149,7 +153,7 @@ def main() -> None:
     decode = args.batches * b / (time.perf_counter() - start)
     piped = _drain(split, b, args.batches)
 
-    cached_split = _train_split(args, cache_bytes=source.CACHE_BYTES)
+    cached_split = _train_split(args, data_dir, cache_bytes=source.CACHE_BYTES)
     cached_split.read(np.arange(n))  # one epoch's decoding
     cached = _drain(cached_split, b, args.batches)
 

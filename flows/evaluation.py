@@ -45,20 +45,21 @@ from flows.metrics import (
 from flows.models.base import is_conditional
 
 
-def padded_batches(tree, num_examples: int, batch_size: int):
+def padded_indices(num_examples: int, batch_size: int):
     """``(a, b, rows)`` for consecutive batches ``a:b`` of ``num_examples`` examples, in
-    order: ``rows`` is rows ``a:b`` of every leaf of ``tree`` (axis 0, as numpy), the last
-    batch padded to ``batch_size`` rows with copies of row ``b - 1``, so that a compiled
-    function sees one shape (the caller drops the outputs past ``b - a``)."""
-
-    def rows(leaf, a, b):
-        leaf = np.asarray(leaf)[a:b]
-        pad = batch_size - (b - a)
-        return np.concatenate([leaf, np.repeat(leaf[-1:], pad, 0)]) if pad else leaf
-
+    order: ``rows`` is ``a, a+1, ..., b-1`` padded to ``batch_size`` entries with copies of
+    ``b - 1`` (int64), so that a compiled function sees one shape (the caller drops the
+    outputs past ``b - a``)."""
     for a in range(0, num_examples, batch_size):
         b = min(a + batch_size, num_examples)
-        yield a, b, jax.tree.map(lambda leaf, a=a, b=b: rows(leaf, a, b), tree)
+        yield a, b, np.minimum(np.arange(a, a + batch_size), b - 1)
+
+
+def padded_batches(tree, num_examples: int, batch_size: int):
+    """``(a, b, rows)`` of ``padded_indices``, with ``rows`` those rows of every leaf of
+    ``tree`` (axis 0, as numpy)."""
+    for a, b, idx in padded_indices(num_examples, batch_size):
+        yield a, b, jax.tree.map(lambda leaf, idx=idx: np.asarray(leaf)[idx], tree)
 
 
 def _padded_batches(data, batch_size: int, mesh: Mesh | None = None):
@@ -70,12 +71,9 @@ def _padded_batches(data, batch_size: int, mesh: Mesh | None = None):
     if mesh is not None:
         batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
     rows = slice(None) if mesh is None else _process_rows(batch_size)
-    n = data.num_examples
-    for a in range(0, n, batch_size):
-        b = min(a + batch_size, n)
+    for a, b, examples in padded_indices(data.num_examples, batch_size):
         indices = np.arange(a, a + batch_size, dtype=np.int32)
-        # Each process reads only its rows; the padding repeats the last example.
-        images, labels = data.read(np.minimum(indices[rows], n - 1))
+        images, labels = data.read(examples[rows])  # each process reads only its rows
         arrays = (images, labels.astype(np.int32), indices[rows])
         if mesh is None:
             yield a, b, *(jnp.asarray(x) for x in arrays)

@@ -391,8 +391,9 @@ def load_split(
       DatasetError: unknown dataset, not prepared and not preparable, bad n_bits or pad_to.
     """
     split_data = open_split(
-        name, split, data_dir=data_dir, n_bits=n_bits, pad_to=pad_to, download=download
-    )
+        name, split, data_dir=data_dir, n_bits=n_bits, pad_to=pad_to, download=download,
+        cache_bytes=0,  # read once into the arrays: no decoded-example cache beside them
+    )  # fmt: skip
     return split_data.materialize()
 
 

@@ -19,6 +19,7 @@ import threading
 
 import numpy as np
 
+from flows.data import loading  # its per-array transforms (loading imports this module)
 from flows.errors import DatasetError
 
 READ_CHUNK = 4096  # examples per source read when a whole split is read
@@ -56,9 +57,6 @@ class StreamedSplit:
         indices: np.ndarray | None = None,
         cache_bytes: int = CACHE_BYTES,
     ):
-        from flows.data import loading  # the per-array transforms (loading imports us)
-
-        self._loading = loading
         self._source = source
         self._image_key, self._label_key = image_key, label_key
         self._source_bins, self._n_bits, self._pad_to = source_bins, n_bits, pad_to
@@ -122,7 +120,6 @@ class StreamedSplit:
             labels = np.zeros((len(examples),), np.int32)
         else:
             labels = np.asarray([ex[self._label_key] for ex in examples], np.int32)
-        loading = self._loading
         loading.check_levels(images, self._source_bins, self.name)
         images, _ = loading.reduce_bits(images, self._source_bins, self._n_bits, name=self.name)
         if self._pad_to is not None:
@@ -170,4 +167,4 @@ class StreamedSplit:
         labels = np.empty((self.num_examples,), np.int32)
         for a, b, chunk_images, chunk_labels in self.chunks():
             images[a:b], labels[a:b] = chunk_images, chunk_labels
-        return self._loading.ImageData(images, labels, self.num_bins, self.num_classes, self.name)
+        return loading.ImageData(images, labels, self.num_bins, self.num_classes, self.name)
