@@ -13,6 +13,10 @@ reduction and padding), three ways:
   cached_images_per_s     the trainer's iterator on the split as the trainer opens it
                           (cached: ``flows.data.source.CACHE_BYTES``; read in the calling
                           thread), after one epoch
+  labels_per_s            the pass over the split's labels (``split.labels``: a conditional
+                          model's p(y)), records parsed with their images left undecoded
+  labels_decoded_per_s    the same labels read with their images decoded (``split.chunks``:
+                          how ``labels`` read them before, and where the source cannot skip)
 
 Datasets (``--dataset``):
   digits       the data of ``--config`` (default ``configs/glow_digits.py``: 8x8 PNGs)
@@ -134,14 +138,14 @@ def _drain(split, batch_size: int, batches: int) -> float:
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", choices=("digits", "mnist_like"), default="digits")
     p.add_argument("--config", default="configs/glow_digits.py", help="for --dataset=digits")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--batches", type=int, default=400, help="batches timed each way")
     p.add_argument("--out", default=None, help="directory for input_pipeline_<dataset>.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     data_dir = _prepare_mnist_like() if args.dataset == "mnist_like" else None
     split = _train_split(args, data_dir, cache_bytes=0)
@@ -152,6 +156,15 @@ def main() -> None:
         split.read(data_lib.batch_indices(n, b, 0, step))
     decode = args.batches * b / (time.perf_counter() - start)
     piped = _drain(split, b, args.batches)
+
+    start = time.perf_counter()
+    labels = _train_split(args, data_dir, cache_bytes=0).labels
+    labels_fast = n / (time.perf_counter() - start)
+    start = time.perf_counter()
+    decoded = np.concatenate([chunk_labels for *_, chunk_labels in split.chunks()])
+    labels_decoded = n / (time.perf_counter() - start)
+    if not np.array_equal(labels, decoded):
+        raise AssertionError("the labels read without the images differ from the decoded ones")
 
     cached_split = _train_split(args, data_dir, cache_bytes=source.CACHE_BYTES)
     cached_split.read(np.arange(n))  # one epoch's decoding
@@ -168,6 +181,8 @@ def main() -> None:
         "decode_images_per_s": round(decode, 1),
         "pipeline_images_per_s": round(piped, 1),
         "cached_images_per_s": round(cached, 1),
+        "labels_per_s": round(labels_fast, 1),
+        "labels_decoded_per_s": round(labels_decoded, 1),
         "read_threads": pipeline.READ_THREADS,  # of pipeline_images_per_s
         "prefetch_batches": pipeline.PREFETCH_BATCHES,
         "cpu": _cpu_name(),

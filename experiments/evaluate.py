@@ -75,8 +75,9 @@ def _key(config):
     return jax.random.fold_in(jax.random.key(config.eval.seed), 1)
 
 
-def _in_distribution(config) -> data_lib.ImageData:
-    data = data_lib.load_datasets(config.data)[_SPLIT.value]
+def _in_distribution(config):
+    """The run's split ``--split``, read batch by batch (one pass: nothing kept)."""
+    data = data_lib.load_datasets(config.data, stream=True, cache_bytes=0)[_SPLIT.value]
     if data is None:
         raise ConfigError(f"the run has no {_SPLIT.value} split (data.validation_size = 0)")
     return data
@@ -119,13 +120,14 @@ def run_ood(workdir: str, dataset: str) -> None:
     config, data_info = wd.load_config(workdir), wd.load_data_info(workdir)
     dc = {**data_lib.DATA_CONFIG_DEFAULTS, **config.data.to_dict()}
     pad_to = tuple(dc["pad_to"]) if dc["pad_to"] is not None else None
-    ood_data = data_lib.load_split(  # first: a wrong dataset fails before the model loads
+    ood_data = data_lib.open_split(  # first: a wrong dataset fails before the model loads
         name,
         split,
         data_dir=dc["data_dir"],
         n_bits=dc["n_bits"],
         pad_to=pad_to,
         download=dc["download"],
+        cache_bytes=0,  # read once, batch by batch
     )
     trained_on = f"{config.data.name}, {wd.path(workdir, wd.DATA_INFO)}"
     ood.check_same_data(ood_data, data_info["image_shape"], data_info["num_bins"], trained_on)

@@ -121,16 +121,15 @@ def _interpolation(model, enc, data, pairs, steps, seed, batch_size, out) -> dic
     path = lat.interpolate(z0, z1, steps)
     context = None
     if is_conditional(model):  # the label moves along with the latent
-        y0, y1 = data.labels[chosen[:, 0]], data.labels[chosen[:, 1]]
+        y0, y1 = enc.labels[chosen[:, 0]], enc.labels[chosen[:, 1]]
         context = lat.interpolate_labels(y0, y1, steps, model.num_classes)
     images, finite = lat.decode_levels(
         model, path, context, num_bins=data.num_bins, batch_size=batch_size
     )
     images = images.reshape(pairs, steps, *data.image_shape)
-    rows = [
-        np.concatenate([data.images[i : i + 1], images[p], data.images[j : j + 1]])
-        for p, (i, j) in enumerate(chosen)
-    ]
+    ends, _ = data.read(chosen.reshape(-1))  # the data columns
+    ends = ends.reshape(pairs, 2, *data.image_shape)
+    rows = [np.concatenate([ends[p, :1], images[p], ends[p, 1:]]) for p in range(pairs)]
     # The data columns are always finite.
     blank = np.pad(~finite.reshape(pairs, steps), ((0, 0), (1, 1)))
     plotting.save_image_rows(out, rows, data.num_bins, blank=blank.reshape(-1))
@@ -138,7 +137,7 @@ def _interpolation(model, enc, data, pairs, steps, seed, batch_size, out) -> dic
         **_nonfinite(blank, pairs * steps),
         "file": out,
         "pairs": chosen.tolist(),
-        "pair_labels": data.labels[chosen].tolist(),
+        "pair_labels": enc.labels[chosen].tolist(),
         "t": lat.interpolation_times(steps).tolist(),
         "columns": "left image (data), decoded latents at t (t = 0: the left image's round "
         "trip, t = 1: the right's), right image (data)",
@@ -152,7 +151,7 @@ def _class_direction(model, enc, data, classes, alphas, rows, batch_size, out) -
     """``class_direction_<a>_to_<b>.png``: images of class a, moved by alpha d, decoded."""
     a, b = classes
     direction = lat.class_direction(enc.latents, enc.labels, a, b)
-    chosen = np.flatnonzero(data.labels == a)[:rows]
+    chosen = np.flatnonzero(enc.labels == a)[:rows]
     moved = lat.shift_along(lat.take(enc.latents, chosen), direction, alphas)
     labels = np.full((len(chosen) * len(alphas),), a) if is_conditional(model) else None
     images, finite = lat.decode_levels(
@@ -191,7 +190,7 @@ def _label_swap(model, enc, data, rows, batch_size, out) -> dict:
         **_nonfinite(~finite.reshape(len(chosen), model.num_classes), finite.size),
         "file": out,
         "images": chosen.tolist(),
-        "image_labels": data.labels[chosen].tolist(),
+        "image_labels": enc.labels[chosen].tolist(),
         "columns": f"labels 0..{model.num_classes - 1}",
     }
 
@@ -233,7 +232,8 @@ def main(argv):
     model, config, info = load_run(
         _WORKDIR.value, checkpoint=_CHECKPOINT.value, use_ema=cli.use_ema(_PARAMS.value)
     )
-    data = data_lib.load_datasets(config.data)[_SPLIT.value]
+    # Read batch by batch (the latents of the whole split are kept, not its images).
+    data = data_lib.load_datasets(config.data, stream=True, cache_bytes=0)[_SPLIT.value]
     if data is None:
         raise ConfigError(f"the run has no {_SPLIT.value} split (data.validation_size = 0)")
     if 2 * _PAIRS.value > data.num_examples:

@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from flows.errors import ConfigError
-from flows.evaluation import padded_batches
+from flows.evaluation import padded_batches, padded_indices
 from flows.metrics import dequantize_with_noise, quantize
 from flows.models.base import is_conditional
 
@@ -143,15 +143,17 @@ class EncodedSplit:
 
 
 def encode_split(model, data, *, batch_size: int, progress=None) -> EncodedSplit:
-    """Encodes every image of ``data`` (an ``ImageData``) at ``x = (v + 1/2) / K`` (a
-    conditional model under the image's true label) and decodes it back, measuring the error
-    of the round trip. Batches of ``batch_size``, compiled once; ``progress(n)`` after each."""
+    """Encodes every image of ``data`` (a split: ``ImageData`` or ``StreamedSplit``, read
+    batch by batch) at ``x = (v + 1/2) / K`` (a conditional model under the image's true
+    label) and decodes it back, measuring the error of the round trip. Batches of
+    ``batch_size``, compiled once; ``progress(n)`` after each."""
     graphdef, state = nnx.split(model)
     fn = _round_trip_fn(graphdef, int(data.num_bins), is_conditional(model))
     n = data.num_examples
     batch_size = min(batch_size, n)
-    chunks, errors, exact = [], [], []
-    for a, b, (images, labels) in padded_batches((data.images, data.labels), n, batch_size):
+    chunks, errors, exact, all_labels = [], [], [], []
+    for a, b, rows in padded_indices(n, batch_size):
+        images, labels = data.read(rows)
         try:
             latents, error, ok = jax.device_get(fn(state, images, labels))
         except NotImplementedError as e:
@@ -159,11 +161,12 @@ def encode_split(model, data, *, batch_size: int, progress=None) -> EncodedSplit
         chunks.append(take(latents, np.arange(b - a)))
         errors.append(error[: b - a])
         exact.append(ok[: b - a])
+        all_labels.append(labels[: b - a])
         if progress is not None:
             progress(b - a)
     return EncodedSplit(
         latents=_concat(chunks),
-        labels=np.asarray(data.labels),
+        labels=np.concatenate(all_labels).astype(np.int32),
         max_abs_error=np.concatenate(errors),
         exact=np.concatenate(exact),
         num_bins=int(data.num_bins),

@@ -11,10 +11,9 @@ for flows: simple OOD images can get higher likelihood).
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
+from flows.data.source import Unlabelled
 from flows.errors import ConfigError
 from flows.evaluation import per_example_bits_per_dim, per_example_conditional
 from flows.metrics import mean_and_standard_error
@@ -46,7 +45,7 @@ def auroc(in_scores, out_scores) -> float:
 
 
 def check_same_data(data, image_shape, num_bins: int, trained_on: str) -> None:
-    """Raises a one-line ``ConfigError`` unless ``data`` (an ``ImageData``) has the image
+    """Raises a one-line ``ConfigError`` unless ``data`` (a split) has the image
     shape and number of levels the model was trained on (``trained_on`` names that data):
     bits/dim of other shapes or levels would not be comparable, or not defined."""
     image_shape, num_bins = tuple(int(s) for s in image_shape), int(num_bins)
@@ -79,8 +78,7 @@ def per_example_scores(model, data, *, batch_size: int, key, num_samples: int = 
     kwargs = dict(batch_size=batch_size, key=key, num_samples=num_samples, progress=progress)
     if not is_conditional(model):
         return per_example_bits_per_dim(model, data, **kwargs)
-    unlabelled = dataclasses.replace(data, labels=np.zeros_like(data.labels), num_classes=1)
-    return per_example_conditional(model, unlabelled, **kwargs)["marginal_bits_per_dim"]
+    return per_example_conditional(model, Unlabelled(data), **kwargs)["marginal_bits_per_dim"]
 
 
 def evaluate_ood(model, in_data, ood_data, *, batch_size, key, num_samples=1, progress=None):

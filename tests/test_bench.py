@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench import throughput
+from bench import input_pipeline, throughput
 
 TINY = [
     "--image_shape=8,8,1",
@@ -98,3 +98,13 @@ def test_device_check_smoke_runs_end_to_end(tmp_path):
     tp = record["throughput"]
     assert tp["train_images_per_s"] > 0 and tp["eval_images_per_s"] > 0
     assert record["config"]["glow_kwargs_passed"] == {}  # nothing passed unless asked
+
+
+def test_input_pipeline_prints_its_record(capsys, tmp_path):
+    input_pipeline.main(["--dataset=digits", "--batches=3", f"--out={tmp_path}"])
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("decode", "pipeline", "cached"):
+        assert record[f"{key}_images_per_s"] > 0
+    assert record["labels_per_s"] > 0 and record["labels_decoded_per_s"] > 0
+    assert record["image_shape"] == [8, 8, 1] and record["num_examples"] == 1347
+    assert json.loads((tmp_path / "input_pipeline_digits.json").read_text()) == record

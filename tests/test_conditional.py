@@ -3,6 +3,7 @@ classifier, and ``flows.evaluation`` on a tiny fake split (records, noise, batch
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -264,6 +265,40 @@ def test_evaluate_conditional_marginal_matches_model(model):
     assert record["marginal_bits_per_dim"] == pytest.approx(float(jnp.mean(direct)), abs=1e-4)
     accuracy = np.mean(np.argmax(np.asarray(joint), axis=1) == data.labels)
     assert record["accuracy"] == pytest.approx(accuracy)
+
+
+class _ReadOnly:
+    """A split that serves its examples through ``read`` only (as a streamed split of a large
+    dataset should be used): asking for the whole ``labels`` or ``images`` fails."""
+
+    def __init__(self, data):
+        self._data = data
+        self.num_examples, self.image_shape = data.num_examples, data.image_shape
+        self.num_bins, self.num_classes, self.name = data.num_bins, data.num_classes, data.name
+
+    def read(self, indices):
+        return self._data.read(indices)
+
+    @property
+    def labels(self):
+        raise AssertionError("the evaluation read the split's labels whole")
+
+    images = labels
+
+
+def test_conditional_evaluation_reads_labels_with_the_batches(model):
+    """Accuracy, label NLL and chance come from the labels each batch reads: the record of a
+    split served only through ``read`` equals that of the split in memory."""
+    data = _fake_split(45, num_bins=4, seed=5)
+    labels = np.where(np.arange(45) < 30, 2, data.labels).astype(np.int32)
+    data = dataclasses.replace(data, labels=labels)  # class 2 the most frequent: 35 of 45
+    key = jax.random.key(7)
+    whole = evaluate_conditional(model, data, batch_size=16, key=key)
+    streamed = evaluate_conditional(model, _ReadOnly(data), batch_size=16, key=key)
+    assert streamed == whole
+    assert whole["chance_accuracy"] == pytest.approx(35 / 45)
+    per_example = per_example_conditional(model, _ReadOnly(data), batch_size=16, key=key)
+    np.testing.assert_array_equal(per_example["label"], data.labels)
 
 
 @pytest.mark.parametrize("conditional", [False, True])

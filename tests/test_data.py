@@ -393,6 +393,47 @@ def test_streamed_split_keeps_what_it_decodes_within_its_budget(digits_dir):
     assert reads[-2:] == [[4], [4]]  # over budget (300 x 64 bytes): decoded on every read
 
 
+def test_streamed_labels_are_read_without_decoding_the_images(digits_dir):
+    """``labels`` parses the records with their images left undecoded (``SkipDecoding``): the
+    decoding source is never asked, and the labels are those of a whole read, in the
+    subset's order; a label outside the classes is the usual one-line error."""
+    whole = fd.load_split("digits", "train", data_dir=digits_dir)
+    split = fd.open_split("digits", "train", data_dir=digits_dir)
+    split._source = None  # any read through the decoding source would fail
+    np.testing.assert_array_equal(split.labels, whole.labels)
+    order = np.random.RandomState(1).permutation(whole.num_examples)[:50]
+    subset = split.subset(order, "digits:part")
+    np.testing.assert_array_equal(subset.labels, whole.labels[order])
+    fewer = fd.open_split("digits", "train", data_dir=digits_dir)
+    fewer.num_classes = 5
+    with pytest.raises(fd.DatasetError, match=r"outside 0\.\.4") as e:
+        _ = fewer.labels
+    assert "\n" not in str(e.value)
+
+
+def test_streamed_labels_under_mock_data_read_the_whole_records(tmp_path, no_network):
+    """tfds's mock data cannot skip the image decoding without TensorFlow: the labels are
+    read from the whole records instead."""
+    with data_testing.mock_data(num_examples=12):
+        whole = fd.load_split("mnist", "test", data_dir=str(tmp_path))
+        streamed = fd.open_split("mnist", "test", data_dir=str(tmp_path))
+        np.testing.assert_array_equal(streamed.labels, whole.labels)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_unlabelled_is_the_split_with_every_label_zero(digits_dir, stream):
+    data = fd.load_datasets(_config(digits_dir), stream=stream)["test"]
+    view = fd.Unlabelled(data)
+    images, labels = view.read([3, 1, 3])
+    np.testing.assert_array_equal(images, data.read([3, 1, 3])[0])
+    assert labels.tolist() == [0, 0, 0] and labels.dtype == np.int32
+    assert view.num_classes == 1 and data.num_classes == 10
+    assert (view.num_examples, view.image_shape, view.num_bins, view.name) == (
+        data.num_examples, data.image_shape, data.num_bins, data.name
+    )  # fmt: skip
+    assert not view.labels.any() and view.labels.shape == (data.num_examples,)
+
+
 def test_streamed_catalog_split_reduces_and_pads_per_read(tmp_path, no_network):
     with data_testing.mock_data(num_examples=12):
         whole = fd.load_split("mnist", "test", data_dir=str(tmp_path), n_bits=5, pad_to=(32, 32))

@@ -8,8 +8,9 @@ of ``tfds_compat``.
 Public API:
   load_split(name, split, *, data_dir, n_bits, pad_to, download) -> ImageData
   open_split(name, split, ...) -> StreamedSplit (read on demand)
-  load_datasets(data_config, stream=False) -> {'train', 'validation', 'test'}: ImageData, or
-    StreamedSplit with stream=True (validation may be None)
+  load_datasets(data_config, stream=False, cache_bytes) -> {'train', 'validation', 'test'}:
+    ImageData, or StreamedSplit with stream=True (validation may be None)
+  Unlabelled(split): the split with every label 0 and one class (a marginal p(x)'s view)
   ImageData, StreamedSplit, DatasetError, DATA_CONFIG_DEFAULTS, default_data_dir
   reduce_bits, pad_images, split_validation
   epoch_permutation, batch_indices, steps_per_epoch   (stateless deterministic batching)
@@ -33,7 +34,7 @@ from flows.data.loading import (
     reduce_bits,
     split_validation,
 )
-from flows.data.source import StreamedSplit
+from flows.data.source import StreamedSplit, Unlabelled
 
 __all__ = [
     "DATA_CONFIG_DEFAULTS",
@@ -43,6 +44,7 @@ __all__ = [
     "ImageData",
     "PhotoPatches",
     "StreamedSplit",
+    "Unlabelled",
     "batch_indices",
     "default_data_dir",
     "epoch_permutation",

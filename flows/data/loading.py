@@ -31,6 +31,7 @@ says how to fix it.
 
 import dataclasses
 import difflib
+import functools
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -351,6 +352,10 @@ def open_split(
     if pad_to is not None:
         _check_pad_to(first.shape[:2], pad_to, name)
     num_classes = builder.info.features[label_key].num_classes if label_key else 1
+
+    def label_source():  # the same records, their images left undecoded
+        return builder.as_data_source(split=split, decoders={image_key: tfds.decode.SkipDecoding()})
+
     return StreamedSplit(
         source,
         image_key=image_key,
@@ -363,6 +368,7 @@ def open_split(
         image_shape=first.shape,
         dtype=first.dtype,
         cache_bytes=cache_bytes,
+        label_source=label_source,
     )
 
 
@@ -397,10 +403,11 @@ def load_split(
     return split_data.materialize()
 
 
-def load_datasets(data_config, *, stream: bool = False) -> dict:
+def load_datasets(data_config, *, stream: bool = False, cache_bytes: int = CACHE_BYTES) -> dict:
     """Loads 'train', 'validation' (None when ``validation_size == 0``) and 'test': whole
     splits in memory (``ImageData``), or with ``stream=True`` splits read on demand
-    (``StreamedSplit``, what training uses: no split is read whole).
+    (``StreamedSplit``, what training and evaluation use: no split is read whole), keeping
+    what they decode within ``cache_bytes`` (``open_split``; 0 for a single pass).
 
     ``data_config`` (an ml_collections ConfigDict or a mapping) has the fields of
     ``DATA_CONFIG_DEFAULTS``; only ``name`` is required:
@@ -432,7 +439,10 @@ def load_datasets(data_config, *, stream: bool = False) -> dict:
     kwargs = dict(
         data_dir=cfg["data_dir"], n_bits=cfg["n_bits"], pad_to=pad_to, download=cfg["download"]
     )
-    load = open_split if stream else load_split
+    if stream:
+        load = functools.partial(open_split, cache_bytes=cache_bytes)
+    else:
+        load = load_split
     train = load(cfg["name"], cfg["train_split"], **kwargs)
     train, validation = split_validation(train, int(cfg["validation_size"]), cfg["split_seed"])
     test = load(cfg["name"], cfg["test_split"], **kwargs)

@@ -10,6 +10,13 @@ the training pipeline (``flows.data.pipeline``) and evaluation take either.
 
 Reading example ``i`` of a subset reads record ``indices[i]``; ``read`` keeps the order it is
 given (a batch of a shuffled epoch stays in that order).
+
+``labels`` (one pass over the split, for a conditional model's ``p(y)`` or a per-class
+choice) reads from a second source that skips decoding the images (``label_source``: TFDS's
+``SkipDecoding``), when the source can: a record parsed without its image costs a fraction
+of a decoded one (``python -m bench.input_pipeline`` measures both). ``Unlabelled`` is a
+split seen without its labels (every label 0, one class): what a marginal ``p(x)`` of an
+out-of-distribution set reads.
 """
 
 from __future__ import annotations
@@ -36,7 +43,9 @@ class StreamedSplit:
     Attributes:
       num_examples, image_shape (after padding), num_bins (after bit reduction),
       num_classes, name: as ``ImageData``'s.
-      labels: (N,) int32, read once on first use (one pass over the split) and kept.
+      labels: (N,) int32, read once on first use (one pass over the split, through
+        ``label_source()`` when given: a source of the same records whose images are left
+        undecoded) and kept.
       cached: whether it keeps the examples it decodes (its decoded images fit in
         ``cache_bytes``): after its first epoch, a read only indexes memory.
     """
@@ -56,8 +65,10 @@ class StreamedSplit:
         dtype=np.uint8,
         indices: np.ndarray | None = None,
         cache_bytes: int = CACHE_BYTES,
+        label_source=None,
     ):
         self._source = source
+        self._label_source = label_source  # zero-argument callable, or None
         self._image_key, self._label_key = image_key, label_key
         self._source_bins, self._n_bits, self._pad_to = source_bins, n_bits, pad_to
         _, self.num_bins = loading.reduce_bits(
@@ -135,9 +146,23 @@ class StreamedSplit:
 
     @functools.cached_property
     def labels(self) -> np.ndarray:
-        labels = np.empty((self.num_examples,), np.int32)
-        for a, b, _, chunk in self.chunks():
-            labels[a:b] = chunk
+        labels = np.zeros((self.num_examples,), np.int32)
+        if self._label_key is None:
+            labels.flags.writeable = False
+            return labels
+        source = None if self._label_source is None else self._label_source()
+        for a in range(0, self.num_examples, READ_CHUNK):
+            examples = np.arange(a, min(a + READ_CHUNK, self.num_examples))
+            records = examples if self._indices is None else self._indices[examples]
+            if source is not None:
+                try:
+                    chunk = source.__getitems__([int(i) for i in records])
+                except ModuleNotFoundError:  # skipping the decoding needs TensorFlow here
+                    source = None  # (tfds's mock data): decode the records whole
+            if source is None:
+                chunk = self._source.__getitems__([int(i) for i in records])
+            labels[examples] = [ex[self._label_key] for ex in chunk]
+            loading.check_labels(labels[examples], self.num_classes, self.name, examples=examples)
         labels.flags.writeable = False
         return labels
 
@@ -159,6 +184,7 @@ class StreamedSplit:
             dtype=self._dtype,
             indices=records,
             cache_bytes=self._cache_bytes if cache_bytes is None else cache_bytes,
+            label_source=self._label_source,
         )
 
     def materialize(self):
@@ -168,3 +194,26 @@ class StreamedSplit:
         for a, b, chunk_images, chunk_labels in self.chunks():
             images[a:b], labels[a:b] = chunk_images, chunk_labels
         return loading.ImageData(images, labels, self.num_bins, self.num_classes, self.name)
+
+
+class Unlabelled:
+    """``split`` (a ``StreamedSplit`` or an ``ImageData``) with every label 0 and one class:
+    the images of any labelled or unlabelled set, read as a label-conditioned model's
+    marginal ``p(x)`` reads them (its labels, other classes or none, never reach the
+    model). Every other attribute is ``split``'s."""
+
+    num_classes = 1
+
+    def __init__(self, split):
+        self._split = split
+
+    def __getattr__(self, name):
+        return getattr(self._split, name)
+
+    def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = self._split.read(indices)
+        return images, np.zeros_like(labels)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.zeros((self._split.num_examples,), np.int32)
