@@ -13,6 +13,7 @@ What a workdir holds after ``flows.train.train_and_evaluate``::
     config_history.jsonl    config changes accepted on resume (``--allow_config_change``)
     corrupt/                unreadable checkpoints moved out of the way on resume
     events.out.tfevents.*   TensorBoard event files, one per session (flows.train.tensorboard)
+    run.lock                who trains here now (``RunLock``): one training process at a time
 
 The workdir is a contract: ``config.json`` is the config of every step the run made. A rerun
 with another config is refused (``config_changes`` names each changed key) unless the change
@@ -23,6 +24,14 @@ Every file is written atomically (a temporary file in the same directory, then a
 a run killed at any instant leaves either the old or the new file, never half of one; the only
 file appended to, ``metrics.jsonl``, is read without a partial last line and rewritten
 atomically on resume.
+
+One run at a time: the training process (process 0 of a multi-process run) holds an
+exclusive ``flock`` on ``run.lock`` from before it touches anything until it ends, and a
+second training started on the same workdir meanwhile (a second terminal, a scheduler's
+retry) is refused with a one-line error naming the holder, instead of resuming from the
+first's checkpoints and interleaving its records with the first's. The kernel drops the
+lock when its process ends in any way, SIGKILL included, so rerunning a killed run resumes at
+once. (``flock`` is advisory and, on some network filesystems, local to one host.)
 
 Workdirs written before the names were made unambiguous are read through ``upgrade_*``: the
 data's quantisation was ``num_levels`` (now ``num_bins``) and the training length
@@ -35,7 +44,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import tempfile
+import time
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): no lock
+    fcntl = None
 
 import ml_collections
 
@@ -51,6 +67,7 @@ EVAL_TEST = "eval_test.json"
 CONFIG_HISTORY = "config_history.jsonl"
 CORRUPT = "corrupt"
 LATENTS = "latents"  # experiments.latents' pictures and record
+LOCK = "run.lock"  # held by the process training in the workdir (RunLock)
 EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard event files (flows.train.tensorboard)
 
 
@@ -81,6 +98,38 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<workdir>/run.lock``, taken at construction (or a one-line
+    ``CheckpointError`` naming the process that holds it) and held until ``release`` or the
+    end of the process. The file says who holds it: ``pid <pid> on <host> since <time>``."""
+
+    def __init__(self, workdir: str):
+        self.path = path(workdir, LOCK)
+        self._fd = None
+        if fcntl is None:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by another process (BlockingIOError)
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown process"
+            os.close(fd)
+            raise CheckpointError(
+                f"--workdir {workdir} is in use by another training run ({holder}); wait for it "
+                "to end or stop it, or choose another --workdir"
+            ) from None
+        since = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drops the lock (closing the file drops it); a second call does nothing."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def remove_partial_writes(workdir: str) -> None:

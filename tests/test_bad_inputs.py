@@ -14,7 +14,8 @@ import sys
 import pytest
 
 from configs import glow_digits_cond
-from flows.errors import ConfigError
+from flows import workdir as wd
+from flows.errors import CheckpointError, ConfigError
 from flows.train.loop import train_and_evaluate
 from tests import cli_checks
 
@@ -144,6 +145,28 @@ def test_workdir_that_cannot_be_written(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     fails_in_one_line(_train(blocker / "run"), "cannot write to --workdir", "a_file")
+
+
+def test_workdir_another_run_trains_in(cond_run, tmp_path):
+    """A second training on a workdir whose lock is held (here by this process, as a first
+    run's would be) is refused before it touches anything: the first run's partial writes
+    stay, nothing is written; the lock a finished run held is free again."""
+    workdir = _copy(cond_run, tmp_path)
+    partial = os.path.join(workdir, ".metrics.jsonl.first-run.tmp")  # the first run's write
+    open(partial, "w").close()
+    before = sorted(os.listdir(workdir))
+    lock = wd.RunLock(workdir)  # the copy's lock; the train_and_evaluate of cond_run is done
+    try:
+        fails_in_one_line(
+            _train(workdir), "in use by another training run", f"pid {os.getpid()} on "
+        )
+    finally:
+        lock.release()
+    assert sorted(os.listdir(workdir)) == before
+    held = wd.RunLock(workdir)  # free again
+    with pytest.raises(CheckpointError, match="in use by another training run"):
+        wd.RunLock(workdir)  # a second holder, even in one process
+    held.release()
 
 
 def test_debug_shows_the_traceback_of_a_user_error(tmp_path):

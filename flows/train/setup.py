@@ -57,6 +57,7 @@ class Run:
     # This process's training batches from start_step on (a grain iterator; its state goes
     # into every checkpoint's meta as DATA_STATE); None once every step is done.
     batches: object = None
+    lock: wd.RunLock | None = None  # the workdir's (the main process's), released by close
 
     @property
     def use_ema(self) -> bool:
@@ -74,8 +75,12 @@ class Run:
         return abstract_like(self.state, sharding.replicated(self.mesh))
 
     def close(self) -> None:
-        self.checkpoints.close()
-        self.best.close()
+        try:
+            self.checkpoints.close()
+            self.best.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
 
 def host_batches(data, batch_size: int, seed: int, num_steps: int):
@@ -115,10 +120,11 @@ def make_model_and_state(
     return graphdef, sharding.replicate(state, mesh)
 
 
-def _prepare_workdir(workdir: str, is_main: bool) -> dict | None:
-    """Creates ``workdir`` if needed, checks it is writable and removes temporary files of
-    writes a killed run left; returns the stored config (today's names) of the run already in
-    it, or None."""
+def _prepare_workdir(workdir: str, is_main: bool) -> tuple[wd.RunLock | None, dict | None]:
+    """Creates ``workdir`` if needed, checks it is writable, takes its lock (the main process:
+    ``wd.RunLock``; a workdir another run trains in is refused here) and removes temporary
+    files of writes a killed run left; returns the lock and the stored config (today's names)
+    of the run already in it, or None."""
     try:
         os.makedirs(workdir, exist_ok=True)
         with tempfile.TemporaryFile(dir=workdir):
@@ -128,11 +134,17 @@ def _prepare_workdir(workdir: str, is_main: bool) -> dict | None:
             f"cannot write to --workdir {workdir} ({e.strerror or type(e).__name__}); "
             "choose a writable directory"
         ) from None
-    if not os.path.exists(wd.path(workdir, wd.CONFIG)):
-        return None  # no run wrote here: nothing of ours to tidy
-    if is_main:
-        wd.remove_partial_writes(workdir)
-    return wd.load_config(workdir).to_dict()
+    lock = wd.RunLock(workdir) if is_main else None
+    try:
+        if not os.path.exists(wd.path(workdir, wd.CONFIG)):
+            return lock, None  # no run wrote here: nothing of ours to tidy
+        if is_main:
+            wd.remove_partial_writes(workdir)
+        return lock, wd.load_config(workdir).to_dict()
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
 
 
 def _write_run_files(config, workdir, train) -> None:
@@ -271,51 +283,57 @@ def setup_run(config, workdir: str, *, allow_config_change: bool = False) -> Run
     one. A config other than the stored one is refused unless ``allow_config_change``."""
     sharding.initialize_distributed(config.train.distributed)
     is_main = jax.process_index() == 0
-    stored_config = _prepare_workdir(workdir, is_main)
-    datasets = data_lib.load_datasets(config.data, stream=True)
-    train = datasets["train"]
+    lock, stored_config = _prepare_workdir(workdir, is_main)
+    try:
+        datasets = data_lib.load_datasets(config.data, stream=True)
+        train = datasets["train"]
 
-    tc = config.train
-    mesh = sharding.data_mesh()
-    sharding.check_batch_size(tc.batch_size, mesh)
-    tx = make_optimizer(config.optim, tc.num_train_steps)
-    init = host_batches(train, tc.init_batch_size, tc.seed + 1, num_steps=1)[0]
-    init = sharding.shard_batch(init, mesh)
-    graphdef, state = make_model_and_state(
-        config,
-        train.image_shape,
-        train.num_bins,
-        train.num_classes,
-        tx,
-        init["image"],
-        init["label"],
-        mesh,
-        # p(y) of a conditional model: one pass over the train split's labels.
-        label_counts=(
-            np.bincount(train.labels, minlength=train.num_classes)
-            if config.model.get("conditional")
-            else None
-        ),
-    )
-    checkpoints = Checkpointer(wd.path(workdir, wd.CHECKPOINTS), max_to_keep=2)
-    best = Checkpointer(wd.path(workdir, wd.BEST), max_to_keep=1)
-    run = Run(
-        config=config,
-        workdir=workdir,
-        is_main=is_main,
-        train=train,
-        validation=datasets["validation"],
-        test=datasets["test"],
-        mesh=mesh,
-        graphdef=graphdef,
-        state=state,
-        train_step=_compiled_train_step(graphdef, state, config, tx, train.num_bins, mesh),
-        checkpoints=checkpoints,
-        best=best,
-        meta={"best_val_bpd": math.inf, "best_step": None, "wall_time_s": 0.0},
-        start_step=0,
-        num_params=int(sum(x.size for x in jax.tree.leaves(state.params))),
-    )
+        tc = config.train
+        mesh = sharding.data_mesh()
+        sharding.check_batch_size(tc.batch_size, mesh)
+        tx = make_optimizer(config.optim, tc.num_train_steps)
+        init = host_batches(train, tc.init_batch_size, tc.seed + 1, num_steps=1)[0]
+        init = sharding.shard_batch(init, mesh)
+        graphdef, state = make_model_and_state(
+            config,
+            train.image_shape,
+            train.num_bins,
+            train.num_classes,
+            tx,
+            init["image"],
+            init["label"],
+            mesh,
+            # p(y) of a conditional model: one pass over the train split's labels.
+            label_counts=(
+                np.bincount(train.labels, minlength=train.num_classes)
+                if config.model.get("conditional")
+                else None
+            ),
+        )
+        checkpoints = Checkpointer(wd.path(workdir, wd.CHECKPOINTS), max_to_keep=2)
+        best = Checkpointer(wd.path(workdir, wd.BEST), max_to_keep=1)
+        run = Run(
+            config=config,
+            workdir=workdir,
+            is_main=is_main,
+            train=train,
+            validation=datasets["validation"],
+            test=datasets["test"],
+            mesh=mesh,
+            graphdef=graphdef,
+            state=state,
+            train_step=_compiled_train_step(graphdef, state, config, tx, train.num_bins, mesh),
+            checkpoints=checkpoints,
+            best=best,
+            meta={"best_val_bpd": math.inf, "best_step": None, "wall_time_s": 0.0},
+            start_step=0,
+            num_params=int(sum(x.size for x in jax.tree.leaves(state.params))),
+            lock=lock,
+        )
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     try:
         _resume(run, stored_config, allow_config_change)
         run.batches = _start_batches(run)
