@@ -32,6 +32,18 @@ def use_ema(params: str) -> bool | None:
     return None if params == "auto" else params == "ema"
 
 
+def split_of_run(config, split: str):
+    """Split ``split`` ('train', 'validation', 'test') of the run's data, read batch by batch
+    (``stream=True``, nothing kept: the tools read it once); a one-line ``ConfigError`` when
+    the run has none."""
+    from flows import data as data_lib  # TFDS: only for the tools that read data
+
+    data = data_lib.load_datasets(config.data, stream=True, cache_bytes=0)[split]
+    if data is None:
+        raise ConfigError(f"the run has no {split} split (data.validation_size = 0)")
+    return data
+
+
 def run(main) -> None:
     """``absl.app.run(main)``, with user errors reported as one line and exit status 2."""
 

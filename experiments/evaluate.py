@@ -75,14 +75,6 @@ def _key(config):
     return jax.random.fold_in(jax.random.key(config.eval.seed), 1)
 
 
-def _in_distribution(config):
-    """The run's split ``--split``, read batch by batch (one pass: nothing kept)."""
-    data = data_lib.load_datasets(config.data, stream=True, cache_bytes=0)[_SPLIT.value]
-    if data is None:
-        raise ConfigError(f"the run has no {_SPLIT.value} split (data.validation_size = 0)")
-    return data
-
-
 def _load(workdir: str):
     """``(model, config, info)`` of the checkpoint and parameters the flags choose."""
     return load_run(workdir, checkpoint=_CHECKPOINT.value, use_ema=cli.use_ema(_PARAMS.value))
@@ -97,7 +89,7 @@ def _add_provenance(record: dict, info: dict, config, t0: float) -> None:
 
 def run_split(workdir: str) -> None:
     model, config, info = _load(workdir)
-    data = _in_distribution(config)
+    data = cli.split_of_run(config, _SPLIT.value)
     t0 = time.time()
     with tqdm(total=data.num_examples, desc=f"eval {data.name}", unit="img") as bar:
         record = evaluate(
@@ -132,7 +124,7 @@ def run_ood(workdir: str, dataset: str) -> None:
     trained_on = f"{config.data.name}, {wd.path(workdir, wd.DATA_INFO)}"
     ood.check_same_data(ood_data, data_info["image_shape"], data_info["num_bins"], trained_on)
     model, config, info = _load(workdir)
-    in_data = _in_distribution(config)
+    in_data = cli.split_of_run(config, _SPLIT.value)
     t0 = time.time()
     total = in_data.num_examples + ood_data.num_examples
     with tqdm(total=total, desc=f"eval {in_data.name}, {ood_data.name}", unit="img") as bar:

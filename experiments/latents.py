@@ -36,7 +36,6 @@ from absl import flags
 from tqdm import tqdm
 
 from experiments import cli
-from flows import data as data_lib
 from flows import latents as lat
 from flows import plotting
 from flows import workdir as wd
@@ -232,10 +231,7 @@ def main(argv):
     model, config, info = load_run(
         _WORKDIR.value, checkpoint=_CHECKPOINT.value, use_ema=cli.use_ema(_PARAMS.value)
     )
-    # Read batch by batch (the latents of the whole split are kept, not its images).
-    data = data_lib.load_datasets(config.data, stream=True, cache_bytes=0)[_SPLIT.value]
-    if data is None:
-        raise ConfigError(f"the run has no {_SPLIT.value} split (data.validation_size = 0)")
+    data = cli.split_of_run(config, _SPLIT.value)  # the latents are kept, not the images
     if 2 * _PAIRS.value > data.num_examples:
         raise ConfigError(
             f"--pairs={_PAIRS.value} needs {2 * _PAIRS.value} images; {data.name} has "

@@ -119,9 +119,13 @@ class StreamedSplit:
                 filled[missing] = True
         return images[indices], labels[indices]
 
+    def _records(self, indices: np.ndarray) -> np.ndarray:
+        """The source's record numbers of examples ``indices`` of this split."""
+        return indices if self._indices is None else self._indices[indices]
+
     def _decode(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reads and decodes examples ``indices`` from the source."""
-        records = indices if self._indices is None else self._indices[indices]
+        records = self._records(indices)
         examples = self._source.__getitems__([int(i) for i in records])
         try:
             images = np.stack([ex[self._image_key] for ex in examples])
@@ -153,7 +157,7 @@ class StreamedSplit:
         source = None if self._label_source is None else self._label_source()
         for a in range(0, self.num_examples, READ_CHUNK):
             examples = np.arange(a, min(a + READ_CHUNK, self.num_examples))
-            records = examples if self._indices is None else self._indices[examples]
+            records = self._records(examples)
             if source is not None:
                 try:
                     chunk = source.__getitems__([int(i) for i in records])
@@ -169,8 +173,7 @@ class StreamedSplit:
     def subset(self, indices, name: str, *, cache_bytes: int | None = None) -> StreamedSplit:
         """The examples ``indices`` of this split (in that order), read on demand, with this
         split's decoded-example budget unless ``cache_bytes`` is given."""
-        indices = np.asarray(indices, np.int64)
-        records = indices if self._indices is None else self._indices[indices]
+        records = self._records(np.asarray(indices, np.int64))
         return StreamedSplit(
             self._source,
             image_key=self._image_key,

@@ -278,6 +278,54 @@ def _start_batches(run: Run):
     return pipeline.start_batches(dataset, state, threads=pipeline.read_threads(run.train))
 
 
+def _new_run(config, workdir: str, is_main: bool) -> Run:
+    """The data, model, state, compiled step and checkpointers of a run, at step 0."""
+    datasets = data_lib.load_datasets(config.data, stream=True)
+    train = datasets["train"]
+
+    tc = config.train
+    mesh = sharding.data_mesh()
+    sharding.check_batch_size(tc.batch_size, mesh)
+    tx = make_optimizer(config.optim, tc.num_train_steps)
+    init = host_batches(train, tc.init_batch_size, tc.seed + 1, num_steps=1)[0]
+    init = sharding.shard_batch(init, mesh)
+    graphdef, state = make_model_and_state(
+        config,
+        train.image_shape,
+        train.num_bins,
+        train.num_classes,
+        tx,
+        init["image"],
+        init["label"],
+        mesh,
+        # p(y) of a conditional model: one pass over the train split's labels.
+        label_counts=(
+            np.bincount(train.labels, minlength=train.num_classes)
+            if config.model.get("conditional")
+            else None
+        ),
+    )
+    checkpoints = Checkpointer(wd.path(workdir, wd.CHECKPOINTS), max_to_keep=2)
+    best = Checkpointer(wd.path(workdir, wd.BEST), max_to_keep=1)
+    return Run(
+        config=config,
+        workdir=workdir,
+        is_main=is_main,
+        train=train,
+        validation=datasets["validation"],
+        test=datasets["test"],
+        mesh=mesh,
+        graphdef=graphdef,
+        state=state,
+        train_step=_compiled_train_step(graphdef, state, config, tx, train.num_bins, mesh),
+        checkpoints=checkpoints,
+        best=best,
+        meta={"best_val_bpd": math.inf, "best_step": None, "wall_time_s": 0.0},
+        start_step=0,
+        num_params=int(sum(x.size for x in jax.tree.leaves(state.params))),
+    )
+
+
 def setup_run(config, workdir: str, *, allow_config_change: bool = False) -> Run:
     """Everything a run needs, resumed from ``workdir``'s newest readable checkpoint if it has
     one. A config other than the stored one is refused unless ``allow_config_change``."""
@@ -285,60 +333,17 @@ def setup_run(config, workdir: str, *, allow_config_change: bool = False) -> Run
     is_main = jax.process_index() == 0
     lock, stored_config = _prepare_workdir(workdir, is_main)
     try:
-        datasets = data_lib.load_datasets(config.data, stream=True)
-        train = datasets["train"]
-
-        tc = config.train
-        mesh = sharding.data_mesh()
-        sharding.check_batch_size(tc.batch_size, mesh)
-        tx = make_optimizer(config.optim, tc.num_train_steps)
-        init = host_batches(train, tc.init_batch_size, tc.seed + 1, num_steps=1)[0]
-        init = sharding.shard_batch(init, mesh)
-        graphdef, state = make_model_and_state(
-            config,
-            train.image_shape,
-            train.num_bins,
-            train.num_classes,
-            tx,
-            init["image"],
-            init["label"],
-            mesh,
-            # p(y) of a conditional model: one pass over the train split's labels.
-            label_counts=(
-                np.bincount(train.labels, minlength=train.num_classes)
-                if config.model.get("conditional")
-                else None
-            ),
-        )
-        checkpoints = Checkpointer(wd.path(workdir, wd.CHECKPOINTS), max_to_keep=2)
-        best = Checkpointer(wd.path(workdir, wd.BEST), max_to_keep=1)
-        run = Run(
-            config=config,
-            workdir=workdir,
-            is_main=is_main,
-            train=train,
-            validation=datasets["validation"],
-            test=datasets["test"],
-            mesh=mesh,
-            graphdef=graphdef,
-            state=state,
-            train_step=_compiled_train_step(graphdef, state, config, tx, train.num_bins, mesh),
-            checkpoints=checkpoints,
-            best=best,
-            meta={"best_val_bpd": math.inf, "best_step": None, "wall_time_s": 0.0},
-            start_step=0,
-            num_params=int(sum(x.size for x in jax.tree.leaves(state.params))),
-            lock=lock,
-        )
+        run = _new_run(config, workdir, is_main)
     except BaseException:
         if lock is not None:
             lock.release()
         raise
+    run.lock = lock
     try:
         _resume(run, stored_config, allow_config_change)
         run.batches = _start_batches(run)
         if is_main:
-            _write_run_files(config, workdir, train)
+            _write_run_files(config, workdir, run.train)
     except BaseException:
         run.close()  # no orbax threads left to fail at interpreter exit
         raise
