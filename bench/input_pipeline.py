@@ -102,9 +102,11 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _prepare_mnist_like() -> str:
-    """A temporary data_dir holding the prepared ``mnist_like`` records."""
-    data_dir = tempfile.mkdtemp(prefix="mnist_like_")
+def prepare_mnist_like(data_dir: str | None = None) -> str:
+    """``data_dir`` (default: a new temporary directory) with the ``mnist_like`` records
+    prepared in it, for this benchmark or a training (``--config.data.name=mnist_like
+    --config.data.data_dir=...``)."""
+    data_dir = data_dir or tempfile.mkdtemp(prefix="mnist_like_")
     builder = MnistLike(data_dir=data_dir, file_format="array_record")
     builder.download_and_prepare(file_format="array_record")
     return data_dir
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="directory for input_pipeline_<dataset>.json")
     args = p.parse_args(argv)
 
-    data_dir = _prepare_mnist_like() if args.dataset == "mnist_like" else None
+    data_dir = prepare_mnist_like() if args.dataset == "mnist_like" else None
     split = _train_split(args, data_dir, cache_bytes=0)
     n, b = split.num_examples, args.batch_size
     split.read(data_lib.batch_indices(n, b, 0, 0))  # warm: file handles, decoder
