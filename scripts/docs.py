@@ -32,7 +32,7 @@ from bench import table as bench_table  # noqa: E402
 
 RUNS = os.path.join(ROOT, "results", "runs")
 BENCH = os.path.join(ROOT, "results", "bench")
-PAGES = ("README.md", "docs/results.md", "docs/speed.md")
+PAGES = ("README.md", "docs/results.md", "docs/speed.md", "docs/trust.md")
 BEGIN = re.compile(r"<!-- generated: (\w+) -->\n")
 END = "<!-- end generated -->"
 # What ``collect`` copies from a workdir (sizes: a few kB each, samples.png tens of kB).
@@ -136,7 +136,7 @@ def link(run: str, name: str = "eval_test.json") -> str:
 def runs_table(runs: list[str], *, prefix: str = "") -> tuple[str, list[str]]:
     """Family runs: the command, test bits/dim (marginal for conditional runs), the
     conditional figures, parameters, best step, wall time, record."""
-    head = ["family", "config", "test bits/dim", "-log2 p(x|y), Bayes accuracy", "params"]
+    head = ["family", "config", "test bits/dim", "-log2 p(x\\|y), Bayes accuracy", "params"]
     head += ["best step", "train wall time", "record"]
     rows, paths = [], []
     for run in runs:
@@ -152,7 +152,7 @@ def runs_table(runs: list[str], *, prefix: str = "") -> tuple[str, list[str]]:
             bpd, cond = f"**{pm(r)}**", ""
         rows.append(
             [
-                family + (", p(x|y)" if r.get("conditional") else ""),
+                family + (", p(x\\|y)" if r.get("conditional") else ""),
                 command_of(r),
                 bpd,
                 cond,
@@ -271,6 +271,29 @@ def ood() -> tuple[str, list[str]]:
     return markdown(head, rows), paths
 
 
+def kill_resume() -> tuple[str, list[str]]:
+    """``scripts/kill_resume.py --record``: the kills and whether the run ended bitwise equal."""
+    path = os.path.join(ROOT, "results", "kill_resume.json")
+    if not os.path.exists(path):
+        return "", []
+    with open(path) as f:
+        r = json.load(f)
+    kinds: dict[str, int] = {}
+    for kill in r["kills"]:
+        kind = kill["kind"].split(":")[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    head = ["training steps", "kills (kind: count)", "final state", "test bits/dim", "wall time"]
+    equal = f"**all {r['num_arrays']} arrays byte-equal**, same metrics records"
+    row = [
+        str(r["steps"]),
+        ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())),
+        equal if r["bitwise_equal"] else "DIFFERENT: " + "; ".join(r["problems"]),
+        f"{r['test_bits_per_dim']:.6f} (both runs)" if r["bitwise_equal"] else "",
+        minutes(r["wall_s"]),
+    ]
+    return markdown(head, [row]), [path]
+
+
 TABLES = {
     "headline": headline,
     "transformers": transformers,
@@ -278,14 +301,16 @@ TABLES = {
     "dequantization": dequantization,
     "latents": latents,
     "ood": ood,
+    "kill_resume": kill_resume,
     **bench_table.TABLES,
 }
 
 
 def render(name: str) -> str:
     text, paths = TABLES[name]()
-    note = provenance_line(paths) if paths else "No record yet."
-    return f"{text}\n\n{note}\n"
+    if not paths:
+        return "No record yet.\n"
+    return f"{text}\n\n{provenance_line(paths)}\n"
 
 
 def regenerate(page_text: str) -> str:
