@@ -4,7 +4,8 @@
         [--params=ema|raw] [--checkpoint=best|latest] [--dataset=NAME[:SPLIT]]
 
 For label-conditioned runs it reports conditional and marginal bits/dim, and the Bayes-rule
-classifier's accuracy and NLL of p(y|x). Writes ``<workdir>/eval_<split>_k<k>.json``.
+classifier's accuracy and NLL of p(y|x). Writes ``<workdir>/eval_<split>_k<k>.json`` and,
+beside it, the per-example values it averages (``.npz``; ``experiments.compare`` pairs on them).
 
 ``--dataset=NAME[:SPLIT]`` (SPLIT default ``test``; a TFDS version goes in NAME with a
 split, ``name:1.0.0:test``) is out-of-distribution evaluation: the run's ``--split`` and
