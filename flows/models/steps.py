@@ -159,11 +159,12 @@ class StepStack(Bijector):
         graphdef, state = nnx.split(self.steps)
         return graphdef, state, x.astype(carry_dtype(x, context, state))
 
-    def scan(self, apply, x, context, reverse: bool):
+    def scan(self, apply, x, context, reverse: bool, backprop: str = "autodiff"):
         """``apply(step, h, context) -> (h, log|det|)`` through every step, in order (or in
-        reverse), as one ``lax.scan``; returns ``(h, summed log|det|)``. Forward and inverse
-        are this with the steps' own methods; a family calls it with another method of its
-        steps (TarFlow: the guided inverse)."""
+        reverse), as one ``lax.scan``, its body differentiated as ``backprop`` says
+        (``'autodiff'``, ``'checkpoint'`` or ``'save_dots'``); returns ``(h, summed
+        log|det|)``. Forward and inverse are this with the steps' own methods; a family calls
+        it with another method of its steps (TarFlow: the guided inverse)."""
         graphdef, state, x = self._split(x, context)
 
         def body(carry, step_state):
@@ -171,9 +172,9 @@ class StepStack(Bijector):
             y, ld = apply(nnx.merge(graphdef, step_state), h, context)
             return (y, log_det + ld), None
 
-        if self.backprop == "checkpoint":
+        if backprop == "checkpoint":
             body = jax.checkpoint(body)
-        elif self.backprop == "save_dots":
+        elif backprop == "save_dots":
             policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
             body = jax.checkpoint(body, policy=policy)
         init = (x, jnp.zeros(x.shape[:1], x.dtype))
@@ -184,7 +185,9 @@ class StepStack(Bijector):
         if self.backprop == "invertible":
             graphdef, state, x = self._split(x, context)
             return invertible_scan(graphdef, state, x, context)
-        return self.scan(lambda s, h, c: s.forward_and_log_det(h, context=c), x, context, False)
+        return self.scan(
+            lambda s, h, c: s.forward_and_log_det(h, context=c), x, context, False, self.backprop
+        )
 
     def inverse_and_log_det(self, z, *, context=None):
         return self.scan(lambda s, h, c: s.inverse_and_log_det(h, context=c), z, context, True)
