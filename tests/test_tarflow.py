@@ -19,6 +19,7 @@ from configs import tarflow_digits
 from flows.bijectors import Patchify
 from flows.errors import ConfigError
 from flows.models import build_model, get_family, sample_compiled
+from flows.models.registry import describe_model
 from flows.models.tarflow import TarFlow, TarFlowBlock, guidance_weights
 from flows.train.loop import train_and_evaluate
 from flows.train.restore import load_run
@@ -199,7 +200,7 @@ def test_bad_config_is_one_line_config_error(fields, match):
 
 def test_describe():
     config = tarflow_digits.get_config("cond")
-    text = get_family("tarflow").summary(config.model.to_dict())
+    text = describe_model(config.model.to_dict())
     assert text == "tarflow p2 w128 4x2 h2 cond, label dropout 0.1"
 
 

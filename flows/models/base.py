@@ -13,7 +13,9 @@ Every family subclasses ``DensityModel`` and implements
   latents are any pytree, e.g. Glow's list of one array per level);
 * ``inverse_and_log_det(latents, *, context=None) -> (x, log|det|)`` (latent -> data);
 * ``sample_latents(key, num, temperature) -> latents`` (standard normals times T);
-* ``log_prob(x, *, context=None)`` (the default sums the base density and the log-det).
+* ``log_prob(x, *, context=None)`` (the default sums the base density and the log-det);
+* ``describe_config(model_config)``, a classmethod: the family's short text of a config
+  (the default: its name and the fields that differ from their defaults).
 
 and inherits ``inverse``, ``sample``, and for label-conditioned models (``num_classes`` set)
 ``class_log_likelihoods``, ``marginal_log_prob``, ``classify`` (Bayes' rule) and
@@ -76,7 +78,9 @@ def is_conditional(model) -> bool:
 class DensityModel(nnx.Module):
     """Base class of the model families (see the module docstring for the interface).
 
-    Subclasses call ``super().__init__(image_shape, num_classes)`` first.
+    Subclasses call ``super().__init__(image_shape, num_classes)`` first. A registered
+    family's constructor is ``__init__(self, image_shape, num_classes=None, *, <its config
+    fields, each with its default>, rngs)`` (``flows.models.registry.register_model``).
     """
 
     def __init__(self, image_shape, num_classes: int | None):
@@ -111,6 +115,13 @@ class DensityModel(nnx.Module):
 
     def sample_latents(self, key, num: int, temperature: float = 1.0):
         raise NotImplementedError
+
+    @classmethod
+    def describe_config(cls, model_config) -> str | None:
+        """A short text of a ``config.model`` of this family (every field set), the family's
+        part of ``flows.models.registry.describe_model``; None (this default): the family's
+        name and the fields that differ from their defaults."""
+        return None
 
     # -- derived ------------------------------------------------------------------------
     def dequantize(self, images, noise, num_bins: int):
