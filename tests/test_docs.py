@@ -55,11 +55,11 @@ def _python_blocks(page: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if _python_blocks(p)], ids=lambda p: p.name)
-def test_python_examples_run_as_written(page, tmp_path):
+def test_python_examples_run_as_written(page):
     for block in _python_blocks(page):
         env = {**os.environ, "JAX_PLATFORMS": "cpu"}
         result = subprocess.run(
-            [sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True
+            [sys.executable, "-c", block], cwd=ROOT, env=env, capture_output=True, text=True
         )
         assert result.returncode == 0, f"{page.name}:\n{block}\n{result.stderr[-3000:]}"
 
