@@ -322,7 +322,7 @@ def _one_device_and_four() -> dict:
 
     from configs import glow_digits
     from flows import data as data_lib
-    from flows.train import sharding
+    from flows import sharding
     from flows.train.objectives import density_loss
     from flows.train.optim import make_optimizer
     from flows.train.setup import make_model_and_state
@@ -360,13 +360,15 @@ def _eval_flops(evaluation, model, data) -> float:
     import jax
     from flax import nnx
 
+    from flows import sharding
+
     graphdef, state = nnx.split(model)
-    mesh = evaluation._eval_mesh()
-    fn = evaluation._batch_bits_per_dim_fn(
+    mesh = evaluation.eval_mesh()
+    fn = evaluation.batch_bits_per_dim_fn(
         graphdef, math.prod(data.image_shape), data.num_bins, 1, False, mesh
     )
-    _, _, images, labels, indices = next(evaluation._padded_batches(data, 148, mesh))
-    state, key = evaluation._replicated((state, jax.random.key(0)), mesh)
+    _, _, images, labels, indices = next(evaluation.read_batches(data, 148, mesh))
+    state, key = sharding.replicate((state, jax.random.key(0)), mesh)
     cost = fn.lower(state, images, labels, indices, key).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost["flops"])

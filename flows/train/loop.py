@@ -23,10 +23,10 @@ import time
 import jax
 from tqdm import tqdm
 
-from flows import plotting
+from flows import plotting, sharding
 from flows import workdir as wd
 from flows.evaluation import evaluate
-from flows.train import optim, periodic, sharding, tensorboard
+from flows.train import optim, periodic, tensorboard
 from flows.train.setup import Run, setup_run
 
 

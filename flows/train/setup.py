@@ -18,13 +18,14 @@ import numpy as np
 from flax import nnx
 
 from flows import data as data_lib
+from flows import sharding
 from flows import workdir as wd
 from flows.data import pipeline
 from flows.errors import CheckpointError, ConfigError
 from flows.metrics import dequantize
 from flows.models import build_model, is_conditional
 from flows.models.registry import with_defaults
-from flows.train import optim, sharding
+from flows.train import optim
 from flows.train.checkpoint import Checkpointer, ShapeMismatch, abstract_like
 from flows.train.objectives import density_loss
 from flows.train.optim import make_optimizer
