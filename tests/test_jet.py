@@ -2,7 +2,7 @@
 flat in depth, conditional training through the real loop, and config errors.
 
 Round trips and log-dets against the autodiff Jacobian of Jet's layers and of whole models
-are in the generic registry (``tests/bijector_registry.py``, the ``jet_*`` entries); every
+are in the generic registry (``flows/testing/bijector_registry.py``, the ``jet_*`` entries); every
 ``configs/jet_*.py:smoke`` trains in ``tests/test_user_paths.py``.
 """
 
