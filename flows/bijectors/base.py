@@ -18,6 +18,12 @@ from flax import nnx
 
 Array = jax.Array
 
+# The precision of the products that mix the dimensions of a flow's own map (a 1x1
+# convolution's W, Jet's split projections): ``HIGHEST`` on every backend, so the map computed
+# is the one whose log-det is counted (a backend's fast default, TF32 on recent NVIDIA GPUs or
+# bf16 passes on TPU, would round it). XLA:CPU computes float32 products exactly anyway.
+EXACT = jax.lax.Precision.HIGHEST
+
 
 class Buffer(nnx.Variable):
     """A fixed array that is part of a layer's state but not trained (a permutation, a mask).
