@@ -273,13 +273,12 @@ def _reference_checks(ref_dir, dist_dir) -> dict:
     from flows.data import load_datasets
     from flows.models import build_model
     from flows.train.checkpoint import Checkpointer, abstract_like
-    from flows.train.optim import make_optimizer
+    from flows.train.optim import run_optimizer
     from flows.train.state import TrainState
 
     config, info = wd.load_config(ref_dir), wd.load_data_info(ref_dir)
     model = build_model(config.model, info["image_shape"], info["num_classes"], rngs=nnx.Rngs(0))
-    tx = make_optimizer(config.optim, config.train.num_train_steps)
-    template = TrainState.create(model, tx, jax.random.key(0), ema=True)
+    template = TrainState.create(model, run_optimizer(config), jax.random.key(0), ema=True)
     abstract = abstract_like(template, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     states = []
     for workdir in (ref_dir, dist_dir):

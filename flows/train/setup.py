@@ -28,8 +28,8 @@ from flows.models.registry import with_defaults
 from flows.train import optim
 from flows.train.checkpoint import Checkpointer, ShapeMismatch, abstract_like
 from flows.train.objectives import density_loss
-from flows.train.optim import make_optimizer
-from flows.train.state import TrainState
+from flows.train.optim import run_optimizer
+from flows.train.state import TrainState, default_use_ema, keeps_ema
 from flows.train.step import make_train_step
 
 # The key of a checkpoint's meta holding the training iterator's state.
@@ -62,7 +62,7 @@ class Run:
 
     @property
     def use_ema(self) -> bool:
-        return bool(self.config.eval.use_ema) and self.state.ema is not None
+        return default_use_ema(self.config, self.state)
 
     @property
     def eval_key(self) -> jax.Array:
@@ -117,7 +117,7 @@ def make_model_and_state(
         jax.random.fold_in(key, -1 % 2**31),
     )
     model = nnx.merge(graphdef, params, buffers)
-    state = TrainState.create(model, tx, key, ema=config.train.ema_decay > 0)
+    state = TrainState.create(model, tx, key, ema=keeps_ema(config))
     return graphdef, sharding.replicate(state, mesh)
 
 
@@ -287,7 +287,7 @@ def _new_run(config, workdir: str, is_main: bool) -> Run:
     tc = config.train
     mesh = sharding.data_mesh()
     sharding.check_batch_size(tc.batch_size, mesh)
-    tx = make_optimizer(config.optim, tc.num_train_steps)
+    tx = run_optimizer(config)
     init = host_batches(train, tc.init_batch_size, tc.seed + 1, num_steps=1)[0]
     init = sharding.shard_batch(init, mesh)
     graphdef, state = make_model_and_state(
