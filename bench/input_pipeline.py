@@ -131,7 +131,7 @@ def _train_split(args, data_dir: str | None, cache_bytes: int):
 
 def _drain(split, batch_size: int, batches: int) -> float:
     """Images/s of the trainer's iterator over ``batches`` batches (after its first)."""
-    dataset = pipeline.training_batches(split, batch_size, 0, num_steps=batches + 1)
+    dataset = pipeline.training_batches(split, batch_size, 0, num_batches=batches + 1)
     iterator = pipeline.start_batches(dataset, 0, threads=pipeline.read_threads(split))
     next(iterator)  # threads started, first batch read
     start = time.perf_counter()

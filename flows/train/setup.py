@@ -84,10 +84,10 @@ class Run:
                 self.lock.release()
 
 
-def host_batches(data, batch_size: int, seed: int, num_steps: int):
-    """The grain dataset of this process's rows of global batches ``0..num_steps-1``."""
+def host_batches(data, batch_size: int, seed: int, num_batches: int):
+    """The grain dataset of this process's rows of global batches ``0..num_batches-1``."""
     rows = sharding.process_slice(batch_size)
-    return pipeline.training_batches(data, batch_size, seed, num_steps, rows=rows)
+    return pipeline.training_batches(data, batch_size, seed, num_batches, rows=rows)
 
 
 def make_model_and_state(
@@ -288,7 +288,7 @@ def _new_run(config, workdir: str, is_main: bool) -> Run:
     mesh = sharding.data_mesh()
     sharding.check_batch_size(tc.batch_size, mesh)
     tx = run_optimizer(config)
-    init = host_batches(train, tc.init_batch_size, tc.seed + 1, num_steps=1)[0]
+    init = host_batches(train, tc.init_batch_size, tc.seed + 1, num_batches=1)[0]
     init = sharding.shard_batch(init, mesh)
     graphdef, state = make_model_and_state(
         config,
