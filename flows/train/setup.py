@@ -43,9 +43,9 @@ class Run:
     config: object
     workdir: str
     is_main: bool
-    train: data_lib.StreamedSplit
-    validation: data_lib.StreamedSplit | None
-    test: data_lib.StreamedSplit
+    train_split: data_lib.StreamedSplit
+    validation_split: data_lib.StreamedSplit | None
+    test_split: data_lib.StreamedSplit
     mesh: jax.sharding.Mesh
     graphdef: nnx.GraphDef
     state: TrainState
@@ -275,8 +275,8 @@ def _start_batches(run: Run):
             f"checkpoint {run.start_step} in {run.workdir} saved the data position "
             f"{state} of another step; use a fresh --workdir"
         )
-    dataset = host_batches(run.train, tc.batch_size, tc.seed, tc.num_train_steps)
-    return pipeline.start_batches(dataset, state, threads=pipeline.read_threads(run.train))
+    dataset = host_batches(run.train_split, tc.batch_size, tc.seed, tc.num_train_steps)
+    return pipeline.start_batches(dataset, state, threads=pipeline.read_threads(run.train_split))
 
 
 def _new_run(config, workdir: str, is_main: bool) -> Run:
@@ -312,9 +312,9 @@ def _new_run(config, workdir: str, is_main: bool) -> Run:
         config=config,
         workdir=workdir,
         is_main=is_main,
-        train=train,
-        validation=datasets["validation"],
-        test=datasets["test"],
+        train_split=train,
+        validation_split=datasets["validation"],
+        test_split=datasets["test"],
         mesh=mesh,
         graphdef=graphdef,
         state=state,
@@ -344,7 +344,7 @@ def setup_run(config, workdir: str, *, allow_config_change: bool = False) -> Run
         _resume(run, stored_config, allow_config_change)
         run.batches = _start_batches(run)
         if is_main:
-            _write_run_files(config, workdir, run.train)
+            _write_run_files(config, workdir, run.train_split)
     except BaseException:
         run.close()  # no orbax threads left to fail at interpreter exit
         raise
