@@ -27,10 +27,9 @@ and the checkpoints; orbax writes checkpoints from every host); ``train.batch_si
 ``eval.batch_size`` are global. On CPU hosts JAX's collectives go over gloo (TCP); GPU and
 TPU hosts use their own interconnect. Process 0 writes the records and pictures and prints.
 
-Run: ``python scripts/check_distributed.py`` (three JAX processes: 82 s wall, 1.5 min of CPU
-on a loaded 2-core AMD EPYC; under the suite's ``--xla_backend_optimization_level=0``, 73 s
-and 55 s), or as ``tests/test_distributed.py`` in the suite. Prints ``OK`` and exits 0, or
-fails with the assertion that did not hold. The worker is this file run as a script
+Run: ``python scripts/check_distributed.py`` (three JAX processes), or as
+``tests/test_distributed.py`` in the suite. Prints ``OK`` and exits 0, or fails with the
+assertion that did not hold. The worker is this file run as a script
 (``python scripts/check_distributed.py worker ...``).
 """
 
