@@ -30,6 +30,7 @@ from flows import workdir as wd
 from flows.errors import ConfigError
 from flows.evaluation import evaluate, summary_line
 from flows.plotting import plot_ood_histogram
+from flows.provenance import provenance
 from flows.train.restore import load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
@@ -83,7 +84,11 @@ def _load(workdir: str):
 def _add_provenance(record: dict, info: dict, config, t0: float) -> None:
     """The checkpoint's provenance (``load_run``'s info), the dataset and the time taken."""
     record.update(
-        info, dataset=config.data.name, n_bits=config.data.n_bits, eval_s=time.time() - t0
+        info,
+        dataset=config.data.name,
+        n_bits=config.data.n_bits,
+        eval_s=time.time() - t0,
+        provenance=provenance(),
     )
 
 

@@ -41,6 +41,7 @@ from flows import plotting
 from flows import workdir as wd
 from flows.errors import ConfigError
 from flows.models.base import is_conditional
+from flows.provenance import provenance
 from flows.train.restore import load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
@@ -286,7 +287,9 @@ def main(argv):
         record["label_swap"] = _label_swap(
             model, enc, data, _ROWS.value, batch_size, png("label_swap")
         )
-    record.update(info, dataset=config.data.name, latents_s=time.time() - t0)
+    record.update(
+        info, dataset=config.data.name, latents_s=time.time() - t0, provenance=provenance()
+    )
     path = os.path.join(out_dir, f"latents_{_SPLIT.value}.json")
     wd.write_json(path, record)
     print(f"{summary_line(record)} -> {out_dir}")

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from flows import plotting, sharding
 from flows import workdir as wd
 from flows.evaluation import evaluate
+from flows.provenance import provenance
 from flows.train import optim, periodic, tensorboard
 from flows.train.setup import Run, setup_run
 
@@ -145,6 +146,7 @@ def finish(run: Run, t_start: float, board: tensorboard.Board | None = None) -> 
         wall_time_s=float(run.meta["wall_time_s"]),
         total_time_s=time.time() - t_start,
         config_changed_at=wd.config_changed_at(run.workdir),
+        provenance=provenance(),
     )
     if run.is_main:
         wd.write_json(wd.path(run.workdir, wd.EVAL_TEST), record)
