@@ -18,14 +18,13 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUTSIDE = ("experiments", "bench", "scripts", "tests", "configs")
 
 # (importer, packages it never imports): ``flows.nn`` is ``flows.nn`` and its submodules.
+# ``flows.testing`` (the cases the tests and the device check run) sits above the models.
+ABOVE_MODELS = ("flows.train", "flows.evaluation", "flows.reporting", "flows.testing")
 LAYERS = [
-    (
-        importer,
-        ("flows.models", "flows.train", "flows.evaluation", "flows.data", "flows.reporting"),
-    )
+    (importer, ("flows.models", "flows.data", *ABOVE_MODELS))
     for importer in ("flows.nn", "flows.bijectors")
 ] + [
-    ("flows.models", ("flows.train", "flows.evaluation", "flows.reporting")),
+    ("flows.models", ABOVE_MODELS),
     # Evaluation and the sharding both use sit below the trainer, which imports them.
     ("flows.evaluation", ("flows.train",)),
     ("flows.sharding", ("flows.train", "flows.evaluation")),
