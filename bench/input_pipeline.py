@@ -88,7 +88,7 @@ class MnistLike(tfds.core.GeneratorBasedBuilder):
             frame = np.zeros((28, 28), np.uint8)
             dy, dx = rng.randint(0, 5, size=2)
             frame[dy : dy + 24, dx : dx + 24] = big.astype(np.uint8)
-            yield i, {"image": digits_lib._encode_png(frame), "label": int(bunch.target[j])}
+            yield i, {"image": digits_lib.encode_png(frame), "label": int(bunch.target[j])}
 
 
 def _cpu_name() -> str:
