@@ -112,6 +112,19 @@ def test_the_graph_is_read_from_every_module_and_function_bodies():
     assert "flows.data.digits_ood" in graph["flows.ood"]
 
 
+def test_every_import_of_flows_names_one_of_its_modules():
+    # A module removed or renamed must not be imported any more (an installed copy of
+    # another checkout would otherwise answer the import).
+    graph = import_graph()
+    missing = sorted(
+        f"{module} imports {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if _within(target, "flows") and target not in graph
+    )
+    assert not missing, "\n".join(missing)
+
+
 def test_no_import_circles():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import circle: " + " -> ".join(cycle)
