@@ -4,7 +4,8 @@
         [--params=ema|raw] [--checkpoint=best|latest] [--dataset=NAME[:SPLIT]]
 
 For label-conditioned runs it reports conditional and marginal bits/dim, and the Bayes-rule
-classifier's accuracy and NLL of p(y|x). Writes ``<workdir>/eval_<split>_k<k>.json``.
+classifier's accuracy and NLL of p(y|x). Writes ``<workdir>/eval_<split>_k<k>.json`` and,
+beside it, the per-example values it averages (``.npz``; ``experiments.compare`` pairs on them).
 
 ``--dataset=NAME[:SPLIT]`` (SPLIT default ``test``; a TFDS version goes in NAME with a
 split, ``name:1.0.0:test``) is out-of-distribution evaluation: the run's ``--split`` and
@@ -28,7 +29,7 @@ from flows import data as data_lib
 from flows import ood
 from flows import workdir as wd
 from flows.errors import ConfigError
-from flows.evaluation import evaluate, summary_line
+from flows.evaluation import evaluate_per_example, summary_line, write_per_example
 from flows.plotting import plot_ood_histogram
 from flows.provenance import provenance
 from flows.train.restore import load_run
@@ -97,7 +98,7 @@ def run_split(workdir: str) -> None:
     data = cli.split_of_run(config, _SPLIT.value)
     t0 = time.time()
     with tqdm(total=data.num_examples, desc=f"eval {data.name}", unit="img") as bar:
-        record = evaluate(
+        record, per_example = evaluate_per_example(
             model,
             data,
             batch_size=_BATCH.value or config.eval.batch_size,
@@ -108,6 +109,7 @@ def run_split(workdir: str) -> None:
     _add_provenance(record, info, config, t0)
     path = os.path.join(workdir, f"eval_{_SPLIT.value}_k{_NUM_SAMPLES.value}.json")
     wd.write_json(path, record)
+    write_per_example(wd.per_example_file(path), per_example)
     print(f"{summary_line(record)} -> {path}")
 
 

@@ -38,6 +38,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from flows import sharding
+from flows import workdir as wd
 from flows.metrics import (
     bits_per_dim,
     importance_weighted_log_prob,
@@ -193,6 +194,10 @@ def evaluate_bits_per_dim(model, data, *, batch_size, key, num_samples=1, progre
     bpd = per_example_bits_per_dim(
         model, data, batch_size=batch_size, key=key, num_samples=num_samples, progress=progress
     )
+    return _bits_per_dim_record(model, data, bpd, num_samples)
+
+
+def _bits_per_dim_record(model, data, bpd: np.ndarray, num_samples: int) -> dict:
     mean, se = mean_and_standard_error(bpd)
     return {
         "bits_per_dim": mean,
@@ -265,11 +270,15 @@ def evaluate_conditional(model, data, *, batch_size, key, num_samples=1, progres
     per_example = per_example_conditional(
         model, data, batch_size=batch_size, key=key, num_samples=num_samples, progress=progress
     )
-    labels = per_example.pop("label")
+    return _conditional_record(model, data, per_example, num_samples)
+
+
+def _conditional_record(model, data, per_example: dict, num_samples: int) -> dict:
+    labels = per_example["label"]
     n = data.num_examples
     record = {}
-    for name, values in per_example.items():
-        mean, se = mean_and_standard_error(values)
+    for name in ("bits_per_dim", "marginal_bits_per_dim", "accuracy", "label_nll_nats"):
+        mean, se = mean_and_standard_error(per_example[name])
         record[name], record[f"{name}_se"] = mean, se
     record.update(
         conditional=True,
@@ -287,10 +296,48 @@ def evaluate_conditional(model, data, *, batch_size, key, num_samples=1, progres
 
 def evaluate(model, data, *, batch_size, key, num_samples=1, progress=None) -> dict:
     """``evaluate_conditional`` for label-conditioned models, else ``evaluate_bits_per_dim``."""
-    fn = evaluate_conditional if is_conditional(model) else evaluate_bits_per_dim
-    return fn(
+    return evaluate_per_example(
         model, data, batch_size=batch_size, key=key, num_samples=num_samples, progress=progress
-    )
+    )[0]
+
+
+def evaluate_per_example(
+    model, data, *, batch_size, key, num_samples=1, progress=None
+) -> tuple[dict, dict]:
+    """``evaluate``'s record and the per-example values it averages, for the file beside the
+    record (``write_per_example``): ``index`` (each example's position in the split, which
+    picks its noise), ``marginal_bits_per_dim`` (-log2 p(x) / D: the record's
+    ``bits_per_dim`` for an unconditional model, its ``marginal_bits_per_dim`` for a
+    conditional one), ``conditional_bits_per_dim`` (-log2 p(x|y) / D, the record's
+    ``bits_per_dim``; conditional models only) and ``noise_key`` (the data of ``key``: two
+    evaluations with the same key, examples and k draw the same noise)."""
+    kwargs = dict(batch_size=batch_size, key=key, num_samples=num_samples, progress=progress)
+    values = {
+        "index": np.arange(data.num_examples),
+        "noise_key": np.asarray(jax.random.key_data(key)),
+    }
+    if is_conditional(model):
+        per_example = per_example_conditional(model, data, **kwargs)
+        record = _conditional_record(model, data, per_example, num_samples)
+        values["marginal_bits_per_dim"] = per_example["marginal_bits_per_dim"]
+        values["conditional_bits_per_dim"] = per_example["bits_per_dim"]
+    else:
+        bpd = per_example_bits_per_dim(model, data, **kwargs)
+        record = _bits_per_dim_record(model, data, bpd, num_samples)
+        values["marginal_bits_per_dim"] = bpd
+    return record, values
+
+
+def write_per_example(file: str, values: dict) -> None:
+    """``evaluate_per_example``'s values as an ``.npz`` file, written atomically."""
+    with wd.atomic_file(file) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **values)
+
+
+def read_per_example(file: str) -> dict:
+    """The arrays of a file ``write_per_example`` wrote (no pickled objects)."""
+    with np.load(file, allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
 
 
 def summary_line(record: dict) -> str:

@@ -29,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench import table as bench_table  # noqa: E402
+from flows.reporting.compare import paired_difference, read_run_summary  # noqa: E402
 
 RUNS = os.path.join(ROOT, "results", "runs")
 BENCH = os.path.join(ROOT, "results", "bench")
@@ -61,18 +62,6 @@ def metrics(run: str) -> list[dict]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def per_example(run: str, field: str = "bits_per_dim") -> np.ndarray | None:
-    """The per-example test bits/dim of a run's ``eval_test`` record, by example index."""
-    path = os.path.join(RUNS, run, "eval_test.npz")
-    if not os.path.exists(path):
-        return None
-    with np.load(path) as f:
-        if field not in f:
-            return None
-        order = np.argsort(f["index"]) if "index" in f else slice(None)
-        return np.asarray(f[field], np.float64)[order]
 
 
 def provenance_line(paths: list[str]) -> str:
@@ -178,7 +167,7 @@ def transformers() -> tuple[str, list[str]]:
 def couplings() -> tuple[str, list[str]]:
     runs = {"additive": "digits_additive", "affine": "digits"}
     runs.update({"affine, 176 hidden": "digits_affine176", "spline": "digits_spline"})
-    base = per_example("digits")
+    base = read_run_summary(os.path.join(RUNS, "digits")) if read("digits", "config.json") else None
     head = ["coupling", "config", "test bits/dim", "paired vs affine", "best step", "params"]
     rows, paths = [], []
     for name, run in runs.items():
@@ -186,11 +175,18 @@ def couplings() -> tuple[str, list[str]]:
         if r is None:
             continue
         paths.append(os.path.join(RUNS, run, "eval_test.json"))
-        mine, paired = per_example(run), ""
-        if run != "digits" and mine is not None and base is not None:
-            d = mine - base
-            se = d.std(ddof=1) / np.sqrt(len(d))
-            paired = f"{d.mean():+.3f} ± {se:.3f} (lower on {np.mean(d < 0):.0%})"
+        paired = ""
+        if run != "digits" and base is not None:
+            mine = read_run_summary(os.path.join(RUNS, run))
+            diff = paired_difference(mine, base)
+            if isinstance(diff, str):
+                paired = f"not paired: {diff}"
+            else:
+                d = (
+                    mine.per_example["marginal_bits_per_dim"]
+                    - base.per_example["marginal_bits_per_dim"]
+                )
+                paired = f"{diff[0]:+.3f} ± {diff[1]:.3f} (lower on {np.mean(d < 0):.0%})"
         rows.append(
             [
                 name,

@@ -27,6 +27,7 @@ from PIL import Image
 
 from configs import glow_digits, glow_digits_cond
 from flows.data.testing import mock_data
+from flows.evaluation import read_per_example
 from flows.train.loop import train_and_evaluate
 from tests.cli_checks import assert_one_line_error
 
@@ -202,6 +203,19 @@ def test_evaluate_importance_weighted_bound(run, request, cli):
         assert k4[field] <= k1[field] + k1[f"{field}_se"], (field, k4[field], k1[field])
     if run.config.model.conditional:
         assert k4["conditional"] is True and _finite(k4["accuracy"], k4["accuracy_se"])
+    # Beside each record, the per-example values it averages, with the noise's key: the
+    # same examples and key as the run's own test evaluation (what compare pairs on).
+    per_k4 = read_per_example(os.path.join(run.workdir, "eval_test_k4.npz"))
+    per_k1 = read_per_example(os.path.join(run.workdir, "eval_test.npz"))
+    for per, record in ((per_k4, k4), (per_k1, k1)):
+        marginal = "marginal_bits_per_dim" if run.config.model.conditional else "bits_per_dim"
+        assert np.mean(per["marginal_bits_per_dim"]) == pytest.approx(record[marginal], rel=1e-12)
+        if run.config.model.conditional:
+            mean = np.mean(per["conditional_bits_per_dim"])
+            assert mean == pytest.approx(record["bits_per_dim"], rel=1e-12)
+    np.testing.assert_array_equal(per_k4["index"], np.arange(k1["num_examples"]))
+    np.testing.assert_array_equal(per_k4["index"], per_k1["index"])
+    np.testing.assert_array_equal(per_k4["noise_key"], per_k1["noise_key"])
 
 
 def test_evaluate_validation_split_of_the_latest_checkpoint(cond_run, cli):
@@ -292,13 +306,20 @@ def test_compare_conditional_and_unconditional_runs(cond_run, uncond_run, tmp_pa
     assert set(rows) == {cond_run.name, uncond_run.name}
     c, u = rows[cond_run.name], rows[uncond_run.name]
     # Ranked on the density of p(x): the conditional run's marginal bits/dim.
-    assert float(c["bits_per_dim"]) == pytest.approx(cond["marginal_bits_per_dim"])
+    assert float(c["marginal_bits_per_dim"]) == pytest.approx(cond["marginal_bits_per_dim"])
     assert float(c["conditional_bits_per_dim"]) == pytest.approx(cond["bits_per_dim"])
     assert float(c["accuracy"]) == pytest.approx(cond["accuracy"])
-    assert float(u["bits_per_dim"]) == pytest.approx(uncond["bits_per_dim"])
+    assert float(u["marginal_bits_per_dim"]) == pytest.approx(uncond["bits_per_dim"])
     assert (c["conditional"], u["conditional"]) == ("True", "False")
     assert c["group"] == u["group"] == "A"  # same split, examples, levels, shape, k
     assert {c["rank"], u["rank"]} == {"1", "2"}
+    # Same test examples and noise key (the trainer's eval_test.npz): paired.
+    second = c if c["rank"] == "2" else u
+    assert second["significance_test"] == "paired", second["note"]
+    assert float(second["paired_diff_marginal_bits_per_dim"]) == pytest.approx(
+        float(second["marginal_bits_per_dim"])
+        - float((u if second is c else c)["marginal_bits_per_dim"])
+    )
     assert "cond:all+aux0.01" in c["model"]
     printed = [line for line in stdout.splitlines() if line.startswith("A ")]
     table = {re.split(r"\s{2,}", line)[2]: line for line in printed}  # group, rank, run, ...

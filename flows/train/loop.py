@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from flows import plotting, sharding
 from flows import workdir as wd
-from flows.evaluation import evaluate
+from flows.evaluation import evaluate_per_example, write_per_example
 from flows.provenance import provenance
 from flows.train import optim, periodic, tensorboard
 from flows.train.setup import Run, setup_run
@@ -125,7 +125,7 @@ def finish(run: Run, t_start: float, board: tensorboard.Board | None = None) -> 
         source = run.best
     model = run.model(selected)
     config = run.config
-    record = evaluate(
+    record, per_example = evaluate_per_example(
         model,
         run.test_split,
         batch_size=config.eval.batch_size,
@@ -150,6 +150,7 @@ def finish(run: Run, t_start: float, board: tensorboard.Board | None = None) -> 
     )
     if run.is_main:
         wd.write_json(wd.path(run.workdir, wd.EVAL_TEST), record)
+        write_per_example(wd.path(run.workdir, wd.per_example_file(wd.EVAL_TEST)), per_example)
         levels = periodic.save_sample_grid(
             wd.path(run.workdir, "samples.png"), run, model, jax.random.fold_in(run.eval_key, 2)
         )
