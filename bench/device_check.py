@@ -64,7 +64,7 @@ from flax import nnx
 
 from bench import throughput
 from bench.records import write_record
-from flows.metrics import bits_per_dim, dequantize_with_noise
+from flows.likelihood import bits_per_dim, dequantize_with_noise
 from flows.models.glow import Glow
 from flows.testing.bijector_registry import (
     JIT_EAGER_ATOL,

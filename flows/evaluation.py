@@ -39,7 +39,7 @@ from jax.sharding import Mesh
 
 from flows import sharding
 from flows import workdir as wd
-from flows.metrics import (
+from flows.likelihood import (
     bits_per_dim,
     importance_weighted_log_prob,
     mean_and_standard_error,

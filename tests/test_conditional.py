@@ -20,7 +20,7 @@ from flows.evaluation import (
     per_example_bits_per_dim,
     per_example_conditional,
 )
-from flows.metrics import bits_per_dim, dequantize_with_noise, importance_weighted_log_prob
+from flows.likelihood import bits_per_dim, dequantize_with_noise, importance_weighted_log_prob
 from flows.models.glow import Glow
 
 NUM_CLASSES = 3

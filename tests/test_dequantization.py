@@ -23,7 +23,7 @@ from flows.bijectors.dequantizer import (
 from flows.data import ImageData
 from flows.errors import ConfigError
 from flows.evaluation import evaluate_bits_per_dim
-from flows.metrics import quantize
+from flows.likelihood import quantize
 from flows.models import build_model
 from flows.train.objectives import density_loss
 

@@ -27,7 +27,7 @@ from flows import plotting
 from flows import workdir as wd
 from flows.errors import TrainingError
 from flows.evaluation import evaluate_bits_per_dim
-from flows.metrics import quantize
+from flows.likelihood import quantize
 from flows.models import is_conditional, sample_compiled
 from flows.train.optim import learning_rate_of_step
 from flows.train.setup import DATA_STATE, Run

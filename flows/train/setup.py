@@ -22,7 +22,7 @@ from flows import sharding
 from flows import workdir as wd
 from flows.data import pipeline
 from flows.errors import CheckpointError, ConfigError
-from flows.metrics import dequantize
+from flows.likelihood import dequantize
 from flows.models import build_model, is_conditional
 from flows.models.registry import with_defaults
 from flows.train import optim
