@@ -24,7 +24,7 @@ from absl import flags
 from experiments import cli
 from flows import plotting
 from flows.errors import ConfigError
-from flows.metrics import quantize
+from flows.likelihood import quantize
 from flows.models import sample_compiled
 from flows.train.restore import load_run
 

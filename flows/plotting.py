@@ -94,7 +94,7 @@ def plot_ood_histogram(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from flows.metrics import mean_and_standard_error
+    from flows.likelihood import mean_and_standard_error
 
     in_bpd = np.asarray(in_bpd, np.float64).reshape(-1)
     ood_bpd = np.asarray(ood_bpd, np.float64).reshape(-1)

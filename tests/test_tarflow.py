@@ -3,7 +3,7 @@ sampling program, bad configs, and a conditional smoke run through the real trai
 
 The generic bijector tests (round trip, float64 log-det against the autodiff Jacobian, jit)
 run on the registry entries ``tarflow_block_cond``, ``tarflow_model`` and
-``tarflow_model_cond`` (tests/bijector_registry.py); the unconditional ``:smoke`` variant of
+``tarflow_model_cond`` (flows/testing/bijector_registry.py); the unconditional ``:smoke`` variant of
 every TarFlow config trains in tests/test_user_paths.py.
 """
 

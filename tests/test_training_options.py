@@ -13,7 +13,7 @@ from flax import nnx
 from flows.errors import ConfigError
 from flows.models import build_model
 from flows.train.objectives import density_loss
-from tests.test_conditional import _perturb
+from tests.test_conditional import perturb
 
 SHAPE = (4, 4, 1)
 NUM_BINS = 17
@@ -57,7 +57,7 @@ def _loss_with_context(model, batch, key, context):
 
 def test_label_dropout_trains_the_unconditional_branch():
     model = _glow(conditional=True, label_dropout=0.5)
-    _perturb(model, 0.3, seed=1)
+    perturb(model, 0.3, seed=1)
     batch, key = _batch(), jax.random.key(3)
     one_hot = jax.nn.one_hot(batch["label"], 3)
     keep = jax.random.bernoulli(jax.random.fold_in(key, 1), 0.5, batch["label"].shape)
@@ -70,7 +70,7 @@ def test_label_dropout_trains_the_unconditional_branch():
 
 def test_noise_sigma_adds_gaussian_noise_to_the_training_inputs():
     model = _glow(noise_sigma=0.05)
-    _perturb(model, 0.3, seed=1)
+    perturb(model, 0.3, seed=1)
     batch, key = _batch(), jax.random.key(4)
     expected = _loss_with_context(model, batch, key, None)
     np.testing.assert_allclose(_loss(model, batch, key), expected, rtol=1e-6)

@@ -18,11 +18,15 @@ from flows.models.base import (
     standard_normal_log_prob,
 )
 from flows.models.glow import Glow
+from flows.models.jet import Jet
 from flows.models.registry import build_model, get_family, model_families, register_model
+from flows.models.tarflow import TarFlow
 
 __all__ = [
     "DensityModel",
     "Glow",
+    "Jet",
+    "TarFlow",
     "build_model",
     "get_family",
     "is_conditional",

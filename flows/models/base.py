@@ -1,7 +1,7 @@
 """The model interface: all that the trainer, evaluation, sampling and compare see of a family.
 
 A model is a density ``p(x)`` (or ``p(x | y)``) of images ``x`` of shape ``image_shape``
-on the unit scale, ``x = (v + u) / K`` in ``[0, 1)^D`` (``flows.metrics``), written as a
+on the unit scale, ``x = (v + u) / K`` in ``[0, 1)^D`` (``flows.likelihood``), written as a
 bijection ``f`` onto latents with a standard-normal base density:
 
     log p(x | y) = log N(f(x); 0, I) + log|det df/dx|          (nats, per example)
@@ -154,7 +154,7 @@ class DensityModel(nnx.Module):
         guidance: float = 0.0,
         denoise: bool = False,
     ):
-        """``num`` images in [0, 1) (continuous; quantize with ``flows.metrics.quantize``).
+        """``num`` images in [0, 1) (continuous; quantize with ``flows.likelihood.quantize``).
 
         ``guidance`` (a Python float, conditional models): classifier-free guidance weight,
         0 for plain conditional samples. ``denoise``: one Tweedie step (``denoise``) for a

@@ -9,9 +9,9 @@ standard normals and
     log p(x | y) = sum_i log N(eps_i; 0, I) + log|det d eps / d x|.
 
 Input ``x`` is a dequantized image on the unit scale, ``x = (v + u) / K`` in [0, 1)^D (see
-``flows.metrics``); it is shifted to [-0.5, 0.5) (unit Jacobian) or, with ``logit_alpha``,
+``flows.likelihood``); it is shifted to [-0.5, 0.5) (unit Jacobian) or, with ``logit_alpha``,
 logit-transformed (Jacobian counted). ``log_prob`` is therefore the density of ``x`` on the
-unit scale, and bits/dim follow from ``flows.metrics.bits_per_dim``.
+unit scale, and bits/dim follow from ``flows.likelihood.bits_per_dim``.
 
 Image sizes must be divisible by ``2**num_levels``; other sizes are rejected with a clear
 error (pad them in the data pipeline, ``config.data.pad_to``, as openai/glow does for MNIST).

@@ -11,7 +11,7 @@ networks are ViTs (``flows.nn.transformer.Transformer``) maps the tokens to stan
     log p(x | y) = log N(z; 0, I) + D log 2 + sum_couplings sum log s.
 
 So ``log_prob`` is the density of x on the unit scale, like every family's, and bits/dim
-follow from ``flows.metrics`` (``D log K`` with K levels). Jet's own code reports the density
+follow from ``flows.likelihood`` (``D log K`` with K levels). Jet's own code reports the density
 of the [-1, 1) image with ``log 127.5`` per dimension; that is the same number: the D log 2
 of the scaling is carried by a bijector here, never by a constant in the loss.
 

@@ -5,7 +5,7 @@ Data path (forward, data -> latent), for an image ``x`` on the unit scale ``[0, 
 1. ``y = 2 x - 1`` maps x onto ``[-1, 1)`` (the scale TarFlow works on). It is a bijector
    in the chain (``Scale(2)`` then ``Shift(-1)``), so its log-det ``D log 2`` is counted
    in ``log_prob``: ``log p(x) = log p(y) + D log 2``. ``log_prob`` is therefore the density
-   of x on the unit scale and ``flows.metrics.bits_per_dim`` gives the papers' convention.
+   of x on the unit scale and ``flows.likelihood.bits_per_dim`` gives the papers' convention.
 2. Patchify: (H, W, C) -> T = (H/p)(W/p) tokens of d = p*p*C features (row-major patches;
    a permutation, log-det 0).
 3. ``num_blocks`` autoregressive blocks (``TarFlowBlock``). Block k reads its tokens in the

@@ -70,7 +70,7 @@ import numpy as np
 from flows import workdir as wd
 from flows.errors import FlowsError
 from flows.evaluation import read_per_example
-from flows.metrics import mean_and_standard_error
+from flows.likelihood import mean_and_standard_error
 from flows.models.registry import describe_model
 
 EVAL_FILE = wd.EVAL_TEST

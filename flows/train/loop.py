@@ -23,11 +23,11 @@ import time
 import jax
 from tqdm import tqdm
 
-from flows import plotting
+from flows import plotting, sharding
 from flows import workdir as wd
 from flows.evaluation import evaluate_per_example, write_per_example
 from flows.provenance import provenance
-from flows.train import optim, periodic, sharding, tensorboard
+from flows.train import optim, periodic, tensorboard
 from flows.train.setup import Run, setup_run
 
 
@@ -120,14 +120,14 @@ def finish(run: Run, t_start: float, board: tensorboard.Board | None = None) -> 
     """Selects the parameters, evaluates them on test, writes the record and pictures (and
     the test bits/dim and final grid to ``board``, at the last step)."""
     selected, source = run.state, run.checkpoints
-    if run.validation is not None and run.best.latest_step() is not None:
+    if run.validation_split is not None and run.best.latest_step() is not None:
         selected, _ = run.best.restore(run.replicated_like_state())
         source = run.best
     model = run.model(selected)
     config = run.config
     record, per_example = evaluate_per_example(
         model,
-        run.test,
+        run.test_split,
         batch_size=config.eval.batch_size,
         key=jax.random.fold_in(run.eval_key, 1),
         num_samples=config.eval.num_samples,
@@ -138,7 +138,9 @@ def finish(run: Run, t_start: float, board: tensorboard.Board | None = None) -> 
         parameters="ema" if run.use_ema else "raw",
         checkpoint_step=int(selected.step),
         checkpoint=source.step_path(int(selected.step)),
-        selected_by="best validation bits/dim" if run.validation is not None else "final step",
+        selected_by="best validation bits/dim"
+        if run.validation_split is not None
+        else "final step",
         num_params=run.num_params,
         train_steps=int(run.state.step),
         wall_time_s=float(run.meta["wall_time_s"]),
@@ -155,7 +157,7 @@ def finish(run: Run, t_start: float, board: tensorboard.Board | None = None) -> 
         if board is not None:
             board.test(record["train_steps"], record)
             board.samples(
-                tensorboard.FINAL_SAMPLES, record["train_steps"], levels, run.train.num_bins
+                tensorboard.FINAL_SAMPLES, record["train_steps"], levels, run.train_split.num_bins
             )
         plotting.plot_learning_curves(
             wd.path(run.workdir, "learning_curves.png"),

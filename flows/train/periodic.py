@@ -27,7 +27,7 @@ from flows import plotting
 from flows import workdir as wd
 from flows.errors import TrainingError
 from flows.evaluation import evaluate_bits_per_dim
-from flows.metrics import quantize
+from flows.likelihood import quantize
 from flows.models import is_conditional, sample_compiled
 from flows.train.optim import learning_rate_of_step
 from flows.train.setup import DATA_STATE, Run
@@ -118,10 +118,13 @@ class Validate(PeriodicAction):
         self.wall_time = wall_time
 
     def __call__(self, run: Run, step: int, record: dict) -> None:
-        if run.validation is None:
+        if run.validation_split is None:
             return
         rec = evaluate_bits_per_dim(
-            run.model(), run.validation, batch_size=run.config.eval.batch_size, key=run.eval_key
+            run.model(),
+            run.validation_split,
+            batch_size=run.config.eval.batch_size,
+            key=run.eval_key,
         )
         record["val_bpd"] = rec["bits_per_dim"]
         if record["val_bpd"] < run.meta["best_val_bpd"]:
@@ -138,7 +141,7 @@ def save_sample_grid(path, run: Run, model, key) -> np.ndarray:
     if is_conditional(model):
         context = jnp.arange(tc.num_grid_samples) % model.num_classes
     x = sample_compiled(model, tc.num_grid_samples, key, tc.sample_temperature, context)
-    bins = run.train.num_bins
+    bins = run.train_split.num_bins
     levels = np.asarray(quantize(x, bins))
     plotting.save_image_grid(path, levels, bins)
     return levels
@@ -157,7 +160,7 @@ class SampleGrid(PeriodicAction):
             key = jax.random.fold_in(run.eval_key, step)
             levels = save_sample_grid(path, run, run.model(), key)
             if self.board is not None:
-                self.board.samples(PERIODIC_SAMPLES, step, levels, run.train.num_bins)
+                self.board.samples(PERIODIC_SAMPLES, step, levels, run.train_split.num_bins)
 
 
 class SaveCheckpoint(PeriodicAction):
