@@ -10,13 +10,14 @@ from flows.provenance import provenance
 
 def write_record(out_dir: str, filename: str, record: dict) -> str:
     """Writes ``record`` as indented JSON to ``out_dir/filename`` (created if missing) through
-    a temporary file, so a killed run never leaves half a record, with the record's
-    ``provenance`` (``flows.provenance``: commit, CPU, versions, date, command) added unless
-    it has one. Returns the path.
+    a temporary file, so a killed run never leaves half a record. The record's ``provenance``
+    (``flows.provenance``: commit, CPU, versions, date, command) is added to ``record`` in
+    place unless it has one, so what the caller prints next is what was written. Returns
+    the path.
 
     (``bench/torch_peer.py`` keeps its own copy: it runs in the peer's venv as a standalone
     script.)"""
-    record = {**record, "provenance": record.get("provenance") or provenance()}
+    record.setdefault("provenance", provenance())
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, filename)
     with open(path + ".tmp", "w") as f:
