@@ -149,14 +149,17 @@ def finish(run: Run, t_start: float, board: tensorboard.Board | None = None) -> 
     if run.is_main:
         wd.write_json(wd.path(run.workdir, wd.EVAL_TEST), record)
         write_per_example(wd.path(run.workdir, wd.per_example_file(wd.EVAL_TEST)), per_example)
-        levels = periodic.save_sample_grid(
-            wd.path(run.workdir, "samples.png"), run, model, jax.random.fold_in(run.eval_key, 2)
+        picture = periodic.save_sample_grid(
+            wd.path(run.workdir, "samples.png"),
+            run,
+            model,
+            jax.random.fold_in(run.eval_key, 2),
+            f"samples of the selected parameters ({record['parameters']}, step "
+            f"{record['checkpoint_step']})",
         )
         if board is not None:
             board.test(record["train_steps"], record)
-            board.samples(
-                tensorboard.FINAL_SAMPLES, record["train_steps"], levels, run.train.num_bins
-            )
+            board.samples(tensorboard.FINAL_SAMPLES, record["train_steps"], picture)
         plotting.plot_learning_curves(
             wd.path(run.workdir, "learning_curves.png"),
             {os.path.basename(os.path.normpath(run.workdir)): wd.read_metrics(run.workdir)},
