@@ -89,14 +89,22 @@ def test_last_line_names_what_was_written_and_the_wall_time(smoke):
     last = result.stdout.strip().splitlines()[-1]
     pattern = (
         rf"wrote {re.escape(workdir)}: samples\.png \(final sample grid\), samples/ \(2 grids "
-        r"during training\), learning_curves\.png, eval_test\.json \(test record\), "
+        r"during training\), learning_curves\.png, eval_test\.json and eval_test\.npz \(test "
+        r"record, per example values\), "
         r"metrics\.jsonl, checkpoints/ \(steps 10, 20\), best/ \(step (\d+)\), TensorBoard "
         r"events; wall time \d+ s \(\d+ s of training steps\)"
     )
     match = re.fullmatch(pattern, last)
     assert match, last
     assert os.path.isdir(os.path.join(workdir, "best", match.group(1)))
-    for name in ("samples.png", "learning_curves.png", "eval_test.json", "metrics.jsonl"):
+    names = (
+        "samples.png",
+        "learning_curves.png",
+        "eval_test.json",
+        "eval_test.npz",
+        "metrics.jsonl",
+    )
+    for name in names:
         assert os.path.isfile(os.path.join(workdir, name)), name
     assert sorted(os.listdir(os.path.join(workdir, "samples"))) == [
         "step_000010.png",

@@ -218,7 +218,13 @@ def outputs_line(workdir: str, record: dict, session_s: float) -> str:
     written = ["samples.png (final sample grid)"]
     if periodic_grids:
         written.append(f"{wd.SAMPLES}/ ({periodic_grids} grids during training)")
-    written += ["learning_curves.png", f"{wd.EVAL_TEST} (test record)", wd.METRICS]
+    written.append("learning_curves.png")
+    per_example = wd.per_example_file(wd.EVAL_TEST)
+    if os.path.exists(wd.path(workdir, per_example)):
+        written.append(f"{wd.EVAL_TEST} and {per_example} (test record, per example values)")
+    else:
+        written.append(f"{wd.EVAL_TEST} (test record)")
+    written.append(wd.METRICS)
     for directory in (wd.CHECKPOINTS, wd.BEST):
         steps = _steps_in(wd.path(workdir, directory))
         if steps:

@@ -138,16 +138,16 @@ def save_sample_grid(path, run: Run, model, key, title: str) -> np.ndarray:
     model's is a square-ish grid of ``train.num_grid_samples``. The header gives the
     temperature."""
     tc = run.config.train
-    n, context, row_labels = tc.num_grid_samples, None, None
+    n, context, row_labels, ncols = tc.num_grid_samples, None, None, None
     if is_conditional(model):
-        per_class = math.ceil(n / model.num_classes)
-        n = per_class * model.num_classes
-        context = jnp.repeat(jnp.arange(model.num_classes), per_class)
+        ncols = math.ceil(n / model.num_classes)  # a row per class
+        n = ncols * model.num_classes
+        context = jnp.repeat(jnp.arange(model.num_classes), ncols)
         row_labels = [str(y) for y in range(model.num_classes)]
     x = sample_compiled(model, n, key, tc.sample_temperature, context)
     bins = run.train.num_bins
     levels = np.asarray(quantize(x, bins))
-    rows = plotting.rows_of(levels, per_class if row_labels else None)
+    rows = plotting.rows_of(levels, ncols)
     return plotting.save_grid(
         path,
         rows,
