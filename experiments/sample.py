@@ -56,6 +56,10 @@ def main(argv):
     if _DENOISE.value and not model.noise_sigma > 0:
         raise ConfigError("--denoise needs a run trained with model.noise_sigma > 0")
     options = {"guidance": _GUIDANCE.value, "denoise": _DENOISE.value}
+
+    def header(t):  # a column group's: the temperature, and the guidance weight when guided
+        return f"T={t:g}" + (f" w={_GUIDANCE.value:g}" if _GUIDANCE.value else "")
+
     tag = (f"_w{_GUIDANCE.value:g}" if _GUIDANCE.value else "") + (
         "_denoised" if _DENOISE.value else ""
     )
@@ -64,11 +68,14 @@ def main(argv):
         rows = []
         for y in range(model.num_classes):
             labels = jnp.full((_PER_CELL.value,), y)
+            row = []
             for i, t in enumerate(temps):
                 k = jax.random.fold_in(jax.random.fold_in(key, y), i)
-                rows.append(sample_compiled(model, _PER_CELL.value, k, t, labels, **options))
-        images = np.asarray(quantize(jnp.concatenate(rows), num_bins))
-        ncols = _PER_CELL.value * len(temps)
+                row.append(sample_compiled(model, _PER_CELL.value, k, t, labels, **options))
+            rows.append(np.asarray(quantize(jnp.concatenate(row), num_bins)))
+        images = np.concatenate(rows)
+        groups = [(header(t), _PER_CELL.value) for t in temps]
+        row_labels = [str(y) for y in range(model.num_classes)]
         name = f"class_grid_T{'-'.join(_TEMPS.value)}{tag}.png"
         desc = f"rows: classes 0..{model.num_classes - 1}; column groups: T = {temps}"
     else:
@@ -78,17 +85,43 @@ def main(argv):
             context = jnp.full((_NUM.value,), y) if y is not None else jnp.arange(_NUM.value)
             context = context % model.num_classes
         x = sample_compiled(model, _NUM.value, key, _T.value, context, **options)
-        images, ncols = np.asarray(quantize(x, num_bins)), None
+        images = np.asarray(quantize(x, num_bins))
+        row_labels = None
+        if conditional and _LABEL.value is None:  # sample i has label i % num_classes: row
+            classes = range(min(model.num_classes, _NUM.value))
+            rows = [images[y :: model.num_classes] for y in classes]
+            row_labels = [str(y) for y in classes]
+        else:
+            rows = plotting.rows_of(images)
+        groups = [(header(_T.value), len(rows[0]))]
         suffix = f"_label{_LABEL.value}" if _LABEL.value is not None else ""
         name = f"samples_T{_T.value}{suffix}{tag}.png"
         desc = f"T = {_T.value}" + (f", label {_LABEL.value}" if _LABEL.value is not None else "")
     out = _OUT.value or os.path.join(_WORKDIR.value, name)
-    plotting.save_image_grid(out, images, num_bins, ncols=ncols)
     if _GUIDANCE.value:
         desc += f", guidance {_GUIDANCE.value:g}"
     if _DENOISE.value:
         desc += f", denoised (sigma {model.noise_sigma:g})"
     provenance = f"{info['parameters']} params, step {info['checkpoint_step']}"
+    run_name = os.path.basename(os.path.normpath(_WORKDIR.value))
+    title = "; ".join(
+        part
+        for part in (
+            f"samples of {run_name} ({provenance})",
+            f"class {_LABEL.value}" if _LABEL.value is not None else "",
+            f"denoised (sigma {model.noise_sigma:g})" if _DENOISE.value else "",
+        )
+        if part
+    )
+    plotting.save_grid(
+        out,
+        rows,
+        num_bins,
+        groups=groups,
+        row_labels=row_labels,
+        corner="class" if row_labels else None,
+        title=title,
+    )
     print(f"{len(images)} samples ({desc}; {provenance}) -> {out}")
 
 

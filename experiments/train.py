@@ -5,7 +5,12 @@
 
 A rerun with another config than the workdir's is refused (exit 2, naming each changed key)
 unless ``--allow_config_change``; ``--debug`` shows tracebacks of user errors.
+
+Prints the test result (``test: ... -> <workdir>/eval_test.json``), then, last, what the run
+wrote into the workdir and its wall time (``flows.train.loop.outputs_line``).
 """
+
+import time
 
 import jax
 from absl import flags
@@ -13,7 +18,7 @@ from ml_collections import config_flags
 
 from experiments import cli
 from flows.evaluation import summary_line
-from flows.train.loop import train_and_evaluate
+from flows.train.loop import outputs_line, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with :variant).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, samples).")
@@ -28,11 +33,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     cli.no_extra_arguments(argv)
+    t0 = time.time()
     record = train_and_evaluate(
         _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value
     )
     if jax.process_index() == 0:  # every process of a multi-host run returns the record
         print(f"test: {summary_line(record)} -> {_WORKDIR.value}/eval_test.json")
+        print(outputs_line(_WORKDIR.value, record, time.time() - t0))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import pytest
 from PIL import Image
 
 from configs import glow_digits, glow_digits_cond
+from flows import plotting
 from flows.data.testing import mock_data
 from flows.evaluation import read_per_example
 from flows.train.loop import train_and_evaluate
@@ -242,16 +243,10 @@ def test_evaluate_validation_split_of_the_latest_checkpoint(cond_run, cli):
 # -- 3. experiments.sample -------------------------------------------------------------------
 
 
-def _grid_png_size(num, ncols=None, image_shape=DIGITS_SHAPE, pad=1):
-    """(width, height) of the PNG ``flows.plotting.save_image_grid`` writes: ``num`` images
-    in ``ncols`` columns (default: a square-ish grid), 1-pixel white borders, upscaled by
-    the largest integer that keeps the longer side within 512 pixels."""
-    h, w = image_shape[:2]
-    ncols = ncols or math.ceil(math.sqrt(num))
-    nrows = math.ceil(num / ncols)
-    height, width = nrows * (h + pad) + pad, ncols * (w + pad) + pad
-    scale = max(1, 512 // max(height, width))
-    return width * scale, height * scale
+def _grid(image):
+    """The structure ``flows.plotting.save_grid`` records in its PNG: ``rows``, ``columns``
+    (per group), ``headers``, ``row_labels``, ``corner``, ``title``."""
+    return json.loads(image.text[plotting.GRID_TEXT_KEY])
 
 
 def _sample_png(cli, run, *args, name):
@@ -265,7 +260,7 @@ def _sample_png(cli, run, *args, name):
 
 def test_sample_one_class(cond_run, cli):
     image = _sample_png(cli, cond_run, "--label=3", name="samples_T0.7_label3.png")
-    assert image.mode == "L" and image.size == _grid_png_size(64)
+    assert image.mode == "L" and _grid(image)["columns"] == [8] and _grid(image)["rows"] == 8
 
 
 def test_sample_class_grid(cond_run, cli):
@@ -278,14 +273,15 @@ def test_sample_class_grid(cond_run, cli):
         name="class_grid_T0.5-1.0.png",
     )
     # One row per class (10), one column per temperature (2 x 1 sample).
-    assert image.size == _grid_png_size(10 * 2, ncols=2)
+    grid = _grid(image)
+    assert (grid["rows"], grid["columns"], grid["headers"]) == (10, [1, 1], ["T=0.5", "T=1"])
     width, height = image.size
     assert height > width
 
 
 def test_sample_unconditional(uncond_run, cli):
     image = _sample_png(cli, uncond_run, "--temperature=0.9", "--num=8", name="samples_T0.9.png")
-    assert image.mode == "L" and image.size == _grid_png_size(8)
+    assert image.mode == "L" and (_grid(image)["rows"], _grid(image)["columns"]) == (3, [3])
 
 
 def test_sample_label_of_an_unconditional_run_is_one_line_error(uncond_run, cli):
@@ -553,11 +549,11 @@ def test_tensorboard_event_files_hold_the_metrics(run, request):
     (image,) = acc.Images("samples/final")
     assert image.step == run.record["train_steps"] == 20
     grid = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("L"))
-    png = np.asarray(Image.open(os.path.join(workdir, "samples.png")))  # upscaled, nearest
-    assert grid.shape == (37, 37)  # 16 samples: 4 x 4 images of 8 x 8, 1-pixel borders
-    scale = png.shape[0] // grid.shape[0]
-    assert png.shape == (37 * scale, 37 * scale)
-    np.testing.assert_array_equal(png[::scale, ::scale], grid)
+    with Image.open(os.path.join(workdir, "samples.png")) as png:
+        np.testing.assert_array_equal(np.asarray(png), grid)
+        # 16 samples: a row of 2 per class (10), or 4 x 4.
+        want = (10, [2]) if run.config.model.conditional else (4, [4])
+        assert (_grid(png)["rows"], _grid(png)["columns"]) == want
 
 
 def test_logged_learning_rate_is_the_one_the_optimizer_used_with_skipped_steps():
@@ -612,19 +608,20 @@ def test_latents_round_trip_interpolation_class_direction_label_swap(run, reques
     assert direction["alphas"] == [-1.0, 0.0, 1.0] and len(direction["images"]) == 3
     assert direction["num_from"] > 0 and direction["num_to"] > 0
     assert record["interpolation"]["t"] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
-    # PNG sizes: left image + 4 interpolants + right image per pair; 3 images x 3 alphas;
-    # conditional: 3 images x 10 labels.
+    # (rows, columns per group): left image + 4 interpolants + right image per pair; 3
+    # images x 3 alphas; conditional: 10 labels x 3 images.
     expected = {
-        "interpolation.png": _grid_png_size(2 * 6, ncols=6),
-        "class_direction_3_to_8.png": _grid_png_size(3 * 3, ncols=3),
+        "interpolation.png": (2, [1, 4, 1]),
+        "class_direction_3_to_8.png": (3, [1, 1, 1]),
     }
     if conditional:
-        expected["label_swap.png"] = _grid_png_size(3 * 10, ncols=10)
+        expected["label_swap.png"] = (10, [1, 1, 1])
         assert record["label_swap"]["images"] == [0, 1, 2]
     assert sorted(os.listdir(directory)) == sorted([*expected, "latents_test.json"])
-    for name, size in expected.items():
+    for name, want in expected.items():
         with Image.open(os.path.join(directory, name)) as image:
-            assert image.mode == "L" and image.size == size, name
+            grid = _grid(image)
+            assert image.mode == "L" and (grid["rows"], grid["columns"]) == want, name
 
 
 def test_latents_unknown_class_is_one_line_error(uncond_run, cli):

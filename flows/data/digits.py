@@ -24,7 +24,7 @@ import io
 import numpy as np
 import tensorflow_datasets as tfds
 
-from flows.data import tfds_compat  # noqa: F401  (importlib_resources shim before TFDS use)
+from flows.data import tfds_compat  # importlib_resources shim before TFDS use; QuietPreparation
 
 NUM_EXAMPLES = 1797
 NUM_TEST = 300
@@ -70,8 +70,11 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-class Digits(tfds.core.GeneratorBasedBuilder):
-    """scikit-learn 8x8 digits (17 levels), fixed seeded split: 1497 train / 300 test."""
+class Digits(tfds_compat.QuietPreparation, tfds.core.GeneratorBasedBuilder):
+    """scikit-learn 8x8 digits (17 levels), fixed seeded split: 1497 train / 300 test.
+    Preparing it prints one line of its own (``tfds_compat.QuietPreparation``)."""
+
+    PREPARING = "preparing the offline digits dataset in {data_dir} (once, a few seconds)"
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "sklearn digits; RandomState(0) permutation, 1497 train / 300 test."}
