@@ -1,6 +1,6 @@
 """Train a flow from a config file; rerunning the same command resumes from the workdir.
 
-    python -m experiments.train --config=configs/glow_digits.py --workdir=runs/digits \
+    python -m experiments.train --config=configs/glow_digits.py --workdir=runs/digits \\
         [--config.model.num_steps=8 --config.optim.lr=5e-4 ...] [--allow_config_change]
 
 A rerun with another config than the workdir's is refused (exit 2, naming each changed key)
@@ -43,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, config_files_of="experiments.train")
