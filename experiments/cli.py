@@ -8,10 +8,10 @@ checkpoint, training) or a bad command line. Anything else is a bug and keeps it
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import math
 import os
-import re
 import sys
 
 from absl import app, flags, logging
@@ -155,53 +155,30 @@ def check_config_file(value: str) -> None:
         raise ConfigError(f"config file {file} has no get_config() function")
 
 
-def _constant(tree: ast.Module, name: str):
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == name for t in node.targets
-        ):
-            try:
-                return ast.literal_eval(node.value)
-            except ValueError:
-                return None
-    return None
-
-
-def docstring_variants(doc: str) -> list[str]:
-    """The variant names of a config file's docstring: the ````name```` or ````:name````
-    items of its paragraph that starts with "Variant" (names only: ````a.b = 1```` is not)."""
-    match = re.search(r"^Variants?\b.*?(?:\n\s*\n|\Z)", doc, re.MULTILINE | re.DOTALL)
-    names = re.findall(r"``:?([A-Za-z_]\w*)``", match.group(0)) if match else []
-    return list(dict.fromkeys(names))
-
-
 def config_files(command: str) -> list[tuple[str, list[str] | None]]:
     """``(path, variants)`` of every config file in ``configs/`` whose docstring runs
-    ``python -m <command>``; the variants are the file's ``VARIANTS`` constant if it has one,
-    else those its docstring's "Variants" paragraph names (None: it names none)."""
+    ``python -m <command>``, with the names of its ``VARIANTS`` (what
+    ``configs.base.with_variants`` applies; None when it has none)."""
     found = []
     for name in sorted(os.listdir(CONFIGS)):
         if not name.endswith(".py") or name.startswith("_"):
             continue
         try:
             with open(os.path.join(CONFIGS, name), "rb") as f:
-                tree = ast.parse(f.read())
+                doc = ast.get_docstring(ast.parse(f.read())) or ""
         except (OSError, SyntaxError, ValueError):
             continue
-        doc = ast.get_docstring(tree) or ""
         if f"python -m {command} " not in doc:
             continue
-        variants = _constant(tree, "VARIANTS")
-        if not isinstance(variants, list | tuple):
-            variants = docstring_variants(doc)
-        found.append((f"configs/{name}", [str(v) for v in variants] or None))
+        variants = getattr(importlib.import_module(f"configs.{name[:-3]}"), "VARIANTS", None)
+        found.append((f"configs/{name}", [str(v) for v in variants or ()] or None))
     return found
 
 
 def _config_files_help(command: str) -> str:
     lines = ["", "config files (--config=FILE or FILE:VARIANT[,VARIANT...]):"]
     for file, variants in config_files(command):
-        listed = ", ".join(variants) if variants else "see the file's docstring"
+        listed = ", ".join(variants) if variants else "none"
         lines.append(f"  {file} (variants: {listed})")
     return "\n".join(lines) + "\n"
 
