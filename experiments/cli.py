@@ -80,14 +80,19 @@ def check_run_workdir(workdir: str) -> None:
                 f"--workdir {workdir} is not a training workdir (no {name}); give the "
                 "--workdir of experiments.train"
             )
-        try:
-            ok = isinstance(wd.read_json(file), dict)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            ok, why = False, getattr(e, "strerror", None) or str(e)
-        else:
-            why = "not a JSON object"
-        if not ok:
-            raise CheckpointError(f"{file} cannot be read ({why}); the workdir is damaged")
+        check_json_object(file)
+
+
+def check_json_object(file: str) -> None:
+    """A one-line ``CheckpointError`` unless ``file`` (a run's JSON file) holds a JSON object."""
+    try:
+        ok = isinstance(wd.read_json(file), dict)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        ok, why = False, getattr(e, "strerror", None) or str(e)
+    else:
+        why = "not a JSON object"
+    if not ok:
+        raise CheckpointError(f"{file} cannot be read ({why}); the workdir is damaged")
 
 
 def split_of_run(config, split: str):

@@ -326,6 +326,7 @@ def test_workdirs_that_are_not_runs(tmp_path):
             ([tool, f"--workdir={no_info}"], "is not a training workdir (no data_info.json)"),
         ]
     cases += [
+        (_train(damaged), f"{damaged / 'config.json'} cannot be read"),  # the run to resume
         (["experiments.compare", str(tmp_path / "nosuch")], "no such workdir"),
         (["experiments.compare", str(empty)], "not a training workdir"),
         (["experiments.compare", str(damaged)], "not valid JSON"),
