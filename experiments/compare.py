@@ -1,6 +1,6 @@
 """Compare training runs from their workdirs alone (nothing is re-evaluated).
 
-    python -m experiments.compare runs/a runs/b runs/c [--out=compare_out] \
+    python -m experiments.compare runs/a runs/b runs/c [--out=compare_out] \\
         [--eval=eval_test.json] [--markdown]
 
 Prints a table of every run (data, model, parameters, steps, wall time, test bits/dim ± SE,

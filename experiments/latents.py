@@ -1,7 +1,7 @@
 """Latent-space tools on a trained run: round trip, interpolation, class direction, label swap.
 
-    python -m experiments.latents --workdir=runs/digits [--split=test] [--pairs=4] \
-        [--steps=8] [--classes=0,1] [--alphas=-1,-0.5,0,0.5,1,1.5] [--rows=6] \
+    python -m experiments.latents --workdir=runs/digits [--split=test] [--pairs=4] \\
+        [--steps=8] [--classes=0,1] [--alphas=-1,-0.5,0,0.5,1,1.5] [--rows=6] \\
         [--checkpoint=best|latest] [--params=auto|ema|raw]
 
 Encodes every image of the split at its mid-cell dequantization ``x = (v + 0.5) / K``
@@ -58,7 +58,7 @@ _ROWS = flags.DEFINE_integer("rows", 6, "Images per class-direction and label-sw
 _PARAMS = flags.DEFINE_enum("params", "auto", ["auto", "ema", "raw"], "Parameters to use.")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint.")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Encoding/decoding batch size (0: the config's).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the choice of interpolation pairs.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the choice of interpolation pairs.", lower_bound=0)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -259,7 +259,7 @@ def _nonfinite_note(record: dict) -> str:
 def main(argv):
     cli.no_extra_arguments(argv)
     checked = _checked_flags()
-    wd.load_config(_WORKDIR.value)  # "not a training workdir" before anything else
+    cli.check_run_workdir(_WORKDIR.value)  # "not a training workdir" before anything else
     num_classes = int(wd.load_data_info(_WORKDIR.value)["num_classes"] or 1)
     classes = _check_classes(checked["classes"], num_classes)
     model, config, info = load_run(

@@ -1,14 +1,16 @@
 """Sample image grids from a trained run.
 
     python -m experiments.sample --workdir=runs/digits --temperature=0.7 --num=64
-    python -m experiments.sample --workdir=runs/digits_cond --label=3        # one class
-    python -m experiments.sample --workdir=runs/digits_cond --class_grid \
-        --temperatures=0.5,0.7,0.85,1.0                # one row per class, a column per T
+    python -m experiments.sample --workdir=runs/digits_cond --label=3
+    python -m experiments.sample --workdir=runs/digits_cond --class_grid \\
+        --temperatures=0.5,0.7,0.85,1.0
     python -m experiments.sample --workdir=runs/tarflow_digits_cond --class_grid --guidance=2
     python -m experiments.sample --workdir=runs/tarflow_digits_gen --denoise
 
-``--guidance=w`` (classifier-free guidance) needs a conditional run trained with
-``model.label_dropout > 0``; ``--denoise`` one trained with ``model.noise_sigma > 0``
+``--label=y`` samples class y; ``--class_grid`` draws one row per class and a column group
+per temperature (so it takes no ``--label``). ``--guidance=w`` (classifier-free guidance)
+needs a family with guidance (Jet, TarFlow; Glow has none) and a conditional run trained
+with ``model.label_dropout > 0``; ``--denoise`` one trained with ``model.noise_sigma > 0``
 (``flows.models.base``).
 
 Writes a PNG (``--out``, default in the workdir) and prints its path.
@@ -29,21 +31,35 @@ from flows.models import sample_compiled
 from flows.train.restore import load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
-_NUM = flags.DEFINE_integer("num", 64, "Number of samples (single-temperature grid).")
+_NUM = flags.DEFINE_integer(
+    "num", 64, "Number of samples (single-temperature grid).", lower_bound=1
+)
 _T = flags.DEFINE_float("temperature", 0.7, "Sampling temperature (std of the latents).")
 _LABEL = flags.DEFINE_integer("label", None, "Class to sample (conditional runs).")
 _CLASS_GRID = flags.DEFINE_bool("class_grid", False, "Rows = classes, columns = temperatures.")
 _TEMPS = flags.DEFINE_list("temperatures", ["0.5", "0.7", "0.85", "1.0"], "For --class_grid.")
-_PER_CELL = flags.DEFINE_integer("per_temperature", 2, "Samples per class and temperature.")
+_PER_CELL = flags.DEFINE_integer(
+    "per_temperature", 2, "Samples per class and temperature.", lower_bound=1
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _GUIDANCE = flags.DEFINE_float("guidance", 0.0, "Classifier-free guidance weight (0: none).")
 _DENOISE = flags.DEFINE_bool("denoise", False, "Denoise samples (noise-augmented runs).")
 _OUT = flags.DEFINE_string("out", None, "Output PNG path.")
 flags.mark_flags_as_required(["workdir"])
+cli.finite_at_least(_T, 0)
+cli.numbers_at_least(_TEMPS, 0)
+cli.finite_at_least(_GUIDANCE, 0)
+flags.register_multi_flags_validator(
+    ["label", "class_grid"],
+    lambda f: f["label"] is None or not f["class_grid"],
+    message="--label and --class_grid do not go together (--class_grid draws every class); "
+    "give one of them",
+)
 
 
 def main(argv):
     cli.no_extra_arguments(argv)
+    cli.check_run_workdir(_WORKDIR.value)
     model, config, info = load_run(_WORKDIR.value)
     num_bins = info["num_bins"]
     key = jax.random.key(_SEED.value)

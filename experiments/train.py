@@ -1,6 +1,6 @@
 """Train a flow from a config file; rerunning the same command resumes from the workdir.
 
-    python -m experiments.train --config=configs/glow_digits.py --workdir=runs/digits \
+    python -m experiments.train --config=configs/glow_digits.py --workdir=runs/digits \\
         [--config.model.num_steps=8 --config.optim.lr=5e-4 ...] [--allow_config_change]
 
 A rerun with another config than the workdir's is refused (exit 2, naming each changed key)
@@ -10,6 +10,7 @@ Prints the test result (``test: ... -> <workdir>/eval_test.json``), then, last, 
 wrote into the workdir and its wall time (``flows.train.loop.outputs_line``).
 """
 
+import os
 import time
 
 import jax
@@ -17,6 +18,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
+from flows import workdir as wd
 from flows.evaluation import summary_line
 from flows.train.loop import outputs_line, train_and_evaluate
 
@@ -34,6 +36,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     cli.no_extra_arguments(argv)
     t0 = time.time()
+    stored = wd.path(_WORKDIR.value, wd.CONFIG)
+    if os.path.exists(stored):  # the run to resume: read before anything is touched
+        cli.check_json_object(stored)
     record = train_and_evaluate(
         _CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value
     )
@@ -43,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, config_files_of="experiments.train")

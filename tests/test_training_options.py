@@ -13,6 +13,7 @@ from flax import nnx
 from flows.errors import ConfigError
 from flows.models import build_model
 from flows.train.objectives import density_loss
+from tests import test_jet
 from tests.test_conditional import perturb
 
 SHAPE = (4, 4, 1)
@@ -90,21 +91,32 @@ def test_denoise_is_one_tweedie_step():
     np.testing.assert_allclose(out, x - sigma**2 * (x - 0.5), atol=1e-6)
 
 
+def _jet(**fields):
+    """A tiny Jet: a family with guidance."""
+    config = {"name": "jet", **test_jet.SMALL, "num_couplings": 1, **fields}
+    return build_model(config, test_jet.IMAGE, 3, rngs=nnx.Rngs(0))
+
+
 def test_guidance_and_denoise_refuse_models_that_cannot_use_them():
     plain = _glow()
-    with pytest.raises(ConfigError, match="label-conditioned"):
-        plain.check_guidance(1.0)
     with pytest.raises(ConfigError, match="noise_sigma"):
         plain.denoise(jnp.zeros((1, *SHAPE)))
-    no_dropout = _glow(conditional=True)
+    # Glow has no guidance: that is what it says, whatever it was trained with.
+    for glow in (plain, _glow(conditional=True), _glow(conditional=True, label_dropout=0.1)):
+        with pytest.raises(ConfigError, match="^Glow has no classifier-free guidance"):
+            glow.check_guidance(2.0)
+    with pytest.raises(ConfigError, match="no classifier-free guidance"):
+        glow.sample(2, jax.random.key(0), context=jnp.zeros(2, int), guidance=1.0)
+    with pytest.raises(ConfigError, match="label-conditioned"):
+        _jet().check_guidance(1.0)
     with pytest.raises(ConfigError, match="label_dropout"):
-        no_dropout.check_guidance(2.0)
-    with_dropout = _glow(conditional=True, label_dropout=0.1)
-    with pytest.raises(ConfigError, match=">= 0"):
-        with_dropout.check_guidance(-1.0)
+        _jet(conditional=True).check_guidance(2.0)
+    with_dropout = _jet(conditional=True, label_dropout=0.1)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="finite number >= 0"):
+            with_dropout.check_guidance(bad)
     with_dropout.check_guidance(0.0)
-    with pytest.raises(ConfigError, match="no classifier-free guidance"):  # Glow has none
-        with_dropout.sample(2, jax.random.key(0), context=jnp.zeros(2, int), guidance=1.0)
+    with_dropout.check_guidance(2.0)
 
 
 @pytest.mark.parametrize(

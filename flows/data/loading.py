@@ -135,7 +135,7 @@ def _cause(exc: BaseException) -> str:
 def _prepare(builder: tfds.core.DatasetBuilder, name: str, data_dir: str) -> None:
     """``download_and_prepare`` in array_record; a no-op when the data is already there."""
     try:
-        with tfds_compat.fail_fast_downloads():
+        with tfds_compat.fail_fast_downloads(), tfds_compat.quiet_preparation(builder):
             builder.download_and_prepare(
                 file_format="array_record",
                 download_config=tfds.download.DownloadConfig(try_download_gcs=False),

@@ -23,6 +23,12 @@ it works around. Checked against TFDS 4.9.10.
    shuffle, for a dataset that downloads nothing and is prepared in a second. A builder
    that mixes in ``QuietPreparation`` prints its own one line instead (``PREPARING``) and
    prepares with TFDS's progress bars off (restored after).
+6. **Output of a catalog dataset's preparation that fails**: ``download_and_prepare`` prints
+   its banner ("Downloading and preparing dataset ...", on stdout) and draws its download
+   and extraction progress bars (on stderr) before it fails offline: nine lines ahead of our
+   one-line error. ``quiet_preparation`` prepares such a builder with the progress bars off
+   and the printed text held back: written out when the preparation succeeds, dropped when
+   it fails.
 
 Nothing here talks to Google Cloud Storage: ``flows.data.loading`` passes ``try_gcs=False``
 and ``DownloadConfig(try_download_gcs=False)`` (TFDS 4.9.10 also ships with GCS disabled).
@@ -35,6 +41,7 @@ import contextlib
 import importlib.resources
 import importlib.resources.abc
 import importlib.util
+import io
 import logging
 import socket
 import sys
@@ -104,6 +111,24 @@ class QuietPreparation:
 
     def _log_download_done(self) -> None:  # TFDS's "downloaded and prepared" line
         pass
+
+
+def quiet_preparation(builder) -> contextlib.AbstractContextManager:
+    """The context to prepare ``builder`` in: a ``QuietPreparation`` builder prints its own
+    line (workaround 5); any other prepares with TFDS's progress bars off and what TFDS
+    prints held back, written to stdout when the block ends normally, dropped when it raises
+    (workaround 6)."""
+    if isinstance(builder, QuietPreparation):
+        return contextlib.nullcontext()
+    return _held_back()
+
+
+@contextlib.contextmanager
+def _held_back() -> Iterator[None]:
+    held = io.StringIO()
+    with no_progress_bars(), contextlib.redirect_stdout(held):
+        yield
+    sys.stdout.write(held.getvalue())
 
 
 def _mock_getitems(*args: Any, generator, serialized: bool = False) -> list[Any]:

@@ -176,17 +176,20 @@ class DensityModel(nnx.Module):
     def guided_inverse(self, latents, *, context, guidance: float):
         """The inverse with classifier-free guidance weight ``guidance`` (families that
         support it override this)."""
-        raise ConfigError(
-            f"{type(self).__name__} has no classifier-free guidance; sample with guidance=0"
-        )
+        raise ConfigError(self._no_guidance())
+
+    def _no_guidance(self) -> str:
+        return f"{type(self).__name__} has no classifier-free guidance; sample with guidance=0"
 
     def check_guidance(self, guidance: float) -> None:
         """A one-line ``ConfigError`` unless guidance ``w >= 0`` can be used with this model
-        (w > 0: a conditional model trained with label dropout)."""
+        (w > 0: a family with guidance, a conditional model trained with label dropout)."""
         if not guidance:
             return
-        if not guidance > 0:
-            raise ConfigError(f"guidance must be >= 0, got {guidance}")
+        if not (math.isfinite(guidance) and guidance > 0):
+            raise ConfigError(f"guidance must be a finite number >= 0, got {guidance}")
+        if type(self).guided_inverse is DensityModel.guided_inverse:  # not in this family
+            raise ConfigError(self._no_guidance())
         if self.num_classes is None:
             raise ConfigError("guidance needs a label-conditioned model")
         if not self.label_dropout > 0:

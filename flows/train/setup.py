@@ -25,7 +25,7 @@ from flows.errors import CheckpointError, ConfigError
 from flows.likelihood import dequantize
 from flows.models import build_model, is_conditional
 from flows.models.registry import with_defaults
-from flows.train import optim
+from flows.train import config_checks, optim
 from flows.train.checkpoint import Checkpointer, ShapeMismatch, abstract_like
 from flows.train.objectives import density_loss
 from flows.train.optim import run_optimizer
@@ -329,23 +329,37 @@ def _new_run(config, workdir: str, is_main: bool) -> Run:
 
 def setup_run(config, workdir: str, *, allow_config_change: bool = False) -> Run:
     """Everything a run needs, resumed from ``workdir``'s newest readable checkpoint if it has
-    one. A config other than the stored one is refused unless ``allow_config_change``."""
+    one. A config other than the stored one is refused unless ``allow_config_change``; a
+    numeric field out of range, before the workdir is touched (``config_checks``). A
+    workdir this call created is removed again when the setup fails (a dataset that cannot
+    be read, a model the config cannot build): a failed first command leaves nothing."""
+    config_checks.check_config(config)
     sharding.initialize_distributed(config.train.distributed)
     is_main = jax.process_index() == 0
+    created = is_main and not os.path.lexists(workdir)
     lock, stored_config = _prepare_workdir(workdir, is_main)
+
+    def undo():  # removed while the lock is held: no other run can have started in it
+        if created:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if lock is not None:
+            lock.release()
+
     try:
         run = _new_run(config, workdir, is_main)
     except BaseException:
-        if lock is not None:
-            lock.release()
+        undo()
         raise
-    run.lock = lock
     try:
         _resume(run, stored_config, allow_config_change)
         run.batches = _start_batches(run)
         if is_main:
             _write_run_files(config, workdir, run.train_split)
     except BaseException:
-        run.close()  # no orbax threads left to fail at interpreter exit
+        try:
+            run.close()  # no orbax threads left to fail at interpreter exit
+        finally:
+            undo()
         raise
+    run.lock = lock
     return run
