@@ -36,14 +36,14 @@ BENCH = os.path.join(ROOT, "results", "bench")
 PAGES = ("README.md", "docs/results.md", "docs/speed.md", "docs/trust.md")
 BEGIN = re.compile(r"<!-- generated: (\w+) -->\n")
 END = "<!-- end generated -->"
-# What ``collect`` copies from a workdir (sizes: a few kB each, samples.png tens of kB).
+# What ``collect`` copies from a workdir (a few kB each; a class grid tens of kB).
 RECORD_FILES = (
     "config.json",
     "metrics.jsonl",
     "eval_*.json",
     "eval_*.npz",
     "latents/latents_*.json",
-    "samples.png",
+    "class_grid_*.png",
 )
 
 
@@ -167,17 +167,22 @@ def transformers() -> tuple[str, list[str]]:
 def couplings() -> tuple[str, list[str]]:
     runs = {"additive": "digits_additive", "affine": "digits"}
     runs.update({"affine, 176 hidden": "digits_affine176", "spline": "digits_spline"})
-    base = read_run_summary(os.path.join(RUNS, "digits")) if read("digits", "config.json") else None
+    pairing = "eval_test_k1.json"  # experiments.evaluate's record of the same checkpoint
+    if read("digits", pairing) is None:
+        return "", []
+    base = read_run_summary(os.path.join(RUNS, "digits"), eval_file=pairing)
+    paths = [os.path.join(RUNS, "digits", pairing)]
     head = ["coupling", "config", "test bits/dim", "paired vs affine", "best step", "params"]
-    rows, paths = [], []
+    rows = []
     for name, run in runs.items():
         r = read(run, "eval_test.json")
         if r is None:
             continue
         paths.append(os.path.join(RUNS, run, "eval_test.json"))
         paired = ""
-        if run != "digits" and base is not None:
-            mine = read_run_summary(os.path.join(RUNS, run))
+        if run != "digits":
+            mine = read_run_summary(os.path.join(RUNS, run), eval_file=pairing)
+            paths.append(os.path.join(RUNS, run, pairing))
             diff = paired_difference(mine, base)
             if isinstance(diff, str):
                 paired = f"not paired: {diff}"
