@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -249,9 +250,57 @@ def _sample_png(cli, run, *args, name):
     return image
 
 
+def _grid_levels(image, num, num_bins, ncols=None, image_shape=DIGITS_SHAPE, pad=1):
+    """The ``num`` images of a one-channel grid PNG of ``flows.plotting.save_image_grid``
+    (layout as in ``_grid_png_size``, level v drawn as round(v * 255 / (K - 1))), read back
+    as integer levels: (num, H, W) int32. Every pixel of an image must be a level's shade."""
+    h, w = image_shape[:2]
+    ncols = ncols or math.ceil(math.sqrt(num))
+    nrows = math.ceil(num / ncols)
+    pixels = np.asarray(image)
+    scale = pixels.shape[0] // (nrows * (h + pad) + pad)  # the integer upscaling (nearest)
+    grid = pixels[::scale, ::scale]
+    shades = np.round(np.arange(num_bins) * (255.0 / (num_bins - 1))).astype(np.uint8)
+    level_of = np.full(256, -1, np.int32)
+    level_of[shades] = np.arange(num_bins)
+    cells = []
+    for i in range(num):
+        r, k = divmod(i, ncols)
+        y, x = pad + r * (h + pad), pad + k * (w + pad)
+        cells.append(level_of[grid[y : y + h, x : x + w]])
+    levels = np.stack(cells)
+    assert levels.min() >= 0, "a pixel that is no level's shade"
+    return levels
+
+
 def test_sample_one_class(cond_run, cli):
+    """``--label=3`` draws class 3: the grid's 64 images, read back as levels, are what the
+    run's model (restored as the sampler restores it) draws with label 3 from the sampler's
+    latents (seed 0, T 0.7), and not what it draws from them with any other label, or with
+    the labels 0..9 in turn of a grid without ``--label``. (The 20-step model's Bayes
+    classifier is at chance, so it cannot tell the class of a sample; its samples of
+    different labels differ in about 1% of the pixels, a level each.)"""
+    import jax
+    import jax.numpy as jnp
+
+    from flows.metrics import quantize
+    from flows.models import sample_compiled
+    from flows.train.restore import load_run
+
     image = _sample_png(cli, cond_run, "--label=3", name="samples_T0.7_label3.png")
     assert image.mode == "L" and image.size == _grid_png_size(64)
+    model, _, info = load_run(cond_run.workdir)
+    levels = _grid_levels(image, 64, info["num_bins"])
+
+    def draw(labels):
+        x = sample_compiled(model, 64, jax.random.key(0), 0.7, labels % model.num_classes)
+        return np.asarray(quantize(x, info["num_bins"]))[..., 0]
+
+    np.testing.assert_array_equal(levels, draw(jnp.full((64,), 3)))
+    others = {f"label {y}": jnp.full((64,), y) for y in range(10) if y != 3}
+    others["labels 0..9 in turn"] = jnp.arange(64)
+    for name, labels in others.items():
+        assert np.any(draw(labels) != levels), name
 
 
 def test_sample_class_grid(cond_run, cli):
@@ -337,11 +386,36 @@ DATASET_SHAPES = {
 }
 
 
-def test_the_config_files_are_found():
-    """A new config file joins SMOKE_VARIANTS or TRACED_CONFIGS by itself; these are the
-    ones of today."""
+def test_every_config_file_is_tested_and_loads_as_the_train_command_loads_it(monkeypatch):
+    """The parametrizations of this section are read from the configs/ directory, so a new
+    config file joins SMOKE_VARIANTS or TRACED_CONFIGS (a toy_* one: tests/test_toy_tables.py)
+    by itself: every config module but base is in exactly one of them, and its ``:smoke``
+    variant loads from the repository root as ``python -m experiments.train
+    --config=configs/NAME.py:smoke`` loads it (ml_collections' config_flags), as the config
+    ``get_config("smoke")`` returns, which the tests above use."""
+    import pkgutil
+
+    from absl import flags
+    from ml_collections import config_flags
+
+    import configs
+
     known = {"glow_ablation", "glow_cifar10", "glow_digits", "glow_digits_cond", "glow_mnist"}
     assert known <= set(TRAINED_CONFIGS)
+    modules = sorted(m.name for m in pkgutil.iter_modules(configs.__path__))
+    assert modules == [n for n in CONFIG_FILES if n != "__init__"]
+    toys = [n for n in modules if n.startswith("toy_")]
+    assert sorted(["base", *TRAINED_CONFIGS, *TRACED_CONFIGS, *toys]) == modules
+    assert {n.split("_")[0] for n in TRACED_CONFIGS} == {"jet", "tarflow"}
+    monkeypatch.chdir(ROOT)
+    for name in (n for n in modules if n != "base"):
+        flag_values = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", flag_values=flag_values)
+        with warnings.catch_warnings():  # config_flags imports the file with load_module()
+            warnings.simplefilter("ignore", DeprecationWarning)
+            flag_values(["train", f"--config=configs/{name}.py:smoke"])
+        want = importlib.import_module(f"configs.{name}").get_config("smoke")
+        assert _same_config(flag_values.config, want), name
 
 
 @pytest.mark.parametrize("name", TRACED_CONFIGS)
