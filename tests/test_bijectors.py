@@ -70,6 +70,7 @@ def test_round_trip_float32(entry):
     np.testing.assert_allclose(ild, -ld, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", REGISTRY, ids=ids)
 def test_jit_matches_eager(entry):
     layer, x, ctx = build(entry)
@@ -79,6 +80,7 @@ def test_jit_matches_eager(entry):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", REGISTRY, ids=ids)
 def test_log_det_matches_autodiff_jacobian_float64(entry):
     with jax.enable_x64(True):

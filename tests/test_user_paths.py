@@ -121,6 +121,7 @@ RUNS = ("cond_run", "uncond_run")
 CONDITIONAL_FIELDS = ("bits_per_dim", "marginal_bits_per_dim", "accuracy", "label_nll_nats")
 
 
+@pytest.mark.slow
 def test_conditional_run_reports_conditional_marginal_and_bayes_accuracy(cond_run):
     from flows import data as data_lib
     from flows.train.restore import load_run
@@ -153,6 +154,7 @@ def test_conditional_run_reports_conditional_marginal_and_bayes_accuracy(cond_ru
     assert record["label_nll_nats"] == pytest.approx(-mean_log_prior - gap_nats, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_conditional_run_logs_the_auxiliary_classifier_metric(cond_run):
     logged = [r for r in _metrics(cond_run.workdir) if "train_bpd" in r]
     assert logged
@@ -160,6 +162,7 @@ def test_conditional_run_logs_the_auxiliary_classifier_metric(cond_run):
         assert _finite(r["train_aux_ce_bits"]) and r["train_aux_ce_bits"] > 0, r
 
 
+@pytest.mark.slow
 def test_unconditional_run_writes_everything(uncond_run):
     workdir, record = uncond_run.workdir, uncond_run.record
     for name in ("config.json", "data_info.json", "samples.png", "learning_curves.png"):
@@ -180,6 +183,7 @@ def test_unconditional_run_writes_everything(uncond_run):
 # -- 2. experiments.evaluate -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", RUNS)
 def test_evaluate_importance_weighted_bound(run, request, cli):
     run = request.getfixturevalue(run)
@@ -205,6 +209,7 @@ def test_evaluate_importance_weighted_bound(run, request, cli):
         assert k4["conditional"] is True and _finite(k4["accuracy"], k4["accuracy_se"])
 
 
+@pytest.mark.slow
 def test_evaluate_validation_split_of_the_latest_checkpoint(cond_run, cli):
     """``--split=validation --checkpoint=latest`` with the validation noise seed is the
     validation the loop ran after its last step (metrics.jsonl), now with the conditional
@@ -273,6 +278,7 @@ def _grid_levels(image, num, num_bins, ncols=None, image_shape=DIGITS_SHAPE, pad
     return levels
 
 
+@pytest.mark.slow
 def test_sample_one_class(cond_run, cli):
     """``--label=3`` draws class 3: the grid's 64 images, read back as levels, are what the
     run's model (restored as the sampler restores it) draws with label 3 from the sampler's
@@ -303,6 +309,7 @@ def test_sample_one_class(cond_run, cli):
         assert np.any(draw(labels) != levels), name
 
 
+@pytest.mark.slow
 def test_sample_class_grid(cond_run, cli):
     image = _sample_png(
         cli,
@@ -318,11 +325,13 @@ def test_sample_class_grid(cond_run, cli):
     assert height > width
 
 
+@pytest.mark.slow
 def test_sample_unconditional(uncond_run, cli):
     image = _sample_png(cli, uncond_run, "--temperature=0.9", "--num=8", name="samples_T0.9.png")
     assert image.mode == "L" and image.size == _grid_png_size(8)
 
 
+@pytest.mark.slow
 def test_sample_label_of_an_unconditional_run_is_one_line_error(uncond_run, cli):
     # An out-of-range label on a conditional run: tests/test_bad_inputs.py.
     assert_one_line_error(cli("sample", f"--workdir={uncond_run.workdir}", "--label=3"))
@@ -332,6 +341,7 @@ def test_sample_label_of_an_unconditional_run_is_one_line_error(uncond_run, cli)
 # -- 4. experiments.compare ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_compare_conditional_and_unconditional_runs(cond_run, uncond_run, tmp_path, cli):
     out_dir = tmp_path / "compare"
     stdout = _ok(cli("compare", cond_run.workdir, uncond_run.workdir, f"--out={out_dir}"))
@@ -469,6 +479,7 @@ def test_ablation_cell_is_its_base_config_with_the_cell(base):
     assert cell == _as_dict(base_config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, variant", SMOKE_VARIANTS, ids=[f"{n}:{v}" for n, v in SMOKE_VARIANTS]
 )
@@ -506,6 +517,7 @@ def test_smoke_variant_trains(name, variant, request, tmp_path):
 OOD_CASES = [("uncond_run", "photo_patches"), ("cond_run", "digits_inverted:test")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run, dataset", OOD_CASES, ids=[r for r, _ in OOD_CASES])
 def test_evaluate_against_an_offline_ood_set(run, dataset, request, cli):
     """``--dataset=NAME[:SPLIT]`` (split default test): both sets' bits/dim of p(x) (the
@@ -535,6 +547,7 @@ def test_evaluate_against_an_offline_ood_set(run, dataset, request, cli):
         assert image.format == "PNG" and min(image.size) >= 400
 
 
+@pytest.mark.slow
 def test_evaluate_against_a_dataset_of_another_shape_is_one_line_error(uncond_run, tmp_path, cli):
     """A workdir of a run on 16x16x1 images with 256 levels (its config.json and
     data_info.json): the OOD set is checked before a model is loaded. (An unknown dataset is
@@ -581,6 +594,7 @@ def _warmup_cosine(lr, warmup, total, n):
     return lr * (0.01 + 0.99 * (1 + math.cos(math.pi * t)) / 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", RUNS)
 def test_tensorboard_event_files_hold_the_metrics(run, request):
     """The run's event file, read back by TensorBoard's reader, holds every field of every
@@ -640,6 +654,7 @@ def test_logged_learning_rate_is_the_one_the_optimizer_used_with_skipped_steps()
 LATENT_ARGS = ("--pairs=2", "--steps=4", "--rows=3", "--alphas=-1,0,1", "--classes=3,8")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", RUNS)
 def test_latents_round_trip_interpolation_class_direction_label_swap(run, request, cli):
     run = request.getfixturevalue(run)
@@ -680,6 +695,7 @@ def test_latents_round_trip_interpolation_class_direction_label_swap(run, reques
             assert image.mode == "L" and image.size == size, name
 
 
+@pytest.mark.slow
 def test_latents_unknown_class_is_one_line_error(uncond_run, cli):
     args = ("--split=validation", "--classes=0,12")
     assert_one_line_error(
