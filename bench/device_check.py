@@ -1,16 +1,16 @@
-"""A device check, ready to run on whatever accelerator is present (issue 12).
+"""A device check, ready to run on whatever accelerator is present.
 
     python -m bench.device_check [--smoke] [--out=FILE.json]
 
-Run from the repository root: ``python -m`` puts the root on ``sys.path``, which is how the
-bijector registry is imported from ``tests/bijector_registry.py`` (``tests`` is a package; the
-installed ``flows`` distribution does not ship it). Three sections, each on the default
-device (``jax.devices()[0]``; with no accelerator that is the CPU):
+Run from the repository root (``python -m`` puts it on ``sys.path``, for ``bench``). Three
+sections, each on the default device (``jax.devices()[0]``; with no accelerator that is the
+CPU):
 
-  registry    every entry of the bijector registry in float32, built and perturbed as in
-              ``tests/test_bijectors.py``: max round-trip error, max |ld + ild| (the inverse's
-              log-det against minus the forward's), max |jit - eager|, each against the
-              float32 tolerances of the tests. A failing entry is reported, not raised; on an
+  registry    every entry of the bijector registry (``flows.testing.bijector_registry``, the
+              one ``tests/test_bijectors.py`` runs) in float32, built and perturbed by its
+              ``build``: max round-trip error, max |ld + ild| (the inverse's log-det against
+              minus the forward's), max |jit - eager|, each against the registry's float32
+              tolerances (the tests'). A failing entry is reported, not raised; on an
               accelerator a failing entry is re-checked under
               ``jax.default_matmul_precision('highest')`` (GPUs multiply float32 in TF32 by
               default) and both results are kept.
@@ -64,8 +64,18 @@ from flax import nnx
 
 from bench import throughput
 from bench.records import write_record
-from flows.metrics import bits_per_dim, dequantize_with_noise
+from flows.likelihood import bits_per_dim, dequantize_with_noise
 from flows.models.glow import Glow
+from flows.testing.bijector_registry import (
+    JIT_EAGER_ATOL,
+    JIT_EAGER_RTOL,
+    LOG_DET_ATOL,
+    LOG_DET_RTOL,
+    REGISTRY,
+    ROUND_TRIP_ATOL,
+    build,
+    round_trip,
+)
 from flows.train.objectives import density_loss
 from flows.train.optim import make_optimizer
 from flows.train.state import TrainState
@@ -73,10 +83,6 @@ from flows.train.step import make_train_step
 
 NUM_BINS = 256
 BPD_TARGET = 1e-4
-# float32 tolerances of tests/test_bijectors.py
-ROUND_TRIP_ATOL = 1e-4  # |x2 - x|
-LOG_DET_RTOL, LOG_DET_ATOL = 1e-4, 1e-3  # |ild + ld| <= atol + rtol |ld|
-JIT_EAGER_RTOL, JIT_EAGER_ATOL = 1e-5, 1e-5
 SMOKE_ENTRIES = "actnorm_image,conv1x1_lu_image"
 
 FULL = dict(
@@ -176,66 +182,14 @@ def _device_memory_mb() -> dict:
 
 
 # -- registry ---------------------------------------------------------------------------------
-def _registry():
-    try:
-        from tests.bijector_registry import REGISTRY
-    except ImportError as e:
-        raise ImportError(
-            "tests.bijector_registry is imported from the repository root: run "
-            "`python -m bench.device_check` there"
-        ) from e
-    return REGISTRY
-
-
-def _entry_inputs(entry, seed=0, batch=2):
-    """As ``tests/test_bijectors.py``'s ``_inputs`` (float32)."""
-    kx, kc = jax.random.split(jax.random.key(seed))
-    shape = (batch, *entry.event_shape)
-    if entry.domain == "unit":
-        x = jax.random.uniform(kx, shape, jnp.float32, 0.02, 0.98)
-    else:
-        x = jax.random.normal(kx, shape, jnp.float32)
-    ctx = None
-    if entry.context_features:
-        features = entry.context_features
-        features = (features,) if isinstance(features, int) else tuple(features)
-        ctx = jax.random.normal(kc, (batch, *features), jnp.float32)
-    return x, ctx
-
-
-def build_entry(entry, seed=0):
-    """As ``tests/test_bijectors.py``'s ``build``: every float parameter perturbed, then
-    data-dependent init, then perturbed again. (Copied, not imported: importing a test module
-    would pull in pytest.)"""
-    layer = entry.make(nnx.Rngs(seed))
-    x, ctx = _entry_inputs(entry, seed)
-    rng = np.random.default_rng(seed + 1)
-
-    def perturb(v):
-        if jnp.issubdtype(v.dtype, jnp.floating):
-            return jnp.asarray(np.asarray(v) + 0.1 * rng.standard_normal(v.shape), jnp.float32)
-        return v
-
-    nnx.update(layer, jax.tree.map(perturb, nnx.state(layer, nnx.Param)))
-    layer.initialize(x, context=ctx)
-    nnx.update(layer, jax.tree.map(perturb, nnx.state(layer, nnx.Param)))
-    return layer, x, ctx
-
-
-def _round_trip(layer, x, ctx):
-    z, ld = layer.forward_and_log_det(x, context=ctx)
-    x2, ild = layer.inverse_and_log_det(z, context=ctx)
-    return z, ld, x2, ild
-
-
 def _max(a) -> float:
     return float(np.max(a)) if np.size(a) else 0.0
 
 
 def check_entry(entry) -> dict:
-    layer, x, ctx = build_entry(entry)
-    z, ld, x2, ild = jitted = nnx.jit(_round_trip)(layer, x, ctx)
-    eager = _round_trip(layer, x, ctx)
+    layer, x, ctx = build(entry)
+    z, ld, x2, ild = jitted = nnx.jit(round_trip)(layer, x, ctx)
+    eager = round_trip(layer, x, ctx)
     x, ld, ild, x2 = (np.asarray(a, np.float64) for a in (x, ld, ild, x2))
     rt = _max(np.abs(x2 - x))
     ld_sum = np.abs(ld + ild)
@@ -260,7 +214,7 @@ def check_entry(entry) -> dict:
 
 
 def registry_section(entries: str) -> dict:
-    registry = _registry()
+    registry = REGISTRY
     names = [e.name for e in registry]
     if entries != "all":
         wanted = entries.split(",")

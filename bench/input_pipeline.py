@@ -88,7 +88,7 @@ class MnistLike(tfds.core.GeneratorBasedBuilder):
             frame = np.zeros((28, 28), np.uint8)
             dy, dx = rng.randint(0, 5, size=2)
             frame[dy : dy + 24, dx : dx + 24] = big.astype(np.uint8)
-            yield i, {"image": digits_lib._encode_png(frame), "label": int(bunch.target[j])}
+            yield i, {"image": digits_lib.encode_png(frame), "label": int(bunch.target[j])}
 
 
 def _cpu_name() -> str:
@@ -131,7 +131,7 @@ def _train_split(args, data_dir: str | None, cache_bytes: int):
 
 def _drain(split, batch_size: int, batches: int) -> float:
     """Images/s of the trainer's iterator over ``batches`` batches (after its first)."""
-    dataset = pipeline.training_batches(split, batch_size, 0, num_steps=batches + 1)
+    dataset = pipeline.training_batches(split, batch_size, 0, num_batches=batches + 1)
     iterator = pipeline.start_batches(dataset, 0, threads=pipeline.read_threads(split))
     next(iterator)  # threads started, first batch read
     start = time.perf_counter()

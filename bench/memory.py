@@ -7,7 +7,7 @@ counts XLA's compilation), XLA's own count of the training step's temporary buff
 and the training step's compile time.
 
   python -m bench.memory --image_shape=32,32,1 --batch_size=64 --num_steps=8,32 \
-      --backprop=autodiff,checkpoint,invertible --out bench/results
+      --backprop=autodiff,checkpoint,invertible --out results/bench
 
 Prints one JSON record as the last line (``--out DIR`` also writes
 ``DIR/jax_memory_<case>.json``), with per-mode ratios K=32 / K=8.

@@ -8,7 +8,7 @@ ratios of the bests. ``--threads=1`` also runs XLA single-threaded
 gracefully under load and so gives the steadiest ratio.
 
   python -m bench.paired --image_shape=32,32,1 --batch_size=64 --num_steps=8 --threads=2 \
-      --rounds=2 --out bench/results
+      --rounds=2 --out results/bench
 
 Prints one JSON record as the last line; ``--out DIR`` also writes
 ``DIR/jax_paired_<case>_t<threads>.json``.

@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import os
 
+from flows.provenance import provenance
+
 
 def write_record(out_dir: str, filename: str, record: dict) -> str:
     """Writes ``record`` as indented JSON to ``out_dir/filename`` (created if missing) through
-    a temporary file, so a killed run never leaves half a record. Returns the path.
+    a temporary file, so a killed run never leaves half a record. The record's ``provenance``
+    (``flows.provenance``: commit, CPU, versions, date, command) is added to ``record`` in
+    place unless it has one, so what the caller prints next is what was written. Returns
+    the path.
 
     (``bench/torch_peer.py`` keeps its own copy: it runs in the peer's venv as a standalone
     script.)"""
+    record.setdefault("provenance", provenance())
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, filename)
     with open(path + ".tmp", "w") as f:

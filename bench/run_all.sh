@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The standard benchmark cases of bench/README.md -> bench/results/jax_<case>.json, plus the
-# memory/compile sweep over K -> bench/results/jax_memory_<case>.json. Each case runs in a
+# The standard benchmark cases of bench/README.md -> results/bench/jax_<case>.json, plus the
+# memory/compile sweep over K -> results/bench/jax_memory_<case>.json. Each case runs in a
 # fresh process (peak RSS is per process). Timings on a shared machine are noisy: every
 # record keeps the load average and every block's median; rerun when the machine is quiet.
 #
@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-OUT=${OUT:-bench/results}
+OUT=${OUT:-results/bench}
 BACKPROP=${BACKPROP:-autodiff}
 COMPUTE_DTYPE=${COMPUTE_DTYPE:-float32}
 REMAT=${REMAT:-0}

@@ -71,7 +71,7 @@ from flax import nnx
 
 from bench.records import write_record
 from flows.errors import ConfigError
-from flows.metrics import bits_per_dim, dequantize
+from flows.likelihood import bits_per_dim, dequantize
 from flows.models import build_model
 from flows.models.registry import describe_model, get_family
 from flows.nn.backend import COMPUTE_DTYPES, CONV_IMPLS

@@ -6,34 +6,37 @@
     done; done
     python -m experiments.compare runs/ablation/*
 
-The paper ran this on CIFAR-10 (K=32, L=3, 512 channels) with the additive and affine
-couplings; ``spline`` (a rational-quadratic spline coupling, Durkan et al. 2019, with the
-same conv net; ``model.spline_num_segments``, ``model.spline_bound``) is our addition. By
-default the grid runs on the offline digits with the digits model, so the whole grid
-finishes on a CPU. Add ``,cifar10`` to the argument for the paper's setting. ``,smoke``
-shrinks it for tests. A permutation or coupling left out is Glow's (``conv1x1_lu``,
-``affine``), so ``:smoke`` is the default cell, shrunk.
+Each cell is ``glow_digits.py`` (``glow_cifar10.py`` with ``cifar10``, the paper's setting)
+with the cell's permutation and coupling; ``spline`` (a rational-quadratic spline coupling,
+Durkan et al. 2019, with the same conv net; ``model.spline_num_segments``,
+``model.spline_bound``) is our addition to the paper's grid.
+Variants (comma-separated, at most one of each kind): a permutation (``reverse``,
+``shuffle``, ``conv1x1``, ``conv1x1_lu``), a coupling (``additive``, ``affine``,
+``spline``), ``cifar10``, ``smoke`` (shrinks the cell for the tests). A permutation or
+coupling left out is Glow's (``conv1x1_lu``, ``affine``), so ``:smoke`` is the default cell
+shrunk.
 """
 
-from configs import glow_cifar10, glow_digits
+from configs.base import (
+    glow_cifar10_config,
+    glow_digits_config,
+    parse_variants,
+    smoke,
+    with_variants,
+)
 from flows.bijectors.coupling import CONV_COUPLINGS
 from flows.models.steps import PERMUTATIONS
 
+VARIANTS = {
+    **{p: {"model": dict(permutation=p)} for p in PERMUTATIONS},
+    **{k: {"model": dict(coupling=k)} for k in CONV_COUPLINGS},
+    "cifar10": None,  # picks the base config below
+    "smoke": smoke,
+}
+ONE_OF = (tuple(PERMUTATIONS), tuple(CONV_COUPLINGS))
+
 
 def get_config(arg: str | None = None):
-    parts = [p for p in (arg or "").split(",") if p]
-    perm = [p for p in parts if p in PERMUTATIONS] or ["conv1x1_lu"]
-    coup = [p for p in parts if p in CONV_COUPLINGS] or ["affine"]
-    rest = [p for p in parts if p not in PERMUTATIONS and p not in CONV_COUPLINGS]
-    unknown = [p for p in rest if p not in ("cifar10", "smoke")]
-    if len(perm) != 1 or len(coup) != 1 or unknown:
-        raise ValueError(
-            f"glow_ablation takes '[PERMUTATION][,COUPLING][,cifar10][,smoke]' (at most one "
-            f"of each) with PERMUTATION in {list(PERMUTATIONS)} and COUPLING in "
-            f"{list(CONV_COUPLINGS)}; got {arg!r}"
-        )
-    base = glow_cifar10 if "cifar10" in rest else glow_digits
-    c = base.get_config("smoke" if "smoke" in rest else None)
-    c.model.permutation = perm[0]
-    c.model.coupling = coup[0]
-    return c
+    cifar10 = "cifar10" in parse_variants(arg, "glow_ablation", VARIANTS, one_of=ONE_OF)
+    c = glow_cifar10_config() if cifar10 else glow_digits_config()
+    return with_variants(c, arg, "glow_ablation", VARIANTS, one_of=ONE_OF)

@@ -5,45 +5,22 @@ dimension, comparable with ``glow_mnist.py``).
 
 Patch 2 (256 tokens of 4 features), 32 couplings (channels, channels, spatial; spatial
 splits checkerboard, stripes and complements) whose networks are ViTs of 1 block, width 256,
-4 heads; AdamW b2 = 0.95, lr 5e-4 with warmup and cosine decay, clipping at 1, batch 128.
-Needs MNIST prepared for TFDS (see ``glow_mnist.py``). Result: not yet measured here.
+4 heads; AdamW b2 = 0.95, lr 5e-4 with 5000 warmup steps and cosine decay, clipping at 1,
+batch 128, 100k steps. Needs MNIST prepared for TFDS (see ``glow_mnist.py``).
 Variants (comma-separated): ``smoke`` (a tiny model, a few steps; the tests run it on mocked
 data), ``cond`` (label-conditioned p(x|y), label dropout 0.1).
 """
 
-from configs.base import base_config, finalize
-from configs.jet_cifar10 import apply_variants
+from configs.base import JET_STRIPE_SPLITS, JET_VARIANTS, image_config, set_jet_lr, with_variants
+
+VARIANTS = JET_VARIANTS
 
 
 def get_config(arg: str | None = None):
-    c = base_config("jet")
-    c.data.name = "mnist"
-    c.data.pad_to = (32, 32)
-    c.data.validation_size = 5000
-    c.model.patch_size = 2
-    c.model.num_couplings = 32
-    c.model.block_depth = 1
-    c.model.width = 256
-    c.model.num_heads = 4
-    c.model.coupling_pattern = "channels,channels,spatial"
-    c.model.spatial_splits = (
-        "checkerboard,checkerboard-inv,vstripes,vstripes-inv,hstripes,hstripes-inv"
-    )
-    c.optim.name = "adamw"
-    c.optim.lr = 5e-4
+    c = image_config("jet", "mnist")
+    c.model.update(patch_size=2, num_couplings=32, block_depth=1, width=256, num_heads=4)
+    c.model.update(coupling_pattern="channels,channels,spatial", spatial_splits=JET_STRIPE_SPLITS)
+    set_jet_lr(c, 5e-4)
     c.optim.warmup_steps = 5000
-    c.optim.schedule = "cosine"
-    c.optim.b2 = 0.95
-    c.optim.weight_decay = 0.02  # optax scales it by the lr: 1e-5 per step at the peak
-    c.optim.grad_clip_norm = 1.0
-    c.train.batch_size = 128
-    c.train.init_batch_size = 64
-    c.train.num_train_steps = 100_000
-    c.train.ema_decay = 0.999
-    c.train.log_every = 100
-    c.train.eval_every = 5000
-    c.train.checkpoint_every = 2000
-    c.train.sample_every = 5000
-    c.eval.batch_size = 500
-    apply_variants(c, arg, "jet_mnist")
-    return finalize(c)
+    c.train.update(batch_size=128, num_train_steps=100_000, ema_decay=0.999)
+    return with_variants(c, arg, "jet_mnist", VARIANTS)

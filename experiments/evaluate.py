@@ -1,10 +1,14 @@
 """Evaluate a trained run on a full split: bits/dim with standard error and provenance.
 
-    python -m experiments.evaluate --workdir=runs/digits [--split=test] [--num_samples=8] \
+    python -m experiments.evaluate --workdir=runs/digits [--split=test] [--num_samples=8] \\
         [--params=ema|raw] [--checkpoint=best|latest] [--dataset=NAME[:SPLIT]]
 
 For label-conditioned runs it reports conditional and marginal bits/dim, and the Bayes-rule
-classifier's accuracy and NLL of p(y|x). Writes ``<workdir>/eval_<split>_k<k>.json``.
+classifier's accuracy and NLL of p(y|x). Writes ``<workdir>/eval_<split>_k<k>.json`` and,
+beside it, the per-example values it averages (``.npz``; ``experiments.compare`` pairs on them).
+Its printed line and its record name the checkpoint step (``checkpoint_step``). An earlier
+record there of another step (a run evaluated while it trains, then again) is kept, with its
+``.npz``, as ``eval_<split>_k<k>_step<its step>.json``.
 
 ``--dataset=NAME[:SPLIT]`` (SPLIT default ``test``; a TFDS version goes in NAME with a
 split, ``name:1.0.0:test``) is out-of-distribution evaluation: the run's ``--split`` and
@@ -28,16 +32,19 @@ from flows import data as data_lib
 from flows import ood
 from flows import workdir as wd
 from flows.errors import ConfigError
-from flows.evaluation import evaluate, summary_line
+from flows.evaluation import evaluate_per_example, summary_line, write_per_example
 from flows.plotting import plot_ood_histogram
+from flows.provenance import provenance
 from flows.train.restore import load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
 _SPLIT = flags.DEFINE_enum("split", "test", ["test", "validation", "train"], "Which split.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Importance samples of the noise (k).")
+_NUM_SAMPLES = flags.DEFINE_integer(
+    "num_samples", 1, "Importance samples of the noise (k).", lower_bound=1
+)
 _PARAMS = flags.DEFINE_enum("params", "auto", ["auto", "ema", "raw"], "Parameters to use.")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint.")
-_BATCH = flags.DEFINE_integer("batch_size", 0, "Eval batch size (0: the config's).")
+_BATCH = flags.DEFINE_integer("batch_size", 0, "Eval batch size (0: the config's).", lower_bound=0)
 _SEED = flags.DEFINE_integer(
     "seed", None, "Seed of the dequantization noise (default: the training run's test noise)."
 )
@@ -83,8 +90,32 @@ def _load(workdir: str):
 def _add_provenance(record: dict, info: dict, config, t0: float) -> None:
     """The checkpoint's provenance (``load_run``'s info), the dataset and the time taken."""
     record.update(
-        info, dataset=config.data.name, n_bits=config.data.n_bits, eval_s=time.time() - t0
+        info,
+        dataset=config.data.name,
+        n_bits=config.data.n_bits,
+        eval_s=time.time() - t0,
+        provenance=provenance(),
     )
+
+
+def _keep_earlier_step(step: int, path: str, *companions: str) -> str:
+    """Before a record of checkpoint step ``step`` is written to ``path``: a record there of
+    another step is kept, renamed ``<name>_step<its step>.json`` (its ``companions``, e.g.
+    its histogram, likewise); returns a note naming the kept file, or ''. A record of the
+    same step is replaced."""
+    try:
+        earlier = wd.read_json(path).get("checkpoint_step")
+    except (OSError, ValueError, AttributeError):  # none there, or not a record
+        return ""
+    if earlier is None or earlier == step:
+        return ""
+    kept = []
+    for file in (path, *companions):
+        stem, ext = os.path.splitext(file)
+        if os.path.exists(file):
+            os.replace(file, f"{stem}_step{earlier}{ext}")
+            kept.append(os.path.basename(f"{stem}_step{earlier}{ext}"))
+    return f" (the step-{earlier} evaluation is kept as {', '.join(kept)})"
 
 
 def run_split(workdir: str) -> None:
@@ -92,7 +123,7 @@ def run_split(workdir: str) -> None:
     data = cli.split_of_run(config, _SPLIT.value)
     t0 = time.time()
     with tqdm(total=data.num_examples, desc=f"eval {data.name}", unit="img") as bar:
-        record = evaluate(
+        record, per_example = evaluate_per_example(
             model,
             data,
             batch_size=_BATCH.value or config.eval.batch_size,
@@ -102,8 +133,10 @@ def run_split(workdir: str) -> None:
         )
     _add_provenance(record, info, config, t0)
     path = os.path.join(workdir, f"eval_{_SPLIT.value}_k{_NUM_SAMPLES.value}.json")
+    kept = _keep_earlier_step(info["checkpoint_step"], path, wd.per_example_file(path))
     wd.write_json(path, record)
-    print(f"{summary_line(record)} -> {path}")
+    write_per_example(wd.per_example_file(path), per_example)
+    print(f"{summary_line(record)}; checkpoint {info['checkpoint']} -> {path}{kept}")
 
 
 def run_ood(workdir: str, dataset: str) -> None:
@@ -141,6 +174,7 @@ def run_ood(workdir: str, dataset: str) -> None:
     stem = f"{_file_part(name)}_{_file_part(split)}"
     path = os.path.join(workdir, f"eval_ood_{stem}.json")
     png = os.path.join(workdir, f"ood_{stem}.png")
+    kept = _keep_earlier_step(info["checkpoint_step"], path, png)
     wd.write_json(path, record)
     what = "marginal bits/dim" if record["conditional"] else "bits/dim"
     plot_ood_histogram(
@@ -155,11 +189,12 @@ def run_ood(workdir: str, dataset: str) -> None:
         xlabel=f"{what} per example (-log2 p(x) / D; {record['dequantization']} dequantization, "
         f"k={_NUM_SAMPLES.value})",
     )
-    print(f"{ood.ood_summary_line(record)} -> {path}, {png}")
+    print(f"{ood.ood_summary_line(record)}; checkpoint {info['checkpoint']} -> {path}, {png}{kept}")
 
 
 def main(argv):
     cli.no_extra_arguments(argv)
+    cli.check_run_workdir(_WORKDIR.value)
     if _DATASET.value is None:
         run_split(_WORKDIR.value)
     else:

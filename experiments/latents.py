@@ -1,7 +1,7 @@
 """Latent-space tools on a trained run: round trip, interpolation, class direction, label swap.
 
-    python -m experiments.latents --workdir=runs/digits [--split=test] [--pairs=4] \
-        [--steps=8] [--classes=0,1] [--alphas=-1,-0.5,0,0.5,1,1.5] [--rows=6] \
+    python -m experiments.latents --workdir=runs/digits [--split=test] [--pairs=4] \\
+        [--steps=8] [--classes=0,1] [--alphas=-1,-0.5,0,0.5,1,1.5] [--rows=6] \\
         [--checkpoint=best|latest] [--params=auto|ema|raw]
 
 Encodes every image of the split at its mid-cell dequantization ``x = (v + 0.5) / K``
@@ -16,8 +16,8 @@ into ``<workdir>/latents/``:
 * ``class_direction_<a>_to_<b>.png`` (datasets with labels): rows are images of class a,
   columns the slider values alpha of ``z + alpha (mean z of class b - mean z of class a)``
   (alpha = 0: the image itself), decoded (conditional runs: under label a);
-* ``label_swap.png`` (conditional runs): rows are images, column y the image's latent decoded
-  under label y (the column of its own label: the image itself);
+* ``label_swap.png`` (conditional runs): columns are images, row y each image's latent
+  decoded under label y (the row of its own label: the image itself);
 * ``latents_<split>.json``: the numbers, the images used and the provenance.
 
 The names above are those of the default ``--split=test``; another split's PNGs end in
@@ -41,6 +41,7 @@ from flows import plotting
 from flows import workdir as wd
 from flows.errors import ConfigError
 from flows.models.base import is_conditional
+from flows.provenance import provenance
 from flows.train.restore import load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
@@ -57,7 +58,7 @@ _ROWS = flags.DEFINE_integer("rows", 6, "Images per class-direction and label-sw
 _PARAMS = flags.DEFINE_enum("params", "auto", ["auto", "ema", "raw"], "Parameters to use.")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint.")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Encoding/decoding batch size (0: the config's).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the choice of interpolation pairs.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the choice of interpolation pairs.", lower_bound=0)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -131,7 +132,18 @@ def _interpolation(model, enc, data, pairs, steps, seed, batch_size, out) -> dic
     rows = [np.concatenate([ends[p, :1], images[p], ends[p, 1:]]) for p in range(pairs)]
     # The data columns are always finite.
     blank = np.pad(~finite.reshape(pairs, steps), ((0, 0), (1, 1)))
-    plotting.save_image_rows(out, rows, data.num_bins, blank=blank.reshape(-1))
+    labelled = data.num_classes > 1
+    plotting.save_grid(
+        out,
+        rows,
+        data.num_bins,
+        blank=blank,
+        groups=[("image", 1), (f"decoded, t = 0 to 1 in {steps} steps", steps), ("image", 1)],
+        row_labels=[f"{a} to {b}" for a, b in enc.labels[chosen]] if labelled else None,
+        corner="labels" if labelled else None,
+        title=f"linear interpolation between the latents of two {data.name} images"
+        + (", the label too" if is_conditional(model) else ""),
+    )
     return {
         **_nonfinite(blank, pairs * steps),
         "file": out,
@@ -157,7 +169,17 @@ def _class_direction(model, enc, data, classes, alphas, rows, batch_size, out) -
         model, moved, labels, num_bins=data.num_bins, batch_size=batch_size
     )
     rows = images.reshape(len(chosen), len(alphas), *data.image_shape)
-    plotting.save_image_rows(out, rows, data.num_bins, blank=~finite)
+    plotting.save_grid(
+        out,
+        rows,
+        data.num_bins,
+        blank=~finite.reshape(len(chosen), len(alphas)),
+        groups=[(f"alpha={alpha:g}", 1) for alpha in alphas],
+        row_labels=[str(i) for i in chosen],
+        corner="image",
+        title=f"images of class {a} + alpha (mean latent of class {b} - of class {a})"
+        + (f", decoded under label {a}" if is_conditional(model) else ""),
+    )
     dims = sum(int(np.prod(z.shape)) for z in jax.tree.leaves(direction))
     norm = lat.tree_norm(direction)
     return {
@@ -183,14 +205,26 @@ def _label_swap(model, enc, data, rows, batch_size, out) -> dict:
     images, finite = lat.decode_levels(
         model, swapped, labels, num_bins=data.num_bins, batch_size=batch_size
     )
-    rows = images.reshape(len(chosen), model.num_classes, *data.image_shape)
-    plotting.save_image_rows(out, rows, data.num_bins, blank=~finite)
+    # A row per label: row y holds every image's latent decoded under label y.
+    rows = images.reshape(len(chosen), model.num_classes, *data.image_shape).swapaxes(0, 1)
+    blank = ~finite.reshape(len(chosen), model.num_classes).T
+    plotting.save_grid(
+        out,
+        rows,
+        data.num_bins,
+        blank=blank,
+        groups=[(f"image {i} ({y})", 1) for i, y in zip(chosen, enc.labels[chosen], strict=True)],
+        row_labels=[str(y) for y in range(model.num_classes)],
+        corner="label",
+        title="each image's latent decoded under every label (its own label in brackets)",
+    )
     return {
-        **_nonfinite(~finite.reshape(len(chosen), model.num_classes), finite.size),
+        **_nonfinite(blank, finite.size),
         "file": out,
         "images": chosen.tolist(),
         "image_labels": enc.labels[chosen].tolist(),
-        "columns": f"labels 0..{model.num_classes - 1}",
+        "rows": f"labels 0..{model.num_classes - 1}",
+        "columns": "images",
     }
 
 
@@ -225,7 +259,7 @@ def _nonfinite_note(record: dict) -> str:
 def main(argv):
     cli.no_extra_arguments(argv)
     checked = _checked_flags()
-    wd.load_config(_WORKDIR.value)  # "not a training workdir" before anything else
+    cli.check_run_workdir(_WORKDIR.value)  # "not a training workdir" before anything else
     num_classes = int(wd.load_data_info(_WORKDIR.value)["num_classes"] or 1)
     classes = _check_classes(checked["classes"], num_classes)
     model, config, info = load_run(
@@ -286,7 +320,9 @@ def main(argv):
         record["label_swap"] = _label_swap(
             model, enc, data, _ROWS.value, batch_size, png("label_swap")
         )
-    record.update(info, dataset=config.data.name, latents_s=time.time() - t0)
+    record.update(
+        info, dataset=config.data.name, latents_s=time.time() - t0, provenance=provenance()
+    )
     path = os.path.join(out_dir, f"latents_{_SPLIT.value}.json")
     wd.write_json(path, record)
     print(f"{summary_line(record)} -> {out_dir}")

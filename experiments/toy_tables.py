@@ -2,7 +2,7 @@
 
     python -m experiments.toy_tables --config=configs/toy_gender_age.py
     python -m experiments.toy_tables --config=configs/toy_random_3x4.py
-    python -m experiments.toy_tables --config=configs/toy_gender_age.py:smoke \
+    python -m experiments.toy_tables --config=configs/toy_gender_age.py:smoke \\
         --config.train.num_train_steps=500
 
 Prints, side by side, the exact table, the counting model and the flows' cell masses (joint;
@@ -19,6 +19,7 @@ from ml_collections import config_flags
 
 from experiments import cli
 from flows.toy import experiment
+from flows.train import config_checks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with :variant).")
 flags.mark_flags_as_required(["config"])
@@ -26,6 +27,7 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
     cli.no_extra_arguments(argv)
+    config_checks.check_config(_CONFIG.value)  # the fields it shares with the trainer's
     result = experiment.run(_CONFIG.value)
     print(result.report())
     print(json.dumps(result.record), flush=True)
@@ -34,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, config_files_of="experiments.toy_tables")

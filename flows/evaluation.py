@@ -21,7 +21,7 @@ Sharded over every device (of every process; ``eval_devices``): each batch is sp
 computation on each device's own slice only; the per-example outputs are gathered back
 (replicated) so every process holds all of them. The batch is rounded up to a multiple of the
 device count (the padding's outputs are dropped). In a multi-process run every process
-iterates over the same batches and hands over its own rows (``_process_rows``). Because the
+iterates over the same batches and hands over its own rows (``flows.sharding``). Because the
 noise is a function of the example's index, the per-example numbers are those of a
 one-device evaluation.
 """
@@ -35,9 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from flows.metrics import (
+from flows import sharding
+from flows import workdir as wd
+from flows.likelihood import (
     bits_per_dim,
     importance_weighted_log_prob,
     mean_and_standard_error,
@@ -62,24 +64,20 @@ def padded_batches(tree, num_examples: int, batch_size: int):
         yield a, b, jax.tree.map(lambda leaf, idx=idx: np.asarray(leaf)[idx], tree)
 
 
-def _padded_batches(data, batch_size: int, mesh: Mesh | None = None):
-    """``(a, b, images, labels, indices)`` per batch of ``batch_size`` examples (rounded up to
-    a multiple of ``mesh``'s device count): the last one padded with copies of its last
-    example, so the step compiles once; ``indices`` are the examples' positions in the split
-    (the padding's run on past the end). With ``mesh``, the arrays are global arrays sharded
-    over its ``'data'`` axis, each process supplying its own rows; without, host arrays."""
-    if mesh is not None:
-        batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
-    rows = slice(None) if mesh is None else _process_rows(batch_size)
+def read_batches(data, batch_size: int, mesh: Mesh):
+    """``(a, b, images, labels, indices)`` per batch of ``batch_size`` examples of the split
+    ``data`` (rounded up to a multiple of ``mesh``'s device count), in order: the last one
+    padded with copies of its last example, so the step compiles once; ``indices`` are the
+    examples' positions in the split (the padding's run on past the end). The arrays are
+    global arrays sharded over the mesh (``flows.sharding.shard_rows``), each process
+    reading and supplying only its own rows."""
+    batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
+    rows = sharding.process_slice(batch_size)
     for a, b, examples in padded_indices(data.num_examples, batch_size):
         indices = np.arange(a, a + batch_size, dtype=np.int32)
         images, labels = data.read(examples[rows])  # each process reads only its rows
         arrays = (images, labels.astype(np.int32), indices[rows])
-        if mesh is None:
-            yield a, b, *(jnp.asarray(x) for x in arrays)
-        else:
-            sharded = NamedSharding(mesh, PartitionSpec("data"))
-            yield (a, b, *(jax.make_array_from_process_local_data(sharded, x) for x in arrays))
+        yield (a, b, *(sharding.shard_rows(x, mesh) for x in arrays))
 
 
 def eval_devices() -> list:
@@ -87,22 +85,17 @@ def eval_devices() -> list:
     return jax.devices()
 
 
-def _eval_mesh() -> Mesh:
-    return Mesh(np.asarray(eval_devices()), ("data",))
-
-
-def _process_rows(global_batch_size: int) -> slice:
-    """This process's rows of a global batch (processes own equal, consecutive device
-    blocks of the mesh, as in ``jax.devices()``)."""
-    per_process = global_batch_size // jax.process_count()
-    return slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
+def eval_mesh() -> Mesh:
+    """The mesh an evaluation is sharded over: ``flows.sharding.data_mesh`` of
+    ``eval_devices()``."""
+    return sharding.data_mesh(eval_devices())
 
 
 def _sharded(fn, mesh: Mesh, num_outputs: int):
     """``fn(state, images, labels, indices, key)`` run by each device of ``mesh`` on its own
     slice of the batch (state and key replicated), jitted, with its outputs gathered to every
     device (replicated: readable by every process)."""
-    data, rep = PartitionSpec("data"), PartitionSpec()
+    data, rep = sharding.BATCH, sharding.REPLICATED
     mapped = jax.shard_map(
         fn,
         mesh=mesh,
@@ -112,28 +105,7 @@ def _sharded(fn, mesh: Mesh, num_outputs: int):
         # over 'data'); nothing here reduces over the axis, so the check has nothing to find.
         check_vma=False,
     )
-    return jax.jit(mapped, out_shardings=(NamedSharding(mesh, rep),) * num_outputs)
-
-
-def _replicated(tree, mesh: Mesh):
-    """``tree`` on every device of ``mesh`` (a no-op for the training state, which is). With
-    several processes ``device_put`` cannot reach the other processes' devices: each process
-    hands over its own (identical) copy."""
-    target = NamedSharding(mesh, PartitionSpec())
-
-    def put(x):
-        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(target, x.ndim):
-            return x
-        if jax.process_count() == 1:
-            return jax.device_put(x, target)
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            data = jax.make_array_from_process_local_data(
-                target, np.asarray(jax.random.key_data(x))
-            )
-            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
-        return jax.make_array_from_process_local_data(target, np.asarray(x))
-
-    return jax.tree.map(put, tree)
+    return jax.jit(mapped, out_shardings=(sharding.replicated(mesh),) * num_outputs)
 
 
 def dequantization_noise(key, example_indices, draw, shape) -> jax.Array:
@@ -169,9 +141,11 @@ def bound_name(num_samples: int) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _batch_bits_per_dim_fn(graphdef, num_dims, num_bins, num_samples, conditional, mesh):
-    """One jitted function per model structure and mesh, so repeated evaluations compile
-    once."""
+def batch_bits_per_dim_fn(graphdef, num_dims, num_bins, num_samples, conditional, mesh):
+    """``fn(state, images, labels, indices, key) -> (bits/dim (B,),)`` of a batch of
+    ``read_batches`` (``state``, ``key`` replicated: ``flows.sharding.replicate``), sharded
+    over ``mesh``: what ``per_example_bits_per_dim`` runs per batch. One jitted function per
+    model structure and mesh, so repeated evaluations compile once."""
 
     def batch_bpd(state, images, labels, indices, key):
         m = nnx.merge(graphdef, state)
@@ -196,8 +170,8 @@ def per_example_bits_per_dim(
     """Bits/dim of every example of ``data`` (a split: ``ImageData`` or ``StreamedSplit``),
     shape (N,)."""
     graphdef, state = nnx.split(model)
-    mesh = _eval_mesh()
-    batch_bpd = _batch_bits_per_dim_fn(
+    mesh = eval_mesh()
+    batch_bpd = batch_bits_per_dim_fn(
         graphdef,
         math.prod(data.image_shape),
         data.num_bins,
@@ -205,9 +179,9 @@ def per_example_bits_per_dim(
         is_conditional(model),
         mesh,
     )
-    state, key = _replicated((state, key), mesh)
+    state, key = sharding.replicate((state, key), mesh)
     out = np.empty((data.num_examples,), np.float64)
-    for a, b, images, labels, indices in _padded_batches(data, batch_size, mesh):
+    for a, b, images, labels, indices in read_batches(data, batch_size, mesh):
         (bpd,) = batch_bpd(state, images, labels, indices, key)
         out[a:b] = np.asarray(bpd)[: b - a]
         if progress is not None:
@@ -220,6 +194,10 @@ def evaluate_bits_per_dim(model, data, *, batch_size, key, num_samples=1, progre
     bpd = per_example_bits_per_dim(
         model, data, batch_size=batch_size, key=key, num_samples=num_samples, progress=progress
     )
+    return _bits_per_dim_record(model, data, bpd, num_samples)
+
+
+def _bits_per_dim_record(model, data, bpd: np.ndarray, num_samples: int) -> dict:
     mean, se = mean_and_standard_error(bpd)
     return {
         "bits_per_dim": mean,
@@ -269,15 +247,15 @@ def per_example_conditional(
     (-log p(y|x)) and ``label`` (the label read), each an array of shape (N,). The labels
     come with the batches (``data.read``): no pass over the split's labels."""
     graphdef, state = nnx.split(model)
-    mesh = _eval_mesh()
+    mesh = eval_mesh()
     fn = _batch_conditional_fn(
         graphdef, math.prod(data.image_shape), data.num_bins, num_samples, mesh
     )
-    state, key = _replicated((state, key), mesh)
+    state, key = sharding.replicate((state, key), mesh)
     n = data.num_examples
     names = ("bits_per_dim", "marginal_bits_per_dim", "accuracy", "label_nll_nats", "label")
     out = {name: np.empty((n,), np.int32 if name == "label" else np.float64) for name in names}
-    for a, b, images, labels, indices in _padded_batches(data, batch_size, mesh):
+    for a, b, images, labels, indices in read_batches(data, batch_size, mesh):
         values = jax.device_get(fn(state, images, labels, indices, key))
         for name, value in zip(names, values, strict=True):
             out[name][a:b] = value[: b - a]
@@ -292,11 +270,15 @@ def evaluate_conditional(model, data, *, batch_size, key, num_samples=1, progres
     per_example = per_example_conditional(
         model, data, batch_size=batch_size, key=key, num_samples=num_samples, progress=progress
     )
-    labels = per_example.pop("label")
+    return _conditional_record(model, data, per_example, num_samples)
+
+
+def _conditional_record(model, data, per_example: dict, num_samples: int) -> dict:
+    labels = per_example["label"]
     n = data.num_examples
     record = {}
-    for name, values in per_example.items():
-        mean, se = mean_and_standard_error(values)
+    for name in ("bits_per_dim", "marginal_bits_per_dim", "accuracy", "label_nll_nats"):
+        mean, se = mean_and_standard_error(per_example[name])
         record[name], record[f"{name}_se"] = mean, se
     record.update(
         conditional=True,
@@ -314,10 +296,48 @@ def evaluate_conditional(model, data, *, batch_size, key, num_samples=1, progres
 
 def evaluate(model, data, *, batch_size, key, num_samples=1, progress=None) -> dict:
     """``evaluate_conditional`` for label-conditioned models, else ``evaluate_bits_per_dim``."""
-    fn = evaluate_conditional if is_conditional(model) else evaluate_bits_per_dim
-    return fn(
+    return evaluate_per_example(
         model, data, batch_size=batch_size, key=key, num_samples=num_samples, progress=progress
-    )
+    )[0]
+
+
+def evaluate_per_example(
+    model, data, *, batch_size, key, num_samples=1, progress=None
+) -> tuple[dict, dict]:
+    """``evaluate``'s record and the per-example values it averages, for the file beside the
+    record (``write_per_example``): ``index`` (each example's position in the split, which
+    picks its noise), ``marginal_bits_per_dim`` (-log2 p(x) / D: the record's
+    ``bits_per_dim`` for an unconditional model, its ``marginal_bits_per_dim`` for a
+    conditional one), ``conditional_bits_per_dim`` (-log2 p(x|y) / D, the record's
+    ``bits_per_dim``; conditional models only) and ``noise_key`` (the data of ``key``: two
+    evaluations with the same key, examples and k draw the same noise)."""
+    kwargs = dict(batch_size=batch_size, key=key, num_samples=num_samples, progress=progress)
+    values = {
+        "index": np.arange(data.num_examples),
+        "noise_key": np.asarray(jax.random.key_data(key)),
+    }
+    if is_conditional(model):
+        per_example = per_example_conditional(model, data, **kwargs)
+        record = _conditional_record(model, data, per_example, num_samples)
+        values["marginal_bits_per_dim"] = per_example["marginal_bits_per_dim"]
+        values["conditional_bits_per_dim"] = per_example["bits_per_dim"]
+    else:
+        bpd = per_example_bits_per_dim(model, data, **kwargs)
+        record = _bits_per_dim_record(model, data, bpd, num_samples)
+        values["marginal_bits_per_dim"] = bpd
+    return record, values
+
+
+def write_per_example(file: str, values: dict) -> None:
+    """``evaluate_per_example``'s values as an ``.npz`` file, written atomically."""
+    with wd.atomic_file(file) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **values)
+
+
+def read_per_example(file: str) -> dict:
+    """The arrays of a file ``write_per_example`` wrote (no pickled objects)."""
+    with np.load(file, allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
 
 
 def summary_line(record: dict) -> str:

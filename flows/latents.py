@@ -9,7 +9,7 @@ whose inverse is not implemented gets a ``ConfigError`` saying so.
 Which x is encoded: the mid-cell dequantization ``x = (v + 1/2) / K`` of the integer image
 ``v`` (``MID_CELL``): deterministic, and the centre of the cell ``[v/K, (v+1)/K)`` that uniform
 dequantization spreads ``v`` over. A round trip ``f^-1(f(x))`` then quantizes back to ``v``
-(``flows.metrics.quantize``) whenever its error stays below half a cell, ``1 / (2K)``, in
+(``flows.likelihood.quantize``) whenever its error stays below half a cell, ``1 / (2K)``, in
 every value; ``encode_split`` measures both the error and whether it does.
 
 Decoded images are continuous; ``decode_levels`` quantizes them for display and flags the
@@ -30,7 +30,7 @@ from flax import nnx
 
 from flows.errors import ConfigError
 from flows.evaluation import padded_batches, padded_indices
-from flows.metrics import dequantize_with_noise, quantize
+from flows.likelihood import dequantize_with_noise, quantize
 from flows.models.base import is_conditional
 
 MID_CELL = "mid-cell x = (v + 0.5) / K"
@@ -38,7 +38,7 @@ MID_CELL = "mid-cell x = (v + 0.5) / K"
 
 def mid_cell(images, num_bins: int) -> jax.Array:
     """``x = (v + 1/2) / K`` in float32: uniform dequantization with the noise fixed at the
-    centre of its range (``flows.metrics.dequantize_with_noise`` with ``u = 1/2``)."""
+    centre of its range (``flows.likelihood.dequantize_with_noise`` with ``u = 1/2``)."""
     return dequantize_with_noise(jnp.asarray(images), jnp.float32(0.5), num_bins)
 
 
@@ -217,7 +217,7 @@ def decode(model, latents, context=None, *, batch_size: int) -> np.ndarray:
 
 def decode_levels(model, latents, context=None, *, num_bins: int, batch_size: int):
     """``decode``, quantized for display: ``(levels, finite)``, the integer levels ``0..K-1``
-    (``flows.metrics.quantize``: ``floor(x K)``, clipped), shape (N, H, W, C), and whether
+    (``flows.likelihood.quantize``: ``floor(x K)``, clipped), shape (N, H, W, C), and whether
     each decoded image is finite, shape (N,).
 
     Latents far from the data can overflow the inverse (an affine coupling's inverse divides

@@ -16,7 +16,7 @@ import numpy as np
 from flows.data.source import Unlabelled
 from flows.errors import ConfigError
 from flows.evaluation import per_example_bits_per_dim, per_example_conditional
-from flows.metrics import mean_and_standard_error
+from flows.likelihood import mean_and_standard_error
 from flows.models.base import is_conditional
 
 

@@ -1,42 +1,16 @@
-"""Pictures: image grids (PNG) and learning curves (PNG). Matplotlib's Agg backend only."""
+"""Pictures: labelled image grids (PNG, pillow) and learning curves and histograms (PNG,
+matplotlib's Agg backend)."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import math
 
 import numpy as np
-from PIL import Image
 
 from flows.workdir import atomic_file
-
-
-def image_grid(images: np.ndarray, num_bins: int, *, ncols: int | None = None, pad: int = 1):
-    """(N, H, W, C) integer levels -> one uint8 grid image, values scaled to 0..255."""
-    images = np.asarray(images)
-    n, h, w, c = images.shape
-    ncols = ncols or math.ceil(math.sqrt(n))
-    nrows = math.ceil(n / ncols)
-    scaled = (images.astype(np.float64) * (255.0 / max(num_bins - 1, 1))).round()
-    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 255, np.uint8)
-    for i in range(n):
-        r, k = divmod(i, ncols)
-        y, x = pad + r * (h + pad), pad + k * (w + pad)
-        grid[y : y + h, x : x + w] = np.clip(scaled[i], 0, 255).astype(np.uint8)
-    return grid
-
-
-def save_image_grid(path, images, num_bins, *, ncols=None, upscale: int | None = None):
-    """Writes a PNG grid; small images are upscaled (nearest) to be visible."""
-    grid = image_grid(images, num_bins, ncols=ncols)
-    if upscale is None:
-        upscale = max(1, 512 // max(grid.shape[:2]))
-    if grid.shape[-1] == 1:
-        grid = grid[..., 0]
-    img = Image.fromarray(grid)
-    if upscale > 1:
-        img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
-    with atomic_file(path) as tmp:
-        img.save(tmp, format="PNG")
 
 
 def plot_learning_curves(path, runs: dict[str, list[dict]], *, title: str = "") -> None:
@@ -94,7 +68,7 @@ def plot_ood_histogram(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from flows.metrics import mean_and_standard_error
+    from flows.likelihood import mean_and_standard_error
 
     in_bpd = np.asarray(in_bpd, np.float64).reshape(-1)
     ood_bpd = np.asarray(ood_bpd, np.float64).reshape(-1)
@@ -132,16 +106,247 @@ def plot_ood_histogram(
     plt.close(fig)
 
 
-def save_image_rows(path, rows, num_bins, *, blank=None, upscale: int | None = None) -> None:
-    """Writes a PNG with one row of images per entry of ``rows`` (each (M, H, W, C) integer
-    levels, the same M for every row): image strips such as interpolations or slider
-    sweeps, through ``save_image_grid`` with M columns. ``blank`` (optional, one bool per
-    image, row-major) marks images to draw empty: white, the colour of the grid's border
-    (e.g. decodes that are not finite)."""
+# -- labelled image grids ----------------------------------------------------------------------
+#
+# Every picture of images (the training's sample grids, experiments.sample's grids and
+# experiments.latents' strips) is drawn by ``grid_picture`` with one layout:
+#
+#   title (optional, one line, left)
+#   corner | header of group 1 | header of group 2 | ...      <- the header band
+#   label  | cell cell cell    | cell cell         | ...      <- one row per label
+#   label  | cell cell cell    | cell cell         | ...
+#
+# Each image is upscaled (nearest) by the integer ``scale`` that makes its longer side at
+# least ``MIN_CELL`` pixels (8x8 digits: 5, 40 pixels), so the labels, in pillow's default
+# font at ``FONT_SIZE``, are legible next to it. Cells are ``PAD`` pixels apart, column
+# groups ``GAP`` pixels apart (a visible white gap), and a group is as wide as its cells or
+# its header, whichever is wider (the cells centred under it). Rows may be shorter than the
+# columns (their last cells are left white); cells marked ``blank`` are white too.
+
+MIN_CELL = 40  # pixels: the longer side of an upscaled image is at least this
+FONT_SIZE = 13  # pixels; pillow's default (FreeType) font
+PAD = 2  # pixels between the cells of a group, and between rows
+GAP = 16  # pixels between column groups
+MARGIN = 6  # pixels around everything
+LABEL_SEP = 6  # pixels between the row labels and the first cells
+LINE_SEP = 4  # pixels below the title line and below the header band
+GRID_TEXT_KEY = "grid"  # the PNG text chunk that describes a grid's structure (JSON)
+
+
+@functools.lru_cache(maxsize=1)
+def _font():
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=FONT_SIZE)
+
+
+def _text_width(text: str | None) -> int:
+    return math.ceil(_font().getlength(text)) if text else 0
+
+
+def _line_height() -> int:
+    ascent, descent = _font().getmetrics()
+    return ascent + descent
+
+
+@dataclasses.dataclass(frozen=True)
+class GridLayout:
+    """Where ``grid_picture`` puts everything, in pixels of the picture (x right, y down).
+
+    Attributes:
+      width, height: the picture's size.
+      scale: the integer upscaling of every image; cell: (height, width) of one cell.
+      title_y: top of the title line (None without a title).
+      band: (top, bottom) of the header band (None without headers and corner).
+      labels_x: (left, right) of the row-label column (None without row labels or corner).
+      groups_x: (left, right) of each column group (its header centred over it).
+      cells_x: left of each column's cells, all groups in order.
+      rows_y: top of each row's cells.
+    """
+
+    width: int
+    height: int
+    scale: int
+    cell: tuple[int, int]
+    title_y: int | None
+    band: tuple[int, int] | None
+    labels_x: tuple[int, int] | None
+    groups_x: tuple[tuple[int, int], ...]
+    cells_x: tuple[int, ...]
+    rows_y: tuple[int, ...]
+
+
+def grid_layout(
+    num_rows: int,
+    image_shape,
+    groups,
+    *,
+    row_labels=None,
+    corner: str | None = None,
+    title: str | None = None,
+    scale: int | None = None,
+) -> GridLayout:
+    """The layout of ``num_rows`` rows of images of ``image_shape`` ((H, W, ...)) in the
+    column ``groups``, ``(header or None, number of columns)`` from left to right."""
+    h, w = int(image_shape[0]), int(image_shape[1])
+    scale = int(scale or max(1, math.ceil(MIN_CELL / max(h, w))))
+    ch, cw = h * scale, w * scale
+    line = _line_height()
+    x = MARGIN
+    labels_x = None
+    if row_labels is not None or corner:
+        label_width = max(_text_width(t) for t in [*(row_labels or []), corner or ""])
+        labels_x = (x, x + label_width)
+        x += label_width + LABEL_SEP
+    groups_x, cells_x = [], []
+    for header, ncols in groups:
+        cells_width = ncols * cw + (ncols - 1) * PAD
+        width = max(cells_width, _text_width(header))
+        offset = x + (width - cells_width) // 2
+        groups_x.append((x, x + width))
+        cells_x.extend(offset + k * (cw + PAD) for k in range(ncols))
+        x += width + GAP
+    right = x - GAP
+    y, title_y, band = MARGIN, None, None
+    if title:
+        title_y, y = y, y + line + LINE_SEP
+    if corner or any(header for header, _ in groups):
+        band, y = (y, y + line), y + line + LINE_SEP
+    rows_y = tuple(y + r * (ch + PAD) for r in range(num_rows))
+    bottom = y + num_rows * ch + (num_rows - 1) * PAD
+    return GridLayout(
+        width=max(right, MARGIN + _text_width(title)) + MARGIN,
+        height=bottom + MARGIN,
+        scale=scale,
+        cell=(ch, cw),
+        title_y=title_y,
+        band=band,
+        labels_x=labels_x,
+        groups_x=tuple(groups_x),
+        cells_x=tuple(cells_x),
+        rows_y=rows_y,
+    )
+
+
+def rows_of(images, ncols: int | None = None) -> list[np.ndarray]:
+    """(N, H, W, C) images as rows of ``ncols`` (default: a square-ish grid, ``ceil(sqrt N)``
+    columns); the last row may be shorter."""
+    images = np.asarray(images)
+    ncols = ncols or math.ceil(math.sqrt(len(images)))
+    return [images[i : i + ncols] for i in range(0, len(images), ncols)]
+
+
+def _to_pixels(images, num_bins: int) -> np.ndarray:
+    """Integer levels 0..K-1 -> uint8 0..255."""
+    scaled = np.asarray(images, np.float64) * (255.0 / max(num_bins - 1, 1))
+    return np.clip(scaled.round(), 0, 255).astype(np.uint8)
+
+
+def _groups(rows, groups) -> list[tuple[str | None, int]]:
+    """The column groups of ``grid_picture`` (default: one, as wide as the longest row),
+    checked against the rows."""
+    lengths = [len(r) for r in rows]
+    if not lengths or min(lengths) == 0:
+        raise ValueError(f"expected non-empty rows of images, got {lengths}")
+    groups = [(header, int(n)) for header, n in (groups or [(None, max(lengths))])]
+    ncols = sum(n for _, n in groups)
+    if max(lengths) > ncols:
+        raise ValueError(f"a row of {max(lengths)} images, more than the {ncols} columns {groups}")
+    return groups
+
+
+def grid_picture(
+    rows,
+    num_bins: int,
+    *,
+    groups=None,
+    row_labels=None,
+    corner: str | None = None,
+    title: str | None = None,
+    blank=None,
+    scale: int | None = None,
+) -> np.ndarray:
+    """A labelled picture of images (the layout of ``grid_layout``): uint8 (height, width)
+    for one-channel images, (height, width, 3) for three.
+
+    Args:
+      rows: a sequence of (M_r, H, W, C) integer levels (0..K-1, K = ``num_bins``), one per
+        row; a row shorter than the columns leaves its last cells white.
+      groups: the column groups, ``(header or None, number of columns)`` from left to right
+        (default: one group, no header, as many columns as the longest row); e.g.
+        ``[("T=0.5", 2), ("T=1", 2)]``.
+      row_labels: one string per row, drawn at the row's left (e.g. its class);
+        ``corner``: over them, in the header band, what they are (e.g. ``"class"``).
+      title: one line above everything.
+      blank: optional, per row one bool per image: images to draw white (e.g. decodes that
+        are not finite).
+    """
+    from PIL import Image, ImageDraw
+
     rows = [np.asarray(r) for r in rows]
-    if not rows or len({len(r) for r in rows}) != 1 or len(rows[0]) == 0:
-        raise ValueError(f"expected rows of equal, non-zero length, got {[len(r) for r in rows]}")
-    images = np.concatenate(rows)
-    if blank is not None:
-        images = np.where(np.reshape(blank, (-1, 1, 1, 1)), num_bins - 1, images)
-    save_image_grid(path, images, num_bins, ncols=len(rows[0]), upscale=upscale)
+    groups = _groups(rows, groups)
+    if row_labels is not None and len(row_labels) != len(rows):
+        raise ValueError(f"{len(row_labels)} row labels for {len(rows)} rows")
+    image_shape = rows[0].shape[1:]
+    layout = grid_layout(
+        len(rows),
+        image_shape,
+        groups,
+        row_labels=row_labels,
+        corner=corner,
+        title=title,
+        scale=scale,
+    )
+    channels = image_shape[-1]
+    if channels not in (1, 3):
+        raise ValueError(f"expected images with 1 or 3 channels, got shape {image_shape}")
+    canvas = np.full((layout.height, layout.width, channels), 255, np.uint8)
+    ch, cw = layout.cell
+    for r, row in enumerate(rows):
+        pixels = _to_pixels(row, num_bins).repeat(layout.scale, 1).repeat(layout.scale, 2)
+        for k, cell in enumerate(pixels):
+            if blank is not None and blank[r][k]:
+                continue
+            y, x = layout.rows_y[r], layout.cells_x[k]
+            canvas[y : y + ch, x : x + cw] = cell
+    picture = Image.fromarray(canvas[..., 0] if channels == 1 else canvas)
+    draw, font, ink = ImageDraw.Draw(picture), _font(), 0 if channels == 1 else (0, 0, 0)
+    line = _line_height()
+    if title:
+        draw.text((MARGIN, layout.title_y), title, font=font, fill=ink)
+    if layout.band is not None:
+        top = layout.band[0]
+        for (header, _), (left, right) in zip(groups, layout.groups_x, strict=True):
+            if header:
+                x = left + (right - left - _text_width(header)) // 2
+                draw.text((x, top), header, font=font, fill=ink)
+        if corner:
+            draw.text((layout.labels_x[1] - _text_width(corner), top), corner, font=font, fill=ink)
+    for label, y in zip(row_labels or [], layout.rows_y, strict=False):
+        x = layout.labels_x[1] - _text_width(label)
+        draw.text((x, y + (ch - line) // 2), label, font=font, fill=ink)
+    return np.asarray(picture)
+
+
+def save_grid(path, rows, num_bins: int, **labels) -> np.ndarray:
+    """Writes ``grid_picture(rows, num_bins, **labels)`` as a PNG and returns it. The PNG's
+    text chunk ``GRID_TEXT_KEY`` records the structure as JSON: ``rows`` (how many),
+    ``columns`` and ``headers`` (per group), ``row_labels``, ``corner`` and ``title``."""
+    from PIL import Image, PngImagePlugin
+
+    rows = [np.asarray(r) for r in rows]
+    picture = grid_picture(rows, num_bins, **labels)
+    groups = _groups(rows, labels.get("groups"))
+    structure = {
+        "rows": len(rows),
+        "columns": [n for _, n in groups],
+        "headers": [header for header, _ in groups],
+        "row_labels": None if labels.get("row_labels") is None else list(labels["row_labels"]),
+        "corner": labels.get("corner"),
+        "title": labels.get("title"),
+    }
+    info = PngImagePlugin.PngInfo()
+    info.add_text(GRID_TEXT_KEY, json.dumps(structure))
+    with atomic_file(path) as tmp:
+        Image.fromarray(picture).save(tmp, format="PNG", pnginfo=info)
+    return picture

@@ -10,6 +10,7 @@ What a workdir holds after ``flows.train.train_and_evaluate``::
     samples/step_<n>.png    sample grids during training; samples.png at the end
     learning_curves.png     train / validation bits/dim against step
     eval_test.json          test bits/dim of the selected parameters, with provenance
+    eval_test.npz           its per-example values (``per_example_file``): index, bits/dim
     config_history.jsonl    config changes accepted on resume (``--allow_config_change``)
     corrupt/                unreadable checkpoints moved out of the way on resume
     events.out.tfevents.*   TensorBoard event files, one per session (flows.train.tensorboard)
@@ -73,6 +74,12 @@ EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard event files (flows.train.t
 
 def path(workdir: str, name: str) -> str:
     return os.path.join(workdir, name)
+
+
+def per_example_file(record_file: str) -> str:
+    """The per-example values beside an evaluation record (a name or a path):
+    ``eval_test.json`` -> ``eval_test.npz`` (``flows.evaluation.write_per_example``)."""
+    return os.path.splitext(record_file)[0] + ".npz"
 
 
 @contextlib.contextmanager
@@ -164,10 +171,10 @@ def read_json(file: str):
 # -- metrics.jsonl ------------------------------------------------------------------------
 
 
-def read_metrics(workdir: str) -> list[dict]:
-    """The records of ``metrics.jsonl``; a partial last line (a run killed mid-write) is
-    dropped, a damaged line elsewhere is an error."""
-    file = path(workdir, METRICS)
+def read_jsonl(file: str, *, appended: bool = False) -> list[dict]:
+    """The records of a JSONL file ([] when there is none); a damaged line is an error
+    naming the file and line, except, in a file ``appended`` to, a partial last line (a
+    process killed mid-write), which is dropped."""
     if not os.path.exists(file):
         return []
     with open(file) as f:
@@ -179,10 +186,15 @@ def read_metrics(workdir: str) -> list[dict]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            if i == len(lines) - 1:  # no newline after it: the write was cut off
+            if appended and i == len(lines) - 1:  # no newline after it: the write was cut off
                 break
             raise CheckpointError(f"{file}: line {i + 1} is not valid JSON") from None
     return records
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The records of ``metrics.jsonl`` (appended to: a partial last line is dropped)."""
+    return read_jsonl(path(workdir, METRICS), appended=True)
 
 
 def append_metrics(workdir: str, record: dict) -> None:
@@ -237,11 +249,7 @@ def describe_changes(changes: dict[str, tuple]) -> str:
 
 def read_config_history(workdir: str) -> list[dict]:
     """The config changes accepted on resume: ``[{"step": s, "changes": {key: [old, new]}}]``."""
-    file = path(workdir, CONFIG_HISTORY)
-    if not os.path.exists(file):
-        return []
-    with open(file) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(path(workdir, CONFIG_HISTORY))  # written whole: no partial line
 
 
 def append_config_history(workdir: str, step: int, changes: dict[str, tuple]) -> None:

@@ -27,10 +27,9 @@ and the checkpoints; orbax writes checkpoints from every host); ``train.batch_si
 ``eval.batch_size`` are global. On CPU hosts JAX's collectives go over gloo (TCP); GPU and
 TPU hosts use their own interconnect. Process 0 writes the records and pictures and prints.
 
-Run: ``python scripts/check_distributed.py`` (three JAX processes: 82 s wall, 1.5 min of CPU
-on a loaded 2-core AMD EPYC; under the suite's ``--xla_backend_optimization_level=0``, 73 s
-and 55 s), or as ``tests/test_distributed.py`` in the suite. Prints ``OK`` and exits 0, or
-fails with the assertion that did not hold. The worker is this file run as a script
+Run: ``python scripts/check_distributed.py`` (three JAX processes), or as
+``tests/test_distributed.py`` in the suite. Prints ``OK`` and exits 0, or fails with the
+assertion that did not hold. The worker is this file run as a script
 (``python scripts/check_distributed.py worker ...``).
 """
 
@@ -273,13 +272,12 @@ def _reference_checks(ref_dir, dist_dir) -> dict:
     from flows.data import load_datasets
     from flows.models import build_model
     from flows.train.checkpoint import Checkpointer, abstract_like
-    from flows.train.optim import make_optimizer
+    from flows.train.optim import run_optimizer
     from flows.train.state import TrainState
 
     config, info = wd.load_config(ref_dir), wd.load_data_info(ref_dir)
     model = build_model(config.model, info["image_shape"], info["num_classes"], rngs=nnx.Rngs(0))
-    tx = make_optimizer(config.optim, config.train.num_train_steps)
-    template = TrainState.create(model, tx, jax.random.key(0), ema=True)
+    template = TrainState.create(model, run_optimizer(config), jax.random.key(0), ema=True)
     abstract = abstract_like(template, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     states = []
     for workdir in (ref_dir, dist_dir):
@@ -322,7 +320,7 @@ def _one_device_and_four() -> dict:
 
     from configs import glow_digits
     from flows import data as data_lib
-    from flows.train import sharding
+    from flows import sharding
     from flows.train.objectives import density_loss
     from flows.train.optim import make_optimizer
     from flows.train.setup import make_model_and_state
@@ -360,13 +358,15 @@ def _eval_flops(evaluation, model, data) -> float:
     import jax
     from flax import nnx
 
+    from flows import sharding
+
     graphdef, state = nnx.split(model)
-    mesh = evaluation._eval_mesh()
-    fn = evaluation._batch_bits_per_dim_fn(
+    mesh = evaluation.eval_mesh()
+    fn = evaluation.batch_bits_per_dim_fn(
         graphdef, math.prod(data.image_shape), data.num_bins, 1, False, mesh
     )
-    _, _, images, labels, indices = next(evaluation._padded_batches(data, 148, mesh))
-    state, key = evaluation._replicated((state, jax.random.key(0)), mesh)
+    _, _, images, labels, indices = next(evaluation.read_batches(data, 148, mesh))
+    state, key = sharding.replicate((state, jax.random.key(0)), mesh)
     cost = fn.lower(state, images, labels, indices, key).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost["flops"])

@@ -3,6 +3,7 @@ kill, and check that it ends bitwise equal to an uninterrupted run.
 
     python scripts/kill_resume.py                     # 20 kills, digits smoke model, 300 steps
     python scripts/kill_resume.py --kills=3 --steps=40 --plan=checkpoint:2,write:2,time
+    python scripts/kill_resume.py --record=results/kill_resume.json   # docs/trust.md's record
 
 Kinds of kill (``--plan`` lists them in order; by default a seeded random mix):
 
@@ -39,6 +40,11 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from flows.provenance import provenance  # noqa: E402
+from flows.workdir import write_json as write_record  # noqa: E402
+
 DETERMINISTIC_FIELDS = ("step", "train_bpd", "grad_norm", "val_bpd", "nonfinite_steps")
 
 
@@ -235,6 +241,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plan", default="", help="comma-separated kinds, e.g. time,checkpoint:2")
     p.add_argument("--out", default="/tmp/kill_resume", help="workdirs go here (emptied)")
+    p.add_argument("--record", default="", help="write the outcome as a JSON record here")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--kill_at", default=None, help=argparse.SUPPRESS)
     args, rest = p.parse_known_args()
@@ -268,6 +275,7 @@ def main() -> int:
         timing = (startup, _metrics_raw(reference)[-1]["wall_time_s"], args.steps)
         print(f"a child starts in ~{timing[0]:.1f} s; the steps take ~{timing[1]:.1f} s in all")
 
+    kills = []
     last_timed = max((i for i, kind in enumerate(plan) if kind == "time"), default=-1)
     for i, kind in enumerate(plan):
         before = _checkpoint_steps(killed)
@@ -296,14 +304,31 @@ def main() -> int:
             f"kill {i + 1:2d}/{len(plan)} [{kind}] {what}; checkpoints {before or '-'} -> "
             f"{after or '-'}{notes}"
         )
+        kills.append({"kind": kind, "what": what, "checkpoints_before": before})
 
     if _run(killed, args.steps) is None:
         return 1
     problems = compare_runs(reference, killed, args.steps)
     for problem in problems:
         print(f"DIFFERENT: {problem}")
+    n = len(_state_bytes(killed, args.steps))
+    if args.record:
+        write_record(
+            args.record,
+            {
+                "benchmark": "kill_resume",
+                "steps": args.steps,
+                "seed": args.seed,
+                "kills": kills,
+                "bitwise_equal": not problems,
+                "problems": problems,
+                "num_arrays": n,
+                "test_bits_per_dim": _eval(killed)["bits_per_dim"],
+                "wall_s": round(time.time() - t0, 1),
+                "provenance": provenance(),
+            },
+        )
     if not problems:
-        n = len(_state_bytes(killed, args.steps))
         print(
             f"bitwise equal: after {len(plan)} kills the run ends with the same {n} arrays, "
             f"metrics records and test bits/dim ({_eval(killed)['bits_per_dim']:.6f}) as the "

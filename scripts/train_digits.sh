@@ -4,4 +4,3 @@
 source "$(dirname "$0")/setup_env.sh"
 WORKDIR="${WORKDIR:-runs/digits}"
 python -m experiments.train --config=configs/glow_digits.py --workdir="$WORKDIR" "$@"
-echo "workdir: $WORKDIR (metrics.jsonl, checkpoints/, samples.png, learning_curves.png, eval_test.json)"

@@ -62,7 +62,7 @@ def test_throughput_prints_its_record(extra, capsys, tmp_path):
 @pytest.mark.slow
 def test_device_check_smoke_runs_end_to_end(tmp_path):
     """``python -m bench.device_check --smoke`` (as on a GPU machine, in a subprocess from the
-    repository root, which is what puts ``tests.bijector_registry`` on its path) prints and
+    repository root, which is what puts ``bench`` on its path) prints and
     writes its record; on the CPU the CPU-vs-device comparison is trivially equal."""
     import os
     import subprocess

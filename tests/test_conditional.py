@@ -20,7 +20,7 @@ from flows.evaluation import (
     per_example_bits_per_dim,
     per_example_conditional,
 )
-from flows.metrics import bits_per_dim, dequantize_with_noise, importance_weighted_log_prob
+from flows.likelihood import bits_per_dim, dequantize_with_noise, importance_weighted_log_prob
 from flows.models.glow import Glow
 
 NUM_CLASSES = 3
@@ -35,7 +35,7 @@ def _initialize(model, x, labels):
     model.initialize(x, context=labels)
 
 
-def _perturb(model, scale, seed):
+def perturb(model, scale, seed):
     """Adds N(0, scale^2) noise to every parameter (numpy noise: jax.random would compile a
     sampler per parameter shape, seconds on a busy CPU)."""
     rng = np.random.default_rng(seed)
@@ -78,7 +78,7 @@ def perturbed_glow(condition_on="priors", *, num_levels=2, seed=0, num_classes=N
     )
     x = jax.random.uniform(jax.random.key(seed), (12, *SHAPE))
     _initialize(model, x, None if num_classes is None else jnp.arange(12) % num_classes)
-    _perturb(model, 0.2, seed)
+    perturb(model, 0.2, seed)
     return model
 
 

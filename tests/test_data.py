@@ -595,7 +595,7 @@ def _tiny_data(n=10):
 
 def test_training_batches_are_the_seeded_batches_split_over_processes():
     data, batch_size, seed = _tiny_data(), 4, 3
-    dataset = pipeline.training_batches(data, batch_size, seed, num_steps=7)
+    dataset = pipeline.training_batches(data, batch_size, seed, num_batches=7)
     halves = [
         pipeline.training_batches(data, batch_size, seed, 7, rows=slice(p * 2, p * 2 + 2))
         for p in range(2)
@@ -611,11 +611,11 @@ def test_training_batches_are_the_seeded_batches_split_over_processes():
             np.concatenate([h[step]["image"] for h in halves]), dataset[step]["image"]
         )
     with pytest.raises(ConfigError, match="larger than the dataset"):
-        pipeline.training_batches(data, 11, seed, num_steps=1)
+        pipeline.training_batches(data, 11, seed, num_batches=1)
 
 
 def test_training_iterator_resumes_from_its_saved_state():
-    dataset = pipeline.training_batches(_tiny_data(), 4, 0, num_steps=9)
+    dataset = pipeline.training_batches(_tiny_data(), 4, 0, num_batches=9)
     uninterrupted = [b["image"].ravel() for b in pipeline.start_batches(dataset, 0)]
     assert len(uninterrupted) == 9
     first = pipeline.start_batches(dataset, 0)

@@ -1,7 +1,7 @@
 """Variational dequantization (flows.bijectors.dequantizer): the bound it trains and reports.
 
 The dequantizer's flow itself (round trip, log-det against the autodiff Jacobian in float64)
-is an entry of tests/bijector_registry.py; a family trained with it through the loop, with
+is an entry of flows/testing/bijector_registry.py; a family trained with it through the loop, with
 evaluation and restore, is in tests/test_registry.py; configs/glow_digits_vardeq.py:smoke
 trains in tests/test_user_paths.py.
 """
@@ -23,7 +23,7 @@ from flows.bijectors.dequantizer import (
 from flows.data import ImageData
 from flows.errors import ConfigError
 from flows.evaluation import evaluate_bits_per_dim
-from flows.metrics import quantize
+from flows.likelihood import quantize
 from flows.models import build_model
 from flows.train.objectives import density_loss
 

@@ -2,7 +2,7 @@
 flat in depth, conditional training through the real loop, and config errors.
 
 Round trips and log-dets against the autodiff Jacobian of Jet's layers and of whole models
-are in the generic registry (``tests/bijector_registry.py``, the ``jet_*`` entries); every
+are in the generic registry (``flows/testing/bijector_registry.py``, the ``jet_*`` entries); every
 ``configs/jet_*.py:smoke`` trains in ``tests/test_user_paths.py``.
 """
 
@@ -19,7 +19,7 @@ from flows.errors import ConfigError
 from flows.models import build_model, sample_compiled
 from flows.models.jet import Jet
 from flows.models.registry import describe_model
-from tests.test_precision import _SQUARE, lowered_text, products
+from tests.test_precision import SQUARE, lowered_text, products
 
 IMAGE = (4, 8, 1)  # patch 2: a 2x4 grid of T = 8 tokens of d = 4 features
 SMALL = {
@@ -63,7 +63,7 @@ def test_split_projections_are_highest_and_network_products_are_not():
         assert all(highest for *_, highest in mixing), (direction, mixing)
         assert not any(highest for *_, highest in nets), (direction, nets)
         # The channel projection (d = 4) and the spatial one (T = 8) are both among them.
-        squares = {int(a) for op, rest, _ in mixing for a, b in _SQUARE.findall(rest) if a == b}
+        squares = {int(a) for op, rest, _ in mixing for a, b in SQUARE.findall(rest) if a == b}
         assert {4, 8} <= squares, (direction, squares)
 
 

@@ -24,7 +24,7 @@ _LOC_DEF = re.compile(r"^(#loc\d*) = loc\((.*)\)\s*$", re.M)
 _OP = re.compile(r"stablehlo\.(dot_general|convolution)\b(.*)\sloc\((.*)\)\s*$")
 _FILE = re.compile(r'"([^"]+\.py)":\d+')
 _REF = re.compile(r"#loc\d*")
-_SQUARE = re.compile(r"tensor<(\d+)x(\d+)xf32>")
+SQUARE = re.compile(r"tensor<(\d+)x(\d+)xf32>")  # a 2-D float32 type (square: a == b)
 
 IMAGE = (4, 4, 1)  # channels per level: 4, then 8 (and LU blocks of 4, 2)
 HIDDEN = 6  # the networks' width: no channel count of the flow
@@ -101,7 +101,7 @@ def test_mixing_products_are_highest_and_network_products_are_not(permutation, c
         assert not any(highest for *_, highest in nets), (direction, nets)
         # The mixing products are the ones expected: W (or W^{-1}) applied at every
         # position, a C x C operand for both levels' channel counts.
-        squares = {int(a) for op, rest, _ in mixing for a, b in _SQUARE.findall(rest) if a == b}
+        squares = {int(a) for op, rest, _ in mixing for a, b in SQUARE.findall(rest) if a == b}
         assert {4, 8} <= squares, (direction, squares)
         if conv_impl == "lax":
             assert any(op == "convolution" for op, *_ in nets)

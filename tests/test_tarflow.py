@@ -3,7 +3,7 @@ sampling program, bad configs, and a conditional smoke run through the real trai
 
 The generic bijector tests (round trip, float64 log-det against the autodiff Jacobian, jit)
 run on the registry entries ``tarflow_block_cond``, ``tarflow_model`` and
-``tarflow_model_cond`` (tests/bijector_registry.py); the unconditional ``:smoke`` variant of
+``tarflow_model_cond`` (flows/testing/bijector_registry.py); the unconditional ``:smoke`` variant of
 every TarFlow config trains in tests/test_user_paths.py.
 """
 
@@ -19,6 +19,7 @@ from configs import tarflow_digits
 from flows.bijectors import Patchify
 from flows.errors import ConfigError
 from flows.models import build_model, get_family, sample_compiled
+from flows.models.registry import describe_model
 from flows.models.tarflow import TarFlow, TarFlowBlock, guidance_weights
 from flows.train.loop import train_and_evaluate
 from flows.train.restore import load_run
@@ -203,7 +204,7 @@ def test_bad_config_is_one_line_config_error(fields, match):
 
 def test_describe():
     config = tarflow_digits.get_config("cond")
-    text = get_family("tarflow").summary(config.model.to_dict())
+    text = describe_model(config.model.to_dict())
     assert text == "tarflow p2 w128 4x2 h2 cond, label dropout 0.1"
 
 

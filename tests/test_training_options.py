@@ -13,7 +13,8 @@ from flax import nnx
 from flows.errors import ConfigError
 from flows.models import build_model
 from flows.train.objectives import density_loss
-from tests.test_conditional import _perturb
+from tests import test_jet
+from tests.test_conditional import perturb
 
 SHAPE = (4, 4, 1)
 NUM_BINS = 17
@@ -58,7 +59,7 @@ def _loss_with_context(model, batch, key, context):
 @pytest.mark.slow
 def test_label_dropout_trains_the_unconditional_branch():
     model = _glow(conditional=True, label_dropout=0.5)
-    _perturb(model, 0.3, seed=1)
+    perturb(model, 0.3, seed=1)
     batch, key = _batch(), jax.random.key(3)
     one_hot = jax.nn.one_hot(batch["label"], 3)
     keep = jax.random.bernoulli(jax.random.fold_in(key, 1), 0.5, batch["label"].shape)
@@ -71,7 +72,7 @@ def test_label_dropout_trains_the_unconditional_branch():
 
 def test_noise_sigma_adds_gaussian_noise_to_the_training_inputs():
     model = _glow(noise_sigma=0.05)
-    _perturb(model, 0.3, seed=1)
+    perturb(model, 0.3, seed=1)
     batch, key = _batch(), jax.random.key(4)
     expected = _loss_with_context(model, batch, key, None)
     np.testing.assert_allclose(_loss(model, batch, key), expected, rtol=1e-6)
@@ -91,21 +92,32 @@ def test_denoise_is_one_tweedie_step():
     np.testing.assert_allclose(out, x - sigma**2 * (x - 0.5), atol=1e-6)
 
 
+def _jet(**fields):
+    """A tiny Jet: a family with guidance."""
+    config = {"name": "jet", **test_jet.SMALL, "num_couplings": 1, **fields}
+    return build_model(config, test_jet.IMAGE, 3, rngs=nnx.Rngs(0))
+
+
 def test_guidance_and_denoise_refuse_models_that_cannot_use_them():
     plain = _glow()
-    with pytest.raises(ConfigError, match="label-conditioned"):
-        plain.check_guidance(1.0)
     with pytest.raises(ConfigError, match="noise_sigma"):
         plain.denoise(jnp.zeros((1, *SHAPE)))
-    no_dropout = _glow(conditional=True)
+    # Glow has no guidance: that is what it says, whatever it was trained with.
+    for glow in (plain, _glow(conditional=True), _glow(conditional=True, label_dropout=0.1)):
+        with pytest.raises(ConfigError, match="^Glow has no classifier-free guidance"):
+            glow.check_guidance(2.0)
+    with pytest.raises(ConfigError, match="no classifier-free guidance"):
+        glow.sample(2, jax.random.key(0), context=jnp.zeros(2, int), guidance=1.0)
+    with pytest.raises(ConfigError, match="label-conditioned"):
+        _jet().check_guidance(1.0)
     with pytest.raises(ConfigError, match="label_dropout"):
-        no_dropout.check_guidance(2.0)
-    with_dropout = _glow(conditional=True, label_dropout=0.1)
-    with pytest.raises(ConfigError, match=">= 0"):
-        with_dropout.check_guidance(-1.0)
+        _jet(conditional=True).check_guidance(2.0)
+    with_dropout = _jet(conditional=True, label_dropout=0.1)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="finite number >= 0"):
+            with_dropout.check_guidance(bad)
     with_dropout.check_guidance(0.0)
-    with pytest.raises(ConfigError, match="no classifier-free guidance"):  # Glow has none
-        with_dropout.sample(2, jax.random.key(0), context=jnp.zeros(2, int), guidance=1.0)
+    with_dropout.check_guidance(2.0)
 
 
 @pytest.mark.parametrize(

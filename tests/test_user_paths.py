@@ -27,7 +27,9 @@ import pytest
 from PIL import Image
 
 from configs import glow_digits, glow_digits_cond
+from flows import plotting
 from flows.data.testing import mock_data
+from flows.evaluation import read_per_example
 from flows.train.loop import train_and_evaluate
 from tests.cli_checks import assert_one_line_error
 
@@ -207,6 +209,19 @@ def test_evaluate_importance_weighted_bound(run, request, cli):
         assert k4[field] <= k1[field] + k1[f"{field}_se"], (field, k4[field], k1[field])
     if run.config.model.conditional:
         assert k4["conditional"] is True and _finite(k4["accuracy"], k4["accuracy_se"])
+    # Beside each record, the per-example values it averages, with the noise's key: the
+    # same examples and key as the run's own test evaluation (what compare pairs on).
+    per_k4 = read_per_example(os.path.join(run.workdir, "eval_test_k4.npz"))
+    per_k1 = read_per_example(os.path.join(run.workdir, "eval_test.npz"))
+    for per, record in ((per_k4, k4), (per_k1, k1)):
+        marginal = "marginal_bits_per_dim" if run.config.model.conditional else "bits_per_dim"
+        assert np.mean(per["marginal_bits_per_dim"]) == pytest.approx(record[marginal], rel=1e-12)
+        if run.config.model.conditional:
+            mean = np.mean(per["conditional_bits_per_dim"])
+            assert mean == pytest.approx(record["bits_per_dim"], rel=1e-12)
+    np.testing.assert_array_equal(per_k4["index"], np.arange(k1["num_examples"]))
+    np.testing.assert_array_equal(per_k4["index"], per_k1["index"])
+    np.testing.assert_array_equal(per_k4["noise_key"], per_k1["noise_key"])
 
 
 @pytest.mark.slow
@@ -234,16 +249,10 @@ def test_evaluate_validation_split_of_the_latest_checkpoint(cond_run, cli):
 # -- 3. experiments.sample -------------------------------------------------------------------
 
 
-def _grid_png_size(num, ncols=None, image_shape=DIGITS_SHAPE, pad=1):
-    """(width, height) of the PNG ``flows.plotting.save_image_grid`` writes: ``num`` images
-    in ``ncols`` columns (default: a square-ish grid), 1-pixel white borders, upscaled by
-    the largest integer that keeps the longer side within 512 pixels."""
-    h, w = image_shape[:2]
-    ncols = ncols or math.ceil(math.sqrt(num))
-    nrows = math.ceil(num / ncols)
-    height, width = nrows * (h + pad) + pad, ncols * (w + pad) + pad
-    scale = max(1, 512 // max(height, width))
-    return width * scale, height * scale
+def _grid(image):
+    """The structure ``flows.plotting.save_grid`` records in its PNG: ``rows``, ``columns``
+    (per group), ``headers``, ``row_labels``, ``corner``, ``title``."""
+    return json.loads(image.text[plotting.GRID_TEXT_KEY])
 
 
 def _sample_png(cli, run, *args, name):
@@ -255,24 +264,35 @@ def _sample_png(cli, run, *args, name):
     return image
 
 
-def _grid_levels(image, num, num_bins, ncols=None, image_shape=DIGITS_SHAPE, pad=1):
-    """The ``num`` images of a one-channel grid PNG of ``flows.plotting.save_image_grid``
-    (layout as in ``_grid_png_size``, level v drawn as round(v * 255 / (K - 1))), read back
-    as integer levels: (num, H, W) int32. Every pixel of an image must be a level's shade."""
-    h, w = image_shape[:2]
-    ncols = ncols or math.ceil(math.sqrt(num))
-    nrows = math.ceil(num / ncols)
+def _grid_levels(image, num_bins, image_shape=DIGITS_SHAPE):
+    """The images of a one-channel grid PNG of ``flows.plotting.save_grid``, row by row,
+    read back as integer levels: (N, H, W) int32. The cells are where
+    ``flows.plotting.grid_layout`` puts them for the structure the PNG records; level v is
+    drawn as round(v * 255 / (K - 1)), upscaled (nearest). Every pixel of a cell must be a
+    level's shade, the same over each upscaled block."""
+    grid = _grid(image)
+    groups = list(zip(grid["headers"], grid["columns"], strict=True))
+    layout = plotting.grid_layout(
+        grid["rows"],
+        image_shape,
+        groups,
+        row_labels=grid["row_labels"],
+        corner=grid["corner"],
+        title=grid["title"],
+    )
     pixels = np.asarray(image)
-    scale = pixels.shape[0] // (nrows * (h + pad) + pad)  # the integer upscaling (nearest)
-    grid = pixels[::scale, ::scale]
+    assert pixels.shape == (layout.height, layout.width)
+    (ch, cw), scale = layout.cell, layout.scale
     shades = np.round(np.arange(num_bins) * (255.0 / (num_bins - 1))).astype(np.uint8)
     level_of = np.full(256, -1, np.int32)
     level_of[shades] = np.arange(num_bins)
     cells = []
-    for i in range(num):
-        r, k = divmod(i, ncols)
-        y, x = pad + r * (h + pad), pad + k * (w + pad)
-        cells.append(level_of[grid[y : y + h, x : x + w]])
+    for y in layout.rows_y:
+        for x in layout.cells_x:
+            cell = pixels[y : y + ch, x : x + cw]
+            small = cell[::scale, ::scale]
+            np.testing.assert_array_equal(small.repeat(scale, 0).repeat(scale, 1), cell)
+            cells.append(level_of[small])
     levels = np.stack(cells)
     assert levels.min() >= 0, "a pixel that is no level's shade"
     return levels
@@ -289,14 +309,14 @@ def test_sample_one_class(cond_run, cli):
     import jax
     import jax.numpy as jnp
 
-    from flows.metrics import quantize
+    from flows.likelihood import quantize
     from flows.models import sample_compiled
     from flows.train.restore import load_run
 
     image = _sample_png(cli, cond_run, "--label=3", name="samples_T0.7_label3.png")
-    assert image.mode == "L" and image.size == _grid_png_size(64)
+    assert image.mode == "L" and _grid(image)["columns"] == [8] and _grid(image)["rows"] == 8
     model, _, info = load_run(cond_run.workdir)
-    levels = _grid_levels(image, 64, info["num_bins"])
+    levels = _grid_levels(image, info["num_bins"])
 
     def draw(labels):
         x = sample_compiled(model, 64, jax.random.key(0), 0.7, labels % model.num_classes)
@@ -320,7 +340,8 @@ def test_sample_class_grid(cond_run, cli):
         name="class_grid_T0.5-1.0.png",
     )
     # One row per class (10), one column per temperature (2 x 1 sample).
-    assert image.size == _grid_png_size(10 * 2, ncols=2)
+    grid = _grid(image)
+    assert (grid["rows"], grid["columns"], grid["headers"]) == (10, [1, 1], ["T=0.5", "T=1"])
     width, height = image.size
     assert height > width
 
@@ -328,7 +349,7 @@ def test_sample_class_grid(cond_run, cli):
 @pytest.mark.slow
 def test_sample_unconditional(uncond_run, cli):
     image = _sample_png(cli, uncond_run, "--temperature=0.9", "--num=8", name="samples_T0.9.png")
-    assert image.mode == "L" and image.size == _grid_png_size(8)
+    assert image.mode == "L" and (_grid(image)["rows"], _grid(image)["columns"]) == (3, [3])
 
 
 @pytest.mark.slow
@@ -351,13 +372,20 @@ def test_compare_conditional_and_unconditional_runs(cond_run, uncond_run, tmp_pa
     assert set(rows) == {cond_run.name, uncond_run.name}
     c, u = rows[cond_run.name], rows[uncond_run.name]
     # Ranked on the density of p(x): the conditional run's marginal bits/dim.
-    assert float(c["bits_per_dim"]) == pytest.approx(cond["marginal_bits_per_dim"])
+    assert float(c["marginal_bits_per_dim"]) == pytest.approx(cond["marginal_bits_per_dim"])
     assert float(c["conditional_bits_per_dim"]) == pytest.approx(cond["bits_per_dim"])
     assert float(c["accuracy"]) == pytest.approx(cond["accuracy"])
-    assert float(u["bits_per_dim"]) == pytest.approx(uncond["bits_per_dim"])
+    assert float(u["marginal_bits_per_dim"]) == pytest.approx(uncond["bits_per_dim"])
     assert (c["conditional"], u["conditional"]) == ("True", "False")
     assert c["group"] == u["group"] == "A"  # same split, examples, levels, shape, k
     assert {c["rank"], u["rank"]} == {"1", "2"}
+    # Same test examples and noise key (the trainer's eval_test.npz): paired.
+    second = c if c["rank"] == "2" else u
+    assert second["significance_test"] == "paired", second["note"]
+    assert float(second["paired_diff_marginal_bits_per_dim"]) == pytest.approx(
+        float(second["marginal_bits_per_dim"])
+        - float((u if second is c else c)["marginal_bits_per_dim"])
+    )
     assert "cond:all+aux0.01" in c["model"]
     printed = [line for line in stdout.splitlines() if line.startswith("A ")]
     table = {re.split(r"\s{2,}", line)[2]: line for line in printed}  # group, rank, run, ...
@@ -620,11 +648,11 @@ def test_tensorboard_event_files_hold_the_metrics(run, request):
     (image,) = acc.Images("samples/final")
     assert image.step == run.record["train_steps"] == 20
     grid = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("L"))
-    png = np.asarray(Image.open(os.path.join(workdir, "samples.png")))  # upscaled, nearest
-    assert grid.shape == (37, 37)  # 16 samples: 4 x 4 images of 8 x 8, 1-pixel borders
-    scale = png.shape[0] // grid.shape[0]
-    assert png.shape == (37 * scale, 37 * scale)
-    np.testing.assert_array_equal(png[::scale, ::scale], grid)
+    with Image.open(os.path.join(workdir, "samples.png")) as png:
+        np.testing.assert_array_equal(np.asarray(png), grid)
+        # 16 samples: a row of 2 per class (10), or 4 x 4.
+        want = (10, [2]) if run.config.model.conditional else (4, [4])
+        assert (_grid(png)["rows"], _grid(png)["columns"]) == want
 
 
 def test_logged_learning_rate_is_the_one_the_optimizer_used_with_skipped_steps():
@@ -680,19 +708,20 @@ def test_latents_round_trip_interpolation_class_direction_label_swap(run, reques
     assert direction["alphas"] == [-1.0, 0.0, 1.0] and len(direction["images"]) == 3
     assert direction["num_from"] > 0 and direction["num_to"] > 0
     assert record["interpolation"]["t"] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
-    # PNG sizes: left image + 4 interpolants + right image per pair; 3 images x 3 alphas;
-    # conditional: 3 images x 10 labels.
+    # (rows, columns per group): left image + 4 interpolants + right image per pair; 3
+    # images x 3 alphas; conditional: 10 labels x 3 images.
     expected = {
-        "interpolation.png": _grid_png_size(2 * 6, ncols=6),
-        "class_direction_3_to_8.png": _grid_png_size(3 * 3, ncols=3),
+        "interpolation.png": (2, [1, 4, 1]),
+        "class_direction_3_to_8.png": (3, [1, 1, 1]),
     }
     if conditional:
-        expected["label_swap.png"] = _grid_png_size(3 * 10, ncols=10)
+        expected["label_swap.png"] = (10, [1, 1, 1])
         assert record["label_swap"]["images"] == [0, 1, 2]
     assert sorted(os.listdir(directory)) == sorted([*expected, "latents_test.json"])
-    for name, size in expected.items():
+    for name, want in expected.items():
         with Image.open(os.path.join(directory, name)) as image:
-            assert image.mode == "L" and image.size == size, name
+            grid = _grid(image)
+            assert image.mode == "L" and (grid["rows"], grid["columns"]) == want, name
 
 
 @pytest.mark.slow

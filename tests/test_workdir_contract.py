@@ -82,7 +82,7 @@ def test_allowed_config_change_resumes_and_is_recorded(base_run, tmp_path):
     assert record["config_changed_at"] == [{"step": 20, "keys": sorted(changes)}]
     assert record["train_steps"] == 40
 
-    row = compare.compare([compare.load_run(workdir)]).rows[0]
+    row = compare.compare([compare.read_run_summary(workdir)]).rows[0]
     assert row["config_changed_at"] == "step 20: optim.lr, train.num_train_steps"
     assert "config changed mid-run" in row["note"]
 

@@ -1,4 +1,5 @@
-"""The invertible-layer interface, and the combinators ``Chain`` and ``Invert``.
+"""The invertible-layer interface, the combinators ``Chain`` and ``Invert``, and ``Coupling``,
+the base of the couplings (``coupling.py``'s additive and affine, ``spline.py``'s spline).
 
 A bijector maps data to latent (``forward``) and back (``inverse``) and reports the
 log-absolute-determinant of the Jacobian of the map it applies, one value per example
@@ -16,6 +17,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 Array = jax.Array
+
+# The precision of the products that mix the dimensions of a flow's own map (a 1x1
+# convolution's W, Jet's split projections): ``HIGHEST`` on every backend, so the map computed
+# is the one whose log-det is counted (a backend's fast default, TF32 on recent NVIDIA GPUs or
+# bf16 passes on TPU, would round it). XLA:CPU computes float32 products exactly anyway.
+EXACT = jax.lax.Precision.HIGHEST
 
 
 class Buffer(nnx.Variable):
@@ -104,3 +111,29 @@ class Invert(Bijector):
 
     def inverse_and_log_det(self, z, *, context=None):
         return self.bijector.forward_and_log_det(z, context=context)
+
+
+class Coupling(Bijector):
+    """Base of the couplings: splits ``x = [x1, x2]`` at ``split`` on the last axis and
+    transforms ``x2`` with ``_transform(x2, h)`` / ``_inverse_transform(y2, h)``,
+    ``h = conditioner(x1, context)``; ``params_per_dim`` outputs of ``h`` per element of x2."""
+
+    params_per_dim = 1
+
+    def __init__(self, conditioner: nnx.Module, split: int):
+        self.conditioner = conditioner
+        self.split = split
+
+    def _parts(self, x, context):
+        x1, x2 = x[..., : self.split], x[..., self.split :]
+        return x1, x2, self.conditioner(x1, context)
+
+    def forward_and_log_det(self, x, *, context=None):
+        x1, x2, h = self._parts(x, context)
+        y2, ld = self._transform(x2, h)
+        return jnp.concatenate([x1, y2], axis=-1), ld
+
+    def inverse_and_log_det(self, z, *, context=None):
+        z1, z2, h = self._parts(z, context)
+        x2, ld = self._inverse_transform(z2, h)
+        return jnp.concatenate([z1, x2], axis=-1), ld

@@ -26,10 +26,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from flax import nnx
 
-from flows.bijectors.base import Bijector, Buffer, num_positions
-
-# The precision of every product of this module (see the module docstring).
-EXACT = jax.lax.Precision.HIGHEST
+from flows.bijectors.base import EXACT, Bijector, Buffer, num_positions
 
 
 def matmul(a: jax.Array, b: jax.Array) -> jax.Array:

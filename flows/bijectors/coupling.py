@@ -9,7 +9,8 @@ vectors). The input is split as ``x = [x1, x2]`` with ``x1 = x[..., :d]``, ``d =
   divides by zero and starts near the identity (sigmoid(2) ~ 0.88).
 
 The conditioner is any module ``NN(x1, context) -> (..., k * (C - d))``; zero-initialising
-its last layer makes the coupling start as (almost) the identity.
+its last layer makes the coupling start as (almost) the identity. The split and the
+conditioner call are ``flows.bijectors.base.Coupling``'s, which the spline coupling shares.
 
 ``conv_coupling`` builds any of Glow's couplings on image channels (``CONV_COUPLINGS``):
 these two and the rational-quadratic spline coupling of ``spline.py``
@@ -22,35 +23,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flows.bijectors.base import Bijector, sum_except_batch
+from flows.bijectors.base import Coupling, sum_except_batch
+from flows.bijectors.spline import spline_coupling
 from flows.errors import ConfigError
 from flows.nn.conditioners import ConvConditioner
-
-
-class Coupling(Bijector):
-    """Base of the couplings: splits ``x = [x1, x2]`` at ``split`` on the last axis and
-    transforms ``x2`` with ``_transform(x2, h)`` / ``_inverse_transform(y2, h)``,
-    ``h = conditioner(x1, context)``; ``params_per_dim`` outputs of ``h`` per element of x2."""
-
-    params_per_dim = 1
-
-    def __init__(self, conditioner: nnx.Module, split: int):
-        self.conditioner = conditioner
-        self.split = split
-
-    def _parts(self, x, context):
-        x1, x2 = x[..., : self.split], x[..., self.split :]
-        return x1, x2, self.conditioner(x1, context)
-
-    def forward_and_log_det(self, x, *, context=None):
-        x1, x2, h = self._parts(x, context)
-        y2, ld = self._transform(x2, h)
-        return jnp.concatenate([x1, y2], axis=-1), ld
-
-    def inverse_and_log_det(self, z, *, context=None):
-        z1, z2, h = self._parts(z, context)
-        x2, ld = self._inverse_transform(z2, h)
-        return jnp.concatenate([z1, x2], axis=-1), ld
 
 
 class AdditiveCoupling(Coupling):
@@ -121,9 +97,6 @@ def conv_coupling(
     if channels < 2:
         raise ValueError(f"a coupling needs at least 2 channels, got {channels}")
     if kind == "spline":
-        # spline.py builds on this module's Coupling, so it is imported here, not on top.
-        from flows.bijectors.spline import spline_coupling
-
         return spline_coupling(
             channels,
             hidden_channels,

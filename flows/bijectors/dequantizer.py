@@ -8,7 +8,7 @@ likelihood for any noise distribution ``q(u | v)`` on the unit cube (Jensen):
 
 and with ``k`` draws ``u_1..u_k`` the importance-weighted bound
 ``log (1/k) sum_i p(x_i) / q(u_i | v) - D log K`` (tighter as k grows). So every bound is
-``flows.metrics.bits_per_dim(log p(x) - log q(u | v))``, and ``dequantize`` returns the pair
+``flows.likelihood.bits_per_dim(log p(x) - log q(u | v))``, and ``dequantize`` returns the pair
 ``(x, log q(u | v))``.
 
 * ``UniformDequantizer``: ``q = U[0, 1)^D``, ``log q = 0``: the usual bound (Theis et al. 2016).
@@ -45,7 +45,7 @@ from flows.bijectors.preprocess import Shift
 from flows.bijectors.spline import SplineCoupling, num_spline_params
 from flows.bijectors.squeeze import Squeeze
 from flows.errors import ConfigError
-from flows.metrics import dequantize_with_noise
+from flows.likelihood import dequantize_with_noise
 from flows.nn.backend import resolve_conv_impl
 from flows.nn.conditioners import ConvConditioner, hidden_kernel_init
 from flows.nn.conv import conv2d

@@ -41,11 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flows.bijectors.base import Bijector, Buffer
+from flows.bijectors.base import EXACT, Bijector, Buffer
 from flows.nn.transformer import Transformer
-
-# The precision of the split/merge projections (see the module docstring).
-EXACT = jax.lax.Precision.HIGHEST
 
 COUPLING_KINDS = ("channels", "spatial")
 CHANNEL_SPLITS = ("random",)

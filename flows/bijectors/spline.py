@@ -39,8 +39,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flows.bijectors.base import Bijector, sum_except_batch
-from flows.bijectors.coupling import Coupling
+from flows.bijectors.base import Bijector, Coupling, sum_except_batch
 from flows.nn.conditioners import ContextProjection, ConvConditioner
 from flows.nn.mlp import MLPConditioner
 

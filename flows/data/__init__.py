@@ -19,19 +19,17 @@ Public API:
 """
 
 from flows.data import tfds_compat  # noqa: F401  (first: TFDS workarounds)
+from flows.data.arrays import ImageData, pad_images, reduce_bits
 from flows.data.batching import batch_indices, epoch_permutation, steps_per_epoch
 from flows.data.digits import Digits
 from flows.data.digits_ood import DigitsInverted, PhotoPatches
 from flows.data.loading import (
     DATA_CONFIG_DEFAULTS,
     DatasetError,
-    ImageData,
     default_data_dir,
     load_datasets,
     load_split,
     open_split,
-    pad_images,
-    reduce_bits,
     split_validation,
 )
 from flows.data.source import StreamedSplit, Unlabelled

@@ -24,7 +24,7 @@ import io
 import numpy as np
 import tensorflow_datasets as tfds
 
-from flows.data import tfds_compat  # noqa: F401  (importlib_resources shim before TFDS use)
+from flows.data import tfds_compat  # importlib_resources shim before TFDS use; QuietPreparation
 
 NUM_EXAMPLES = 1797
 NUM_TEST = 300
@@ -33,7 +33,8 @@ SPLIT_SEED = 0
 NUM_BINS = 17  # values 0..16
 IMAGE_SHAPE = (8, 8, 1)
 
-_CITATION = """@misc{alpaydin1998optical,
+# The dataset's citation, which the digits builder and its OOD companions (digits_ood) give.
+CITATION = """@misc{alpaydin1998optical,
   author = {Alpaydin, E. and Kaynak, C.},
   title = {Optical Recognition of Handwritten Digits},
   year = {1998},
@@ -48,8 +49,9 @@ def split_indices() -> dict[str, np.ndarray]:
     return {"train": perm[:NUM_TRAIN], "test": perm[NUM_TRAIN:]}
 
 
-def _load_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
-    """Returns images (1797, 8, 8) uint8 in 0..16 and labels (1797,) int64."""
+def load_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The sklearn digits: images (1797, 8, 8) uint8 in 0..16 and labels (1797,) int64 (what
+    the `digits` builder and its OOD companions are made from)."""
     from sklearn.datasets import load_digits  # slow import: only when preparing
 
     bunch = load_digits()
@@ -59,7 +61,7 @@ def _load_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.uint8), bunch.target.astype(np.int64)
 
 
-def _encode_png(image: np.ndarray) -> bytes:
+def encode_png(image: np.ndarray) -> bytes:
     """PNG bytes of a (H, W) uint8 image, encoded with PIL (TFDS would need TensorFlow)."""
     from PIL import Image
 
@@ -68,8 +70,11 @@ def _encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-class Digits(tfds.core.GeneratorBasedBuilder):
-    """scikit-learn 8x8 digits (17 levels), fixed seeded split: 1497 train / 300 test."""
+class Digits(tfds_compat.QuietPreparation, tfds.core.GeneratorBasedBuilder):
+    """scikit-learn 8x8 digits (17 levels), fixed seeded split: 1497 train / 300 test.
+    Preparing it prints one line of its own (``tfds_compat.QuietPreparation``)."""
+
+    PREPARING = "preparing the offline digits dataset in {data_dir} (once, a few seconds)"
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "sklearn digits; RandomState(0) permutation, 1497 train / 300 test."}
@@ -89,14 +94,14 @@ class Digits(tfds.core.GeneratorBasedBuilder):
             ),
             supervised_keys=("image", "label"),
             homepage="https://archive.ics.uci.edu/dataset/80",
-            citation=_CITATION,
+            citation=CITATION,
             metadata=tfds.core.MetadataDict(num_bins=NUM_BINS, split_seed=SPLIT_SEED),
             disable_shuffling=True,
         )
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
-        images, labels = _load_sklearn_digits()
+        images, labels = load_sklearn_digits()
         return {
             split: self._generate_examples(images[idx], labels[idx])
             for split, idx in split_indices().items()
@@ -104,4 +109,4 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
         for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-            yield i, {"image": _encode_png(image), "label": int(label)}
+            yield i, {"image": encode_png(image), "label": int(label)}

@@ -126,7 +126,7 @@ class PhotoPatches(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
         for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-            yield i, {"image": _digits._encode_png(image), "label": int(label)}
+            yield i, {"image": _digits.encode_png(image), "label": int(label)}
 
 
 class DigitsInverted(tfds.core.GeneratorBasedBuilder):
@@ -145,14 +145,14 @@ class DigitsInverted(tfds.core.GeneratorBasedBuilder):
             features=_features([str(d) for d in range(10)]),
             supervised_keys=("image", "label"),
             homepage="https://archive.ics.uci.edu/dataset/80",
-            citation=_digits._CITATION,
+            citation=_digits.CITATION,
             metadata=tfds.core.MetadataDict(num_bins=NUM_BINS, split_seed=_digits.SPLIT_SEED),
             disable_shuffling=True,
         )
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
-        images, labels = _digits._load_sklearn_digits()
+        images, labels = _digits.load_sklearn_digits()
         inverted = (NUM_BINS - 1) - images
         return {
             split: self._generate_examples(inverted[idx], labels[idx])
@@ -161,4 +161,4 @@ class DigitsInverted(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
         for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-            yield i, {"image": _digits._encode_png(image), "label": int(label)}
+            yield i, {"image": _digits.encode_png(image), "label": int(label)}

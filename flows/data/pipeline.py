@@ -6,7 +6,7 @@ same batches); this process reads only its own rows of it (``rows``: the slice o
 batch its devices hold), so with P processes each host reads B/P examples per step, never the
 split. The pipeline is a ``grain.MapDataset`` over steps::
 
-    MapDataset.range(num_steps).map(step -> this process's rows of global batch `step`)
+    MapDataset.range(num_batches).map(step -> this process's rows of global batch `step`)
 
 read by ``to_iter_dataset`` (ahead, in ``read_threads(split)`` threads, for a split that
 decodes every read), whose iterator state (``{'next_index': step}``) the trainer saves with every
@@ -27,7 +27,7 @@ from flows.data.batching import batch_indices
 # Threads reading batches ahead of a split that decodes on every read (one too large to
 # cache), and how many batches they may hold. A split held in memory is read in the
 # training loop's own thread: indexing takes microseconds, and handing batches over from
-# reader threads cost digits training (3000 img/s) 7-33% on this 2-core EPYC (paired).
+# reader threads slowed digits training down (measured with bench.paired).
 READ_THREADS = 2
 PREFETCH_BATCHES = 4
 
@@ -39,12 +39,12 @@ def read_threads(split) -> int:
 
 
 def training_batches(
-    split, batch_size: int, seed: int, num_steps: int, *, rows: slice = slice(None)
+    split, batch_size: int, seed: int, num_batches: int, *, rows: slice = slice(None)
 ) -> grain.MapDataset:
-    """Element ``step`` (0 <= step < num_steps): ``{'image', 'label' (int32)}``, the rows
-    ``rows`` of global batch ``step`` of ``split``."""
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    """Element ``step`` (0 <= step < num_batches, one per training step): ``{'image',
+    'label' (int32)}``, the rows ``rows`` of global batch ``step`` of ``split``."""
+    if num_batches < 1:
+        raise ValueError(f"num_batches must be >= 1, got {num_batches}")
     num_examples = split.num_examples
 
     def read(step: int) -> dict:
@@ -53,7 +53,7 @@ def training_batches(
         return {"image": images, "label": np.asarray(labels, np.int32)}
 
     batch_indices(num_examples, batch_size, seed, 0)  # a bad batch size fails here, not later
-    return grain.MapDataset.range(num_steps).map(read)
+    return grain.MapDataset.range(num_batches).map(read)
 
 
 def start_batches(dataset: grain.MapDataset, state: dict | int, *, threads: int = READ_THREADS):

@@ -26,7 +26,7 @@ import threading
 
 import numpy as np
 
-from flows.data import loading  # its per-array transforms (loading imports this module)
+from flows.data.arrays import ImageData, check_labels, check_levels, pad_images, reduce_bits
 from flows.errors import DatasetError
 
 READ_CHUNK = 4096  # examples per source read when a whole split is read
@@ -71,9 +71,7 @@ class StreamedSplit:
         self._label_source = label_source  # zero-argument callable, or None
         self._image_key, self._label_key = image_key, label_key
         self._source_bins, self._n_bits, self._pad_to = source_bins, n_bits, pad_to
-        _, self.num_bins = loading.reduce_bits(
-            np.zeros((0,), np.uint8), source_bins, n_bits, name=name
-        )
+        _, self.num_bins = reduce_bits(np.zeros((0,), np.uint8), source_bins, n_bits, name=name)
         self.num_classes = int(num_classes)
         self.name = name
         self._indices = None if indices is None else np.asarray(indices, np.int64)
@@ -135,11 +133,11 @@ class StreamedSplit:
             labels = np.zeros((len(examples),), np.int32)
         else:
             labels = np.asarray([ex[self._label_key] for ex in examples], np.int32)
-        loading.check_levels(images, self._source_bins, self.name)
-        images, _ = loading.reduce_bits(images, self._source_bins, self._n_bits, name=self.name)
+        check_levels(images, self._source_bins, self.name)
+        images, _ = reduce_bits(images, self._source_bins, self._n_bits, name=self.name)
         if self._pad_to is not None:
-            images = loading.pad_images(images, self._pad_to, name=self.name)
-        loading.check_labels(labels, self.num_classes, self.name, examples=indices)
+            images = pad_images(images, self._pad_to, name=self.name)
+        check_labels(labels, self.num_classes, self.name, examples=indices)
         return images, labels
 
     def chunks(self, size: int = READ_CHUNK):
@@ -166,7 +164,7 @@ class StreamedSplit:
             if source is None:
                 chunk = self._source.__getitems__([int(i) for i in records])
             labels[examples] = [ex[self._label_key] for ex in chunk]
-            loading.check_labels(labels[examples], self.num_classes, self.name, examples=examples)
+            check_labels(labels[examples], self.num_classes, self.name, examples=examples)
         labels.flags.writeable = False
         return labels
 
@@ -196,7 +194,7 @@ class StreamedSplit:
         labels = np.empty((self.num_examples,), np.int32)
         for a, b, chunk_images, chunk_labels in self.chunks():
             images[a:b], labels[a:b] = chunk_images, chunk_labels
-        return loading.ImageData(images, labels, self.num_bins, self.num_classes, self.name)
+        return ImageData(images, labels, self.num_bins, self.num_classes, self.name)
 
 
 class Unlabelled:

@@ -17,6 +17,18 @@ it works around. Checked against TFDS 4.9.10.
    ``mock_getitems_fix`` patches that one function (used by ``flows.data.testing``).
 4. **OpenCV advice on every decode**: TFDS logs that OpenCV would decode faster; PIL is what
    we use on purpose (no extra dependency), so the message is filtered from absl's log.
+5. **Download noise when preparing an offline dataset**: ``download_and_prepare`` prints
+   "Downloading and preparing dataset Unknown size (download: Unknown size, ...)" and
+   "Dataset ... downloaded and prepared to ...", and shows a progress bar per split and per
+   shuffle, for a dataset that downloads nothing and is prepared in a second. A builder
+   that mixes in ``QuietPreparation`` prints its own one line instead (``PREPARING``) and
+   prepares with TFDS's progress bars off (restored after).
+6. **Output of a catalog dataset's preparation that fails**: ``download_and_prepare`` prints
+   its banner ("Downloading and preparing dataset ...", on stdout) and draws its download
+   and extraction progress bars (on stderr) before it fails offline: nine lines ahead of our
+   one-line error. ``quiet_preparation`` prepares such a builder with the progress bars off
+   and the printed text held back: written out when the preparation succeeds, dropped when
+   it fails.
 
 Nothing here talks to Google Cloud Storage: ``flows.data.loading`` passes ``try_gcs=False``
 and ``DownloadConfig(try_download_gcs=False)`` (TFDS 4.9.10 also ships with GCS disabled).
@@ -29,6 +41,7 @@ import contextlib
 import importlib.resources
 import importlib.resources.abc
 import importlib.util
+import io
 import logging
 import socket
 import sys
@@ -67,6 +80,55 @@ def fail_fast_downloads() -> Iterator[None]:
     finally:
         downloader.MAX_RETRIES = old_retries
         socket.setdefaulttimeout(old_timeout)
+
+
+@contextlib.contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """TFDS's progress bars (``tfds.core.utils.tqdm``) off while inside, then as before."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    was = tqdm_utils._active
+    tqdm_utils.display_progress_bar(False)
+    try:
+        yield
+    finally:
+        tqdm_utils.display_progress_bar(was)
+
+
+class QuietPreparation:
+    """Mixin for a TFDS builder prepared offline: ``download_and_prepare`` prints
+    ``PREPARING`` (formatted with ``data_dir``, where the dataset goes) once, when it
+    prepares, and nothing else of TFDS's (workaround 5)."""
+
+    PREPARING = "preparing the {name} dataset in {data_dir} (once, a few seconds)"
+
+    def download_and_prepare(self, *args, **kwargs):
+        with no_progress_bars():
+            return super().download_and_prepare(*args, **kwargs)
+
+    def _log_download_bytes(self) -> None:  # TFDS calls it when it starts preparing
+        print(self.PREPARING.format(name=self.name, data_dir=self.data_dir), flush=True)
+
+    def _log_download_done(self) -> None:  # TFDS's "downloaded and prepared" line
+        pass
+
+
+def quiet_preparation(builder) -> contextlib.AbstractContextManager:
+    """The context to prepare ``builder`` in: a ``QuietPreparation`` builder prints its own
+    line (workaround 5); any other prepares with TFDS's progress bars off and what TFDS
+    prints held back, written to stdout when the block ends normally, dropped when it raises
+    (workaround 6)."""
+    if isinstance(builder, QuietPreparation):
+        return contextlib.nullcontext()
+    return _held_back()
+
+
+@contextlib.contextmanager
+def _held_back() -> Iterator[None]:
+    held = io.StringIO()
+    with no_progress_bars(), contextlib.redirect_stdout(held):
+        yield
+    sys.stdout.write(held.getvalue())
 
 
 def _mock_getitems(*args: Any, generator, serialized: bool = False) -> list[Any]:

@@ -1,8 +1,9 @@
 """Model families behind one interface (``base.DensityModel``) and one registry.
 
 Importing this package registers every family shipped with the library (``glow``, ``jet``,
-``tarflow``); a new
-family is one module that calls ``registry.register_model``, imported here.
+``tarflow``); a new family is one module with a ``DensityModel`` subclass decorated with
+``registry.register_model`` (its constructor's keyword-only parameters are its config
+fields), imported here.
 """
 
 from flows.models import (  # noqa: F401  (each registers its family)
@@ -17,11 +18,15 @@ from flows.models.base import (
     standard_normal_log_prob,
 )
 from flows.models.glow import Glow
+from flows.models.jet import Jet
 from flows.models.registry import build_model, get_family, model_families, register_model
+from flows.models.tarflow import TarFlow
 
 __all__ = [
     "DensityModel",
     "Glow",
+    "Jet",
+    "TarFlow",
     "build_model",
     "get_family",
     "is_conditional",

@@ -1,7 +1,7 @@
 """The model interface: all that the trainer, evaluation, sampling and compare see of a family.
 
 A model is a density ``p(x)`` (or ``p(x | y)``) of images ``x`` of shape ``image_shape``
-on the unit scale, ``x = (v + u) / K`` in ``[0, 1)^D`` (``flows.metrics``), written as a
+on the unit scale, ``x = (v + u) / K`` in ``[0, 1)^D`` (``flows.likelihood``), written as a
 bijection ``f`` onto latents with a standard-normal base density:
 
     log p(x | y) = log N(f(x); 0, I) + log|det df/dx|          (nats, per example)
@@ -13,7 +13,9 @@ Every family subclasses ``DensityModel`` and implements
   latents are any pytree, e.g. Glow's list of one array per level);
 * ``inverse_and_log_det(latents, *, context=None) -> (x, log|det|)`` (latent -> data);
 * ``sample_latents(key, num, temperature) -> latents`` (standard normals times T);
-* ``log_prob(x, *, context=None)`` (the default sums the base density and the log-det).
+* ``log_prob(x, *, context=None)`` (the default sums the base density and the log-det);
+* ``describe_config(model_config)``, a classmethod: the family's short text of a config
+  (the default: its name and the fields that differ from their defaults).
 
 and inherits ``inverse``, ``sample``, and for label-conditioned models (``num_classes`` set)
 ``class_log_likelihoods``, ``marginal_log_prob``, ``classify`` (Bayes' rule) and
@@ -76,7 +78,9 @@ def is_conditional(model) -> bool:
 class DensityModel(nnx.Module):
     """Base class of the model families (see the module docstring for the interface).
 
-    Subclasses call ``super().__init__(image_shape, num_classes)`` first.
+    Subclasses call ``super().__init__(image_shape, num_classes)`` first. A registered
+    family's constructor is ``__init__(self, image_shape, num_classes=None, *, <its config
+    fields, each with its default>, rngs)`` (``flows.models.registry.register_model``).
     """
 
     def __init__(self, image_shape, num_classes: int | None):
@@ -112,6 +116,13 @@ class DensityModel(nnx.Module):
     def sample_latents(self, key, num: int, temperature: float = 1.0):
         raise NotImplementedError
 
+    @classmethod
+    def describe_config(cls, model_config) -> str | None:
+        """A short text of a ``config.model`` of this family (every field set), the family's
+        part of ``flows.models.registry.describe_model``; None (this default): the family's
+        name and the fields that differ from their defaults."""
+        return None
+
     # -- derived ------------------------------------------------------------------------
     def dequantize(self, images, noise, num_bins: int):
         """``(x, log q(u | v))`` per example: integer ``images`` v dequantized to the unit
@@ -143,7 +154,7 @@ class DensityModel(nnx.Module):
         guidance: float = 0.0,
         denoise: bool = False,
     ):
-        """``num`` images in [0, 1) (continuous; quantize with ``flows.metrics.quantize``).
+        """``num`` images in [0, 1) (continuous; quantize with ``flows.likelihood.quantize``).
 
         ``guidance`` (a Python float, conditional models): classifier-free guidance weight,
         0 for plain conditional samples. ``denoise``: one Tweedie step (``denoise``) for a
@@ -165,17 +176,20 @@ class DensityModel(nnx.Module):
     def guided_inverse(self, latents, *, context, guidance: float):
         """The inverse with classifier-free guidance weight ``guidance`` (families that
         support it override this)."""
-        raise ConfigError(
-            f"{type(self).__name__} has no classifier-free guidance; sample with guidance=0"
-        )
+        raise ConfigError(self._no_guidance())
+
+    def _no_guidance(self) -> str:
+        return f"{type(self).__name__} has no classifier-free guidance; sample with guidance=0"
 
     def check_guidance(self, guidance: float) -> None:
         """A one-line ``ConfigError`` unless guidance ``w >= 0`` can be used with this model
-        (w > 0: a conditional model trained with label dropout)."""
+        (w > 0: a family with guidance, a conditional model trained with label dropout)."""
         if not guidance:
             return
-        if not guidance > 0:
-            raise ConfigError(f"guidance must be >= 0, got {guidance}")
+        if not (math.isfinite(guidance) and guidance > 0):
+            raise ConfigError(f"guidance must be a finite number >= 0, got {guidance}")
+        if type(self).guided_inverse is DensityModel.guided_inverse:  # not in this family
+            raise ConfigError(self._no_guidance())
         if self.num_classes is None:
             raise ConfigError("guidance needs a label-conditioned model")
         if not self.label_dropout > 0:

@@ -9,9 +9,9 @@ standard normals and
     log p(x | y) = sum_i log N(eps_i; 0, I) + log|det d eps / d x|.
 
 Input ``x`` is a dequantized image on the unit scale, ``x = (v + u) / K`` in [0, 1)^D (see
-``flows.metrics``); it is shifted to [-0.5, 0.5) (unit Jacobian) or, with ``logit_alpha``,
+``flows.likelihood``); it is shifted to [-0.5, 0.5) (unit Jacobian) or, with ``logit_alpha``,
 logit-transformed (Jacobian counted). ``log_prob`` is therefore the density of ``x`` on the
-unit scale, and bits/dim follow from ``flows.metrics.bits_per_dim``.
+unit scale, and bits/dim follow from ``flows.likelihood.bits_per_dim``.
 
 Image sizes must be divisible by ``2**num_levels``; other sizes are rejected with a clear
 error (pad them in the data pipeline, ``config.data.pad_to``, as openai/glow does for MNIST).
@@ -38,6 +38,8 @@ from flows.models.steps import StepStack, check_backprop, glow_step
 from flows.nn.backend import resolve_compute_dtype, resolve_conv_impl
 
 CONDITION_ON = ("top", "priors", "all")
+# Glow's names of flows.models.steps.BACKPROP, its default first.
+BACKPROP_MODES = ("autodiff", "checkpoint", "invertible")
 
 
 def check_spline(num_segments, bound) -> None:
@@ -129,11 +131,13 @@ class GlowLevel(Bijector):
         return self.prior.initialize(x, context=context)
 
 
+@register_model("glow")
 class Glow(DensityModel):
     """Multi-scale Glow over images of shape ``image_shape = (H, W, C)``.
 
-    Args:
+    Args (every one after ``num_classes`` is a field of ``config.model``, defaults here):
       image_shape: (H, W, C); H and W divisible by ``2**num_levels``.
+      num_classes: None for p(x); N for a label-conditioned p(x | y).
       num_levels: L, the number of scales.
       num_steps: K, steps of flow per level.
       hidden_channels: width of the coupling networks.
@@ -141,18 +145,18 @@ class Glow(DensityModel):
         of ``x2`` whose knots Glow's conv net computes from ``x1``; the identity outside
         ``[-spline_bound, spline_bound]``; see ``flows.bijectors.spline``).
       permutation: ``'conv1x1_lu'``, ``'conv1x1'``, ``'shuffle'`` or ``'reverse'``.
-      num_classes: None for p(x); N for a label-conditioned p(x | y).
-      condition_on: where the label enters (``'top'``, ``'priors'``, ``'all'``).
       logit_alpha: None to shift x to [-0.5, 0.5); a float for RealNVP's logit transform.
-      backprop: how each level's K steps are differentiated: ``'autodiff'`` (keeps every
-        step's activations), ``'checkpoint'`` (``jax.checkpoint``: keeps each step's input and
-        recomputes its activations) or ``'invertible'`` (keeps only the level's output and
-        reconstructs each step's input with its inverse: training memory flat in K). All
-        three give the same gradients (up to rounding); see ``flows.models.steps``.
-      weight_y: Glow's auxiliary classifier: with ``weight_y > 0`` (needs ``num_classes``) a
-        zero-initialised linear classifier of the mean-pooled top features is trained with
-        ``weight_y`` times its cross-entropy in bits (``CE / ln 2`` per example, as in
-        openai/glow) added to the mean bits/dim (``log_prob_and_aux_loss``).
+      condition_on: where the label enters a conditional model (``'top'``, ``'priors'``,
+        ``'all'``; see the module docstring).
+      weight_y: Glow's auxiliary classifier: with ``weight_y > 0`` a zero-initialised linear
+        classifier of the mean-pooled top features is trained with ``weight_y`` times its
+        cross-entropy in bits (``CE / ln 2`` per example, as in openai/glow) added to the
+        mean bits/dim (``log_prob_and_aux_loss``). Conditional models only: an
+        unconditional one (``num_classes`` None) has no classifier whatever ``weight_y``.
+      backprop: how each level's K steps are differentiated, one of ``BACKPROP_MODES``:
+        ``'autodiff'``, ``'checkpoint'`` or ``'invertible'`` (training memory flat in K);
+        the same gradients, up to rounding (the names' meanings: ``flows.models.steps``).
+        Forward-mode autodiff needs one other than ``'invertible'`` (a custom VJP of its own).
       compute_dtype: matrix-product dtype of the coupling networks, ``'float32'``,
         ``'bfloat16'`` (products rounded to bf16, summed in f32; ActNorm, 1x1 convolutions,
         priors and every log-det stay float32, so log p(x) is exact for the map computed)
@@ -166,43 +170,42 @@ class Glow(DensityModel):
         (``flows.nn.backend.resolve_conv_impl``). ``self.conv_impl`` / ``self.compute_dtype``
         hold the resolved choices, ``self.conv_impl_reason`` / ``self.compute_dtype_reason``
         say why.
-
-    The products that mix dimensions of the flow's map outside the networks (the 1x1
-    convolutions, ``flows.bijectors.conv1x1``) run at ``Precision.HIGHEST`` on every
-    backend, so the map computed is the one whose log-det is counted (GPUs would otherwise
-    use TF32, TPUs bf16 passes). Forward-mode autodiff also needs ``backprop`` other than
-    ``'invertible'`` (a custom VJP of its own).
       remat_coupling_nets: recompute the coupling networks' hidden activations in the
         backward pass instead of storing them (see ``flows.nn.conditioners``).
       spline_num_segments, spline_bound: the spline coupling's number of segments (bins)
         and the half-width B of the interval ``[-B, B]`` it acts on (``coupling='spline'``
         only). After ActNorm the activations are about unit scale, so B = 3 covers nearly
         all of them; the zero-initialised network makes every spline start as the identity.
+
+    The products that mix dimensions of the flow's map outside the networks (the 1x1
+    convolutions, ``flows.bijectors.conv1x1``) run at ``Precision.HIGHEST`` on every
+    backend, so the map computed is the one whose log-det is counted (GPUs would otherwise
+    use TF32, TPUs bf16 passes).
     """
 
     def __init__(
         self,
         image_shape: tuple[int, int, int],
+        num_classes: int | None = None,
         *,
         num_levels: int = 3,
         num_steps: int = 8,
         hidden_channels: int = 128,
         coupling: str = "affine",
         permutation: str = "conv1x1_lu",
-        num_classes: int | None = None,
-        condition_on: str = "top",
         logit_alpha: float | None = None,
-        backprop: str = "autodiff",
+        condition_on: str = "top",
         weight_y: float = 0.0,
+        backprop: str = "autodiff",
         compute_dtype: str = "float32",
-        remat_coupling_nets: bool = False,
         conv_impl: str = "auto",
+        remat_coupling_nets: bool = False,
         spline_num_segments: int = 8,
         spline_bound: float = 3.0,
         rngs: nnx.Rngs,
     ):
         super().__init__(image_shape, num_classes)
-        check_backprop(backprop)
+        check_backprop(backprop, BACKPROP_MODES, "Glow")
         check_coupling(coupling)
         if coupling == "spline":
             check_spline(spline_num_segments, spline_bound)
@@ -255,11 +258,9 @@ class Glow(DensityModel):
         self.latent_shapes = tuple(shapes)
         if weight_y < 0:
             raise ConfigError(f"weight_y must be >= 0, got {weight_y}")
-        self.weight_y = float(weight_y)
+        self.weight_y = float(weight_y) if num_classes is not None else 0.0
         aux = None
-        if weight_y > 0:
-            if num_classes is None:
-                raise ConfigError("weight_y > 0 (the auxiliary classifier) needs num_classes")
+        if self.weight_y > 0:
             # Glow's weight_y head: mean-pooled top features -> zero-initialised linear.
             aux = nnx.Linear(
                 levels[-1].out_channels,
@@ -343,77 +344,22 @@ class Glow(DensityModel):
             for k, shape in zip(keys, self.latent_shapes, strict=True)
         ]
 
-
-def _describe_coupling(m) -> str:
-    """``affine``; a spline with its segments and bound: ``spline(8,B=3)``."""
-    if m["coupling"] != "spline":
-        return m["coupling"]
-    return f"spline({m['spline_num_segments']},B={m['spline_bound']:g})"
-
-
-def describe_glow(m) -> str:
-    """E.g. ``L=2 K=8 h=64 affine conv1x1_lu logit(0.001) cond:all``."""
-    parts = [
-        f"L={m['num_levels']} K={m['num_steps']} h={m['hidden_channels']} "
-        f"{_describe_coupling(m)} {m['permutation']}"
-    ]
-    if m.get("logit_alpha") is not None:
-        parts.append(f"logit({m['logit_alpha']})")
-    if m.get("conditional"):
-        cond = f"cond:{m['condition_on']}"
-        if m.get("weight_y"):
-            cond += f"+aux{m['weight_y']:g}"
-        parts.append(cond)
-    return " ".join(parts)
-
-
-@register_model(
-    "glow",
-    defaults={
-        "num_levels": 3,  # L, scales
-        "num_steps": 8,  # K, steps of flow per level
-        "hidden_channels": 128,
-        "coupling": "affine",
-        "permutation": "conv1x1_lu",
-        "logit_alpha": None,  # None: shift to [-0.5, 0.5); a float: RealNVP's logit map
-        "condition_on": "top",  # with model.conditional: 'top', 'priors' or 'all'
-        "weight_y": 0.0,  # Glow's auxiliary classifier (conditional runs): weight of its CE in bits
-        "backprop": "autodiff",  # 'autodiff' | 'checkpoint' | 'invertible'
-        # Matrix-product dtype of the coupling networks: "float32", "bfloat16" for mixed
-        # precision (products rounded to bf16, summed in f32; log-dets and priors stay f32),
-        # or "auto": bf16 only where faster (GPU/TPU, CPUs with avx512_bf16/amx_bf16).
-        "compute_dtype": "float32",
-        # The networks' convolutions: "gemm" (custom-VJP patch GEMMs, fast on XLA:CPU),
-        # "lax" (lax convolutions, autodiff, jvp) or "auto" (gemm on CPU, lax on GPU/TPU).
-        "conv_impl": "auto",
-        # Recompute the coupling networks' hidden activations in the backward pass.
-        "remat_coupling_nets": False,
-        # coupling='spline': segments (bins) of each rational-quadratic spline, and B, the
-        # half-width of [-B, B] it acts on (identity outside; ActNorm'd inputs ~ unit scale).
-        "spline_num_segments": 8,
-        "spline_bound": 3.0,
-    },
-    optional_types={"logit_alpha": float},
-    describe=describe_glow,
-)
-def build_glow(cfg, image_shape, num_classes, *, rngs: nnx.Rngs) -> Glow:
-    """Glow from the fields of ``config.model`` (``flows.models.registry``)."""
-    return Glow(
-        image_shape,
-        num_levels=cfg["num_levels"],
-        num_steps=cfg["num_steps"],
-        hidden_channels=cfg["hidden_channels"],
-        coupling=cfg["coupling"],
-        permutation=cfg["permutation"],
-        num_classes=num_classes,
-        condition_on=cfg["condition_on"],
-        logit_alpha=cfg["logit_alpha"],
-        backprop=cfg["backprop"],
-        weight_y=cfg["weight_y"] if num_classes is not None else 0.0,
-        compute_dtype=cfg["compute_dtype"],
-        remat_coupling_nets=cfg["remat_coupling_nets"],
-        conv_impl=cfg["conv_impl"],
-        spline_num_segments=cfg["spline_num_segments"],
-        spline_bound=cfg["spline_bound"],
-        rngs=rngs,
-    )
+    @classmethod
+    def describe_config(cls, m) -> str:
+        """E.g. ``L=2 K=8 h=64 affine conv1x1_lu logit(0.001) cond:all``; a spline coupling
+        with its segments and bound, ``spline(8,B=3)``."""
+        coupling = m["coupling"]
+        if coupling == "spline":
+            coupling = f"spline({m['spline_num_segments']},B={m['spline_bound']:g})"
+        parts = [
+            f"L={m['num_levels']} K={m['num_steps']} h={m['hidden_channels']} "
+            f"{coupling} {m['permutation']}"
+        ]
+        if m.get("logit_alpha") is not None:
+            parts.append(f"logit({m['logit_alpha']})")
+        if m.get("conditional"):
+            cond = f"cond:{m['condition_on']}"
+            if m.get("weight_y"):
+                cond += f"+aux{m['weight_y']:g}"
+            parts.append(cond)
+        return " ".join(parts)

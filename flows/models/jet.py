@@ -11,7 +11,7 @@ networks are ViTs (``flows.nn.transformer.Transformer``) maps the tokens to stan
     log p(x | y) = log N(z; 0, I) + D log 2 + sum_couplings sum log s.
 
 So ``log_prob`` is the density of x on the unit scale, like every family's, and bits/dim
-follow from ``flows.metrics`` (``D log K`` with K levels). Jet's own code reports the density
+follow from ``flows.likelihood`` (``D log K`` with K levels). Jet's own code reports the density
 of the [-1, 1) image with ``log 127.5`` per dimension; that is the same number: the D log 2
 of the scaling is carried by a bijector here, never by a constant in the loss.
 
@@ -70,27 +70,32 @@ def _names(value, field: str) -> tuple[str, ...]:
     return names
 
 
+@register_model("jet")
 class Jet(DensityModel):
     """Jet over images of shape ``image_shape = (H, W, C)``.
 
-    Args:
+    Args (every one after ``num_classes`` is a field of ``config.model``, defaults here):
+      num_classes: None for p(x); N for p(x | y).
       patch_size: p; divides H and W. Tokens: T = HW / p^2 of d = p^2 C features.
       num_couplings: the number of couplings (Jet's ``depth``).
       block_depth: transformer blocks per coupling network.
-      width, num_heads, mlp_ratio: the coupling networks' (ViT) sizes.
+      width, num_heads, mlp_ratio: the coupling networks' (ViT) sizes; width divisible by
+        num_heads.
       coupling_pattern: kinds (``'channels'``, ``'spatial'``) repeated in this order, a
         comma-separated string or a sequence.
-      spatial_splits: the spatial couplings' splits, cycled (``flows.bijectors.jet_coupling``).
+      spatial_splits: the spatial couplings' splits, cycled: ``'checkerboard'``,
+        ``'vstripes'``, ``'hstripes'`` and their complements (``'-inv'``), comma-separated
+        or a sequence (``flows.bijectors.jet_coupling``).
       channel_split: ``'random'`` (a fixed random permutation of the features per coupling).
-      scale_factor: s = scale_factor * sigmoid(r); 2 (Jet's) makes every coupling start as
-        the identity (the networks' outputs start at zero).
-      projection_seed: seed of the channel permutations.
-      num_classes: None for p(x); N for p(x | y).
+      scale_factor: s = scale_factor * sigmoid(r); 2 (Jet's) gives s = 1 at r = 0, so every
+        coupling starts as the identity (the networks' outputs start at zero).
+      projection_seed: seed of the channel couplings' fixed permutations.
     """
 
     def __init__(
         self,
         image_shape,
+        num_classes: int | None = None,
         *,
         patch_size: int = 4,
         num_couplings: int = 32,
@@ -103,7 +108,6 @@ class Jet(DensityModel):
         channel_split: str = "random",
         scale_factor: float = 2.0,
         projection_seed: int = 0,
-        num_classes: int | None = None,
         rngs: nnx.Rngs,
     ):
         super().__init__(image_shape, num_classes)
@@ -281,54 +285,15 @@ class Jet(DensityModel):
     def sample_latents(self, key, num: int, temperature: float = 1.0):
         return temperature * jax.random.normal(key, (num, *self.latent_shape))
 
-
-def describe_jet(m) -> str:
-    """E.g. ``jet p2 16x1 w128 h4 ccs``: patch, couplings x block depth, width, heads, and
-    the coupling pattern's initials."""
-    pattern = "".join(k[0] for k in _names(m["coupling_pattern"], "coupling_pattern"))
-    text = (
-        f"jet p{m['patch_size']} {m['num_couplings']}x{m['block_depth']} w{m['width']} "
-        f"h{m['num_heads']} {pattern}"
-    )
-    if m.get("conditional"):
-        text += " cond"
-    return text
-
-
-@register_model(
-    "jet",
-    defaults={
-        "patch_size": 4,  # p: tokens are p x p patches, d = p*p*C features
-        "num_couplings": 32,  # Jet's depth
-        "block_depth": 2,  # transformer blocks per coupling network
-        "width": 512,
-        "num_heads": 8,
-        "mlp_ratio": 4,
-        # Kinds repeated in order ('channels', 'spatial'), comma-separated.
-        "coupling_pattern": "channels,channels,spatial",
-        # The spatial couplings' splits, cycled: checkerboard, vstripes, hstripes (+ '-inv').
-        "spatial_splits": "checkerboard,checkerboard-inv",
-        "channel_split": "random",
-        "scale_factor": 2.0,  # s = scale_factor * sigmoid(r): 2 gives s = 1 at r = 0
-        "projection_seed": 0,  # seed of the channel couplings' fixed permutations
-    },
-    describe=describe_jet,
-)
-def build_jet(cfg, image_shape, num_classes, *, rngs: nnx.Rngs) -> Jet:
-    """Jet from the fields of ``config.model`` (``flows.models.registry``)."""
-    return Jet(
-        image_shape,
-        patch_size=cfg["patch_size"],
-        num_couplings=cfg["num_couplings"],
-        block_depth=cfg["block_depth"],
-        width=cfg["width"],
-        num_heads=cfg["num_heads"],
-        mlp_ratio=cfg["mlp_ratio"],
-        coupling_pattern=cfg["coupling_pattern"],
-        spatial_splits=cfg["spatial_splits"],
-        channel_split=cfg["channel_split"],
-        scale_factor=cfg["scale_factor"],
-        projection_seed=cfg["projection_seed"],
-        num_classes=num_classes,
-        rngs=rngs,
-    )
+    @classmethod
+    def describe_config(cls, m) -> str:
+        """E.g. ``jet p2 16x1 w128 h4 ccs``: patch, couplings x block depth, width, heads,
+        and the coupling pattern's initials."""
+        pattern = "".join(k[0] for k in _names(m["coupling_pattern"], "coupling_pattern"))
+        text = (
+            f"jet p{m['patch_size']} {m['num_couplings']}x{m['block_depth']} w{m['width']} "
+            f"h{m['num_heads']} {pattern}"
+        )
+        if m.get("conditional"):
+            text += " cond"
+        return text

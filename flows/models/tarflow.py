@@ -5,7 +5,7 @@ Data path (forward, data -> latent), for an image ``x`` on the unit scale ``[0, 
 1. ``y = 2 x - 1`` maps x onto ``[-1, 1)`` (the scale TarFlow works on). It is a bijector
    in the chain (``Scale(2)`` then ``Shift(-1)``), so its log-det ``D log 2`` is counted
    in ``log_prob``: ``log p(x) = log p(y) + D log 2``. ``log_prob`` is therefore the density
-   of x on the unit scale and ``flows.metrics.bits_per_dim`` gives the papers' convention.
+   of x on the unit scale and ``flows.likelihood.bits_per_dim`` gives the papers' convention.
 2. Patchify: (H, W, C) -> T = (H/p)(W/p) tokens of d = p*p*C features (row-major patches;
    a permutation, log-det 0).
 3. ``num_blocks`` autoregressive blocks (``TarFlowBlock``). Block k reads its tokens in the
@@ -43,20 +43,13 @@ from flows.bijectors import Bijector, Chain, Patchify, Scale, Shift
 from flows.errors import ConfigError
 from flows.models.base import DensityModel
 from flows.models.registry import check_positive_ints, register_model
-from flows.models.steps import StepStack
+from flows.models.steps import StepStack, check_backprop
 from flows.nn.backend import resolve_matmul_impl
 from flows.nn.transformer import Transformer
 
 GUIDANCE_SCHEDULES = ("constant", "linear")
-# How the block stack is differentiated: 'save_dots' (the default) recomputes each block's
-# elementwise work (layer norms, GELU, softmax) in the backward pass and keeps only the
-# outputs of its unbatched matrix products (jax.checkpoint with the policy
-# dots_with_no_batch_dims_saveable); 'checkpoint' recomputes the whole block (keeps its
-# input); 'autodiff' keeps everything. The gradients are the same; on XLA:CPU 'save_dots'
-# is the fastest (stacking every activation of the scan's iterations for the backward pass
-# costs more than recomputing the elementwise ops: 1.59 vs 2.06 CPU-s per batch of 64 at
-# the MNIST setting) and uses the least memory after 'checkpoint'.
-TARFLOW_BACKPROP = ("save_dots", "checkpoint", "autodiff")
+# TarFlow's names of flows.models.steps.BACKPROP, its default first.
+BACKPROP_MODES = ("save_dots", "checkpoint", "autodiff")
 
 
 def guidance_weights(guidance, num_tokens: int, schedule: str):
@@ -97,13 +90,11 @@ class TarFlowBlock(Bijector):
         num_heads: int,
         mlp_ratio: int = 4,
         context_features: int | None = None,
-        save_dots: bool = False,
         matmul_impl: str = "lax",
         rngs: nnx.Rngs,
     ):
         self.features = features
         self.num_tokens = num_tokens
-        self.save_dots = bool(save_dots)
         self.net = Transformer(
             features,
             2 * features,
@@ -123,22 +114,10 @@ class TarFlowBlock(Bijector):
         out = jnp.concatenate([jnp.zeros_like(out[:, :1]), out[:, :-1]], axis=1)
         return out[..., : self.features], out[..., self.features :]
 
-    def _forward(self, x, context):
+    def forward_and_log_det(self, x, *, context=None):
         mu, alpha = self._shift_and_log_scale(x, context)
         z = (x - mu) * jnp.exp(-alpha)
         return z[:, ::-1], -jnp.sum(alpha, axis=(1, 2))
-
-    def forward_and_log_det(self, x, *, context=None):
-        if not self.save_dots:
-            return self._forward(x, context)
-        # Keep only the unbatched matrix products' outputs for the backward pass.
-        graphdef, state = nnx.split(self)
-
-        def forward(state, x, context):
-            return nnx.merge(graphdef, state)._forward(x, context)
-
-        policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-        return jax.checkpoint(forward, policy=policy)(state, x, context)
 
     def inverse_and_log_det(self, z, *, context=None):
         return self.decode(z[:, ::-1], context)
@@ -184,18 +163,24 @@ class TarFlowBlock(Bijector):
         return x, log_det
 
 
+@register_model("tarflow")
 class TarFlow(DensityModel):
     """TarFlow over images of shape ``image_shape = (H, W, C)``.
 
-    Args:
+    Args (every one after ``num_classes`` is a field of ``config.model``, defaults here):
       image_shape: (H, W, C); H and W divisible by ``patch_size``.
-      patch_size: p; tokens are p x p patches (d = p*p*C features, T = HW / p^2 tokens).
-      width, layers_per_block, num_heads, mlp_ratio: each block's causal transformer.
-      num_blocks: autoregressive blocks, alternating identity and reversed token order.
       num_classes: None for p(x); N for a label-conditioned p(x | y).
-      guidance_schedule: ``'constant'`` or ``'linear'`` (see the module docstring).
-      backprop: ``'save_dots'`` (default), ``'checkpoint'`` or ``'autodiff'``: what the
-        backward pass keeps and what it recomputes (``TARFLOW_BACKPROP``); same gradients.
+      patch_size: p; tokens are p x p patches (d = p*p*C features, T = HW / p^2 tokens).
+      width: each block's transformer width (divisible by ``num_heads``).
+      num_blocks: autoregressive flow blocks, alternating identity and reversed token order.
+      layers_per_block: transformer layers per block.
+      num_heads: attention heads.
+      mlp_ratio: the transformers' MLP hidden size is ``mlp_ratio * width``.
+      guidance_schedule: the classifier-free guidance weight over the tokens,
+        ``'constant'`` or ``'linear'`` (annealed; see the module docstring).
+      backprop: how the block stack is differentiated, one of ``BACKPROP_MODES``:
+        ``'save_dots'`` (the fastest on XLA:CPU), ``'checkpoint'`` or ``'autodiff'``; the
+        same gradients (the names' meanings: ``flows.models.steps``).
       matmul_impl: the transformers' row products, ``'auto'`` (default), ``'gemm'`` or
         ``'lax'`` (``flows.nn.backend.resolve_matmul_impl``; ``'lax'`` for ``jax.jvp``).
         ``self.matmul_impl`` / ``self.matmul_impl_reason`` hold the resolved choice.
@@ -204,6 +189,7 @@ class TarFlow(DensityModel):
     def __init__(
         self,
         image_shape: tuple[int, int, int],
+        num_classes: int | None = None,
         *,
         patch_size: int = 2,
         width: int = 128,
@@ -211,7 +197,6 @@ class TarFlow(DensityModel):
         layers_per_block: int = 2,
         num_heads: int = 2,
         mlp_ratio: int = 4,
-        num_classes: int | None = None,
         guidance_schedule: str = "constant",
         backprop: str = "save_dots",
         matmul_impl: str = "auto",
@@ -248,11 +233,7 @@ class TarFlow(DensityModel):
                 f"model.guidance_schedule must be one of {list(GUIDANCE_SCHEDULES)}, "
                 f"got {guidance_schedule!r}"
             )
-        if backprop not in TARFLOW_BACKPROP:
-            raise ConfigError(
-                f"model.backprop must be one of {list(TARFLOW_BACKPROP)} for TarFlow, "
-                f"got {backprop!r}"
-            )
+        check_backprop(backprop, BACKPROP_MODES, "TarFlow")
         self.patch_size = patch_size
         self.num_tokens = num_tokens
         self.token_features = patch_size * patch_size * c
@@ -270,13 +251,12 @@ class TarFlow(DensityModel):
                 num_heads=num_heads,
                 mlp_ratio=mlp_ratio,
                 context_features=num_classes,
-                save_dots=backprop == "save_dots",
                 matmul_impl=self.matmul_impl,
                 rngs=r,
             ),
             num_blocks,
             rngs=rngs,
-            backprop="checkpoint" if backprop == "checkpoint" else "autodiff",
+            backprop=backprop,
         )
 
     # -- token order ----------------------------------------------------------------------
@@ -324,54 +304,18 @@ class TarFlow(DensityModel):
     def sample_latents(self, key, num: int, temperature: float = 1.0):
         return temperature * jax.random.normal(key, (num, *self.image_shape))
 
-
-def describe_tarflow(m) -> str:
-    """E.g. ``tarflow p2 w128 4x2 h2 cond``."""
-    text = (
-        f"tarflow p{m['patch_size']} w{m['width']} {m['num_blocks']}x{m['layers_per_block']} "
-        f"h{m['num_heads']}"
-    )
-    if m.get("conditional"):
-        text += " cond"
-        if m.get("guidance_schedule", "constant") != "constant":
-            text += f" ({m['guidance_schedule']} guidance)"
-    return text
-
-
-@register_model(
-    "tarflow",
-    defaults={
-        "patch_size": 2,  # p: tokens are p x p patches
-        "width": 128,  # each block's transformer width
-        "num_blocks": 4,  # autoregressive flow blocks (alternating token order)
-        "layers_per_block": 2,  # transformer layers per block
-        "num_heads": 2,  # attention heads (width divisible by it)
-        "mlp_ratio": 4,  # MLP hidden = mlp_ratio * width
-        # Classifier-free guidance weight over the tokens: 'constant' or 'linear' (annealed).
-        "guidance_schedule": "constant",
-        # 'save_dots' | 'checkpoint' | 'autodiff': what the backward pass keeps (same gradients)
-        "backprop": "save_dots",
-        # 'auto' | 'gemm' | 'lax': the transformers' row products ('lax' for jax.jvp)
-        "matmul_impl": "auto",
-    },
-    describe=describe_tarflow,
-)
-def build_tarflow(cfg, image_shape, num_classes, *, rngs: nnx.Rngs) -> TarFlow:
-    """TarFlow from the fields of ``config.model`` (``flows.models.registry``)."""
-    return TarFlow(
-        image_shape,
-        patch_size=cfg["patch_size"],
-        width=cfg["width"],
-        num_blocks=cfg["num_blocks"],
-        layers_per_block=cfg["layers_per_block"],
-        num_heads=cfg["num_heads"],
-        mlp_ratio=cfg["mlp_ratio"],
-        num_classes=num_classes,
-        guidance_schedule=cfg["guidance_schedule"],
-        backprop=cfg["backprop"],
-        matmul_impl=cfg["matmul_impl"],
-        rngs=rngs,
-    )
+    @classmethod
+    def describe_config(cls, m) -> str:
+        """E.g. ``tarflow p2 w128 4x2 h2 cond``."""
+        text = (
+            f"tarflow p{m['patch_size']} w{m['width']} {m['num_blocks']}x"
+            f"{m['layers_per_block']} h{m['num_heads']}"
+        )
+        if m.get("conditional"):
+            text += " cond"
+            if m.get("guidance_schedule", "constant") != "constant":
+                text += f" ({m['guidance_schedule']} guidance)"
+        return text
 
 
 __all__ = ["TarFlow", "TarFlowBlock", "guidance_weights"]

@@ -18,14 +18,40 @@ differs between groups. Nothing is ranked across groups.
 Conditional runs. A label-conditioned model reports ``-log p(x|y)`` (conditional bits/dim:
 it is told the label, so it is lower) and the marginal ``-log p(x)``, with
 ``log p(x) = logsumexp_y [log p(x|y) + log p(y)]``. Only the marginal is comparable with an
-unconditional model, so the ranked column ``bits_per_dim`` is the density of ``p(x)`` for
-every run: the marginal bits/dim of a conditional run, the bits/dim of an unconditional one.
-The conditional bits/dim is shown beside it and never ranked.
+unconditional model, so the ranked column ``marginal_bits_per_dim`` is the density of ``p(x)``
+for every run: the record's ``marginal_bits_per_dim`` for a conditional run, its
+``bits_per_dim`` for an unconditional one (whose density is its marginal). The column
+``conditional_bits_per_dim`` (the record's ``bits_per_dim`` of a conditional run) is shown
+beside it and never ranked. No output of compare has a bare ``bits_per_dim``: in a record that
+name is the conditional value of a conditional run and the marginal of any other.
+
+Paired differences and the best run. Within a group, each run is compared with the group's
+rank-1 run: ``paired_diff_marginal_bits_per_dim`` is the mean over the test examples of this
+run's bits/dim of p(x) minus the rank-1 run's, ± the standard error of those per-example
+differences. It needs the per-example file beside each record (``eval_test.npz`` beside
+``eval_test.json``: ``flows.evaluation.evaluate_per_example``) and the same measurement: same
+split, example indices, noise key (the evaluation seed) and k. The group already has the same
+split, number of examples and k; the files must agree on the indices and the key. Both
+runs' uniform noise is then the same draw, and what the example makes hard cancels out, so the
+SE is far smaller than either run's own. A variational dequantizer maps the same draw through
+its own q(u|v), so its noise differs from the other run's: such a pair is still paired by
+example (the per-example differences are independent across examples, so their SE stays an
+honest one; it includes the part of the noise that differs), only less tight; a note says so.
+The rank-1 run is marked best only when the difference to every other run of the group
+exceeds ``SIGNIFICANCE_SE`` (2) standard errors: the paired SE where the pair has its files,
+else the unpaired ``sqrt(SE_a^2 + SE_b^2)`` of the two records' means (an older workdir
+without the file; larger than the paired SE when, as usual, the two models find the same
+examples hard). A group whose rank-1 run is within 2 SE of another has no best.
 
 Missing data. A workdir that does not exist, or is not a training workdir (no
 ``config.json``), is an error (``CompareError``, one line naming it). A workdir without the
 evaluation record becomes a row marked "not evaluated" (not ranked) as long as at least one
-other run has its record; when none has, that is an error.
+other run has its record; when none has, that is an error. A missing, unreadable or stale
+per-example file (one that does not average to its record) only loses the paired column.
+
+Names. A run is named by its workdir's base name, or, where base names collide, by the
+fewest trailing path components that tell it apart: never by an absolute path, so the
+Markdown (``format_markdown``) of the same workdirs is the same text wherever they lie.
 """
 
 from __future__ import annotations
@@ -37,12 +63,20 @@ import json
 import math
 import os
 import string
+import zipfile
+
+import numpy as np
 
 from flows import workdir as wd
 from flows.errors import FlowsError
+from flows.evaluation import read_per_example
+from flows.likelihood import mean_and_standard_error
 from flows.models.registry import describe_model
 
 EVAL_FILE = wd.EVAL_TEST
+# The rank-1 run of a group is marked best only when |difference| > SIGNIFICANCE_SE * SE
+# against every other run of the group.
+SIGNIFICANCE_SE = 2.0
 
 # (field of the evaluation record, what it means): runs are comparable iff all are equal.
 COMPARABILITY_FIELDS = (
@@ -79,8 +113,12 @@ CSV_COLUMNS = (
     "num_params",
     "train_steps",
     "wall_time_s",
-    "bits_per_dim",
-    "bits_per_dim_se",
+    "marginal_bits_per_dim",
+    "marginal_bits_per_dim_se",
+    "paired_diff_marginal_bits_per_dim",
+    "paired_diff_marginal_bits_per_dim_se",
+    "significance_test",
+    "significant",
     "conditional_bits_per_dim",
     "conditional_bits_per_dim_se",
     "accuracy",
@@ -97,8 +135,11 @@ class CompareError(FlowsError, ValueError):
 
 
 @dataclasses.dataclass
-class Run:
-    """What one workdir holds. ``evaluation`` is None when the record is missing."""
+class RunSummary:
+    """What one workdir holds, as compare reads it (not ``flows.train``'s training run).
+    ``evaluation`` is None when the record is missing; ``per_example`` holds the arrays of
+    the per-example file beside the record, None (``per_example_note`` says why) when it is
+    missing, unreadable or does not match the record."""
 
     name: str
     workdir: str
@@ -110,6 +151,8 @@ class Run:
     training_record: dict  # eval_test.json (provenance: num_params, train_steps, wall time)
     # Config changes accepted on resume (flows.workdir.config_changed_at): [{step, keys}].
     config_changed_at: list[dict] = dataclasses.field(default_factory=list)
+    per_example: dict | None = None
+    per_example_note: str = ""
 
     @property
     def model_config(self) -> dict:
@@ -130,21 +173,9 @@ def _read_json(path: str):
         raise CompareError(f"{path}: not valid JSON ({e})") from None
 
 
-def _read_jsonl(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise CompareError(f"{path}: line {i} is not valid JSON") from None
-    return records
-
-
-def load_run(workdir: str, *, eval_file: str = EVAL_FILE, name: str | None = None) -> Run:
+def read_run_summary(
+    workdir: str, *, eval_file: str = EVAL_FILE, name: str | None = None
+) -> RunSummary:
     """Reads one workdir. Raises ``CompareError`` if it is missing or has no config.json."""
     if os.path.basename(eval_file) != eval_file or not eval_file:
         raise CompareError(f"--eval must be a file name inside the workdirs, got {eval_file!r}")
@@ -157,12 +188,12 @@ def load_run(workdir: str, *, eval_file: str = EVAL_FILE, name: str | None = Non
     eval_path = os.path.join(workdir, eval_file)
     test_path = os.path.join(workdir, EVAL_FILE)
     evaluation = _read_json(eval_path) if os.path.exists(eval_path) else None
-    return Run(
-        name=name or os.path.basename(os.path.normpath(os.path.abspath(workdir))),
+    run = RunSummary(
+        name=name or _unique_names([workdir])[0],
         workdir=workdir,
         config=wd.upgrade_config(_read_json(config_path)),
         data_info=wd.upgrade_record(_read_json(info_path)) if os.path.exists(info_path) else {},
-        metrics=_read_jsonl(os.path.join(workdir, wd.METRICS)),
+        metrics=wd.read_metrics(workdir),
         evaluation=wd.upgrade_record(evaluation) if evaluation is not None else None,
         eval_file=eval_file,
         training_record=wd.upgrade_record(_read_json(test_path))
@@ -170,18 +201,52 @@ def load_run(workdir: str, *, eval_file: str = EVAL_FILE, name: str | None = Non
         else {},
         config_changed_at=wd.config_changed_at(workdir),
     )
+    if run.evaluation is not None:
+        run.per_example, run.per_example_note = _read_per_example(run)
+    return run
+
+
+def _read_per_example(run: RunSummary) -> tuple[dict | None, str]:
+    """``(arrays, "")`` of the per-example file beside the run's record, or ``(None, why
+    not)``: missing, unreadable, or not the values the record averages (a stale file)."""
+    name = wd.per_example_file(run.eval_file)
+    file = os.path.join(run.workdir, name)
+    if not os.path.exists(file):
+        return None, f"no {name}"
+    try:
+        values = read_per_example(file)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None, f"{name} is unreadable"
+    bpd, index = values.get("marginal_bits_per_dim"), values.get("index")
+    mean, _ = marginal_bits_per_dim(run)
+    if (
+        bpd is None
+        or index is None
+        or "noise_key" not in values
+        or bpd.ndim != 1
+        or index.shape != bpd.shape
+        or len(bpd) != run.evaluation.get("num_examples")
+        or mean is None
+        or not math.isclose(float(np.mean(bpd)), mean, rel_tol=1e-9, abs_tol=1e-12)
+    ):
+        return None, f"{name} does not match {run.eval_file}"
+    return values, ""
 
 
 def _unique_names(workdirs: list[str]) -> list[str]:
-    """Workdir base names; the normalised paths where base names collide."""
-    names = [os.path.basename(os.path.normpath(os.path.abspath(w))) for w in workdirs]
-    return [
-        n if names.count(n) == 1 else os.path.normpath(w)
-        for n, w in zip(names, workdirs, strict=True)
-    ]
+    """Workdir base names; where base names collide, the fewest trailing path components
+    that tell the workdirs apart (``x/run``, ``y/run``)."""
+    parts = [os.path.normpath(os.path.abspath(w)).split(os.sep) for w in workdirs]
+    names = []
+    for p in parts:
+        n = 1
+        while n < len(p) and sum(q[-n:] == p[-n:] for q in parts) > 1:
+            n += 1
+        names.append("/".join(p[-n:]))
+    return names
 
 
-def load_runs(workdirs: list[str], *, eval_file: str = EVAL_FILE) -> list[Run]:
+def read_run_summaries(workdirs: list[str], *, eval_file: str = EVAL_FILE) -> list[RunSummary]:
     """Reads every workdir. Errors (one line): none given, a workdir given twice, a missing
     workdir, or no run with the evaluation record."""
     if not workdirs:
@@ -193,7 +258,7 @@ def load_runs(workdirs: list[str], *, eval_file: str = EVAL_FILE) -> list[Run]:
             raise CompareError(f"{w}: workdir given twice")
         seen.add(key)
     runs = [
-        load_run(w, eval_file=eval_file, name=n)
+        read_run_summary(w, eval_file=eval_file, name=n)
         for w, n in zip(workdirs, _unique_names(workdirs), strict=True)
     ]
     if all(r.evaluation is None for r in runs):
@@ -208,7 +273,7 @@ def load_runs(workdirs: list[str], *, eval_file: str = EVAL_FILE) -> list[Run]:
 # -- what a run measured and how ---------------------------------------------------------
 
 
-def protocol(run: Run) -> dict:
+def protocol(run: RunSummary) -> dict:
     """The comparability fields of a run's evaluation (config / data_info as fallback)."""
     ev = run.evaluation or {}
     data = run.config.get("data", {})
@@ -223,7 +288,7 @@ def protocol(run: Run) -> dict:
     }
 
 
-def comparability_key(run: Run) -> tuple | None:
+def comparability_key(run: RunSummary) -> tuple | None:
     """Equal keys <=> comparable bits/dim. None for a run without an evaluation record."""
     if run.evaluation is None:
         return None
@@ -231,8 +296,9 @@ def comparability_key(run: Run) -> tuple | None:
     return tuple(p[f] for f, _ in COMPARABILITY_FIELDS)
 
 
-def ranked_bits_per_dim(run: Run) -> tuple[float | None, float | None]:
-    """(value, standard error) of the bits/dim of p(x): marginal for a conditional run."""
+def marginal_bits_per_dim(run: RunSummary) -> tuple[float | None, float | None]:
+    """(value, standard error) of the bits/dim of p(x), the ranked number: the record's
+    ``marginal_bits_per_dim`` for a conditional run, its ``bits_per_dim`` otherwise."""
     ev = run.evaluation
     if ev is None:
         return None, None
@@ -243,7 +309,7 @@ def ranked_bits_per_dim(run: Run) -> tuple[float | None, float | None]:
     return float(value), ev.get(f"{prefix}bits_per_dim_se")
 
 
-def model_summary(run: Run) -> str:
+def model_summary(run: RunSummary) -> str:
     """The family's own short description of the run's model (``flows.models.registry``)."""
     return describe_model({**run.model_config, "conditional": run.conditional})
 
@@ -281,7 +347,7 @@ class Comparison:
     groups: dict[str, dict]  # label -> protocol of the group
     notes: list[str]
     eval_file: str
-    runs: list[Run]
+    runs: list[RunSummary]
 
 
 def _group_label(i: int) -> str:
@@ -296,12 +362,12 @@ def _last(records: list[dict], field: str):
     return None
 
 
-def _row(run: Run) -> dict:
+def _row(run: RunSummary) -> dict:
     ev = run.evaluation or {}
     m = run.model_config
     p = protocol(run)
     provenance = {**run.training_record, **ev}
-    value, se = ranked_bits_per_dim(run)
+    value, se = marginal_bits_per_dim(run)
     row = dict.fromkeys(CSV_COLUMNS)
     row.update(
         run=run.name,
@@ -324,8 +390,8 @@ def _row(run: Run) -> dict:
         num_params=provenance.get("num_params"),
         train_steps=provenance.get("train_steps", _last(run.metrics, "step")),
         wall_time_s=provenance.get("wall_time_s", _last(run.metrics, "wall_time_s")),
-        bits_per_dim=value,
-        bits_per_dim_se=se,
+        marginal_bits_per_dim=value,
+        marginal_bits_per_dim_se=se,
         note="",
     )
     if run.conditional and run.evaluation is not None:
@@ -351,10 +417,49 @@ def _row(run: Run) -> dict:
     return row
 
 
-def compare(runs: list[Run]) -> Comparison:
+def paired_difference(run: RunSummary, reference: RunSummary) -> tuple[float, float] | str:
+    """``(mean, SE)`` over the test examples of ``run``'s bits/dim of p(x) minus
+    ``reference``'s, from their per-example files, or why the two cannot be paired. The two
+    are of one group (same split, number of examples and k); their files must hold the same
+    example indices and noise key."""
+    for r in (run, reference):
+        if r.per_example is None:
+            return f"{r.name}: {r.per_example_note}"
+    a, b = run.per_example, reference.per_example
+    if not np.array_equal(a["index"], b["index"]):
+        return "other test examples"
+    if not np.array_equal(a["noise_key"], b["noise_key"]):
+        return "other dequantization noise: another evaluation seed"
+    return mean_and_standard_error(a["marginal_bits_per_dim"] - b["marginal_bits_per_dim"])
+
+
+def _test_against_rank_1(row: dict, first: dict, run: RunSummary, reference: RunSummary):
+    """Fills ``row``'s difference to its group's rank-1 row ``first`` and whether it is
+    significant: paired where the two runs' per-example files allow it, else unpaired."""
+    paired = paired_difference(run, reference)
+    if isinstance(paired, tuple):
+        diff, se = paired
+        row.update(
+            paired_diff_marginal_bits_per_dim=diff,
+            paired_diff_marginal_bits_per_dim_se=se,
+            significance_test="paired",
+        )
+    else:
+        diff = row["marginal_bits_per_dim"] - first["marginal_bits_per_dim"]
+        ses = (row["marginal_bits_per_dim_se"], first["marginal_bits_per_dim_se"])
+        se = math.hypot(*ses) if None not in ses else math.nan
+        row["significance_test"] = "unpaired"
+        unpaired = f"not paired with {reference.name} ({paired}); unpaired test"
+        row["note"] = "; ".join(filter(None, [row["note"], unpaired]))
+    row["significant"] = bool(math.isfinite(se) and abs(diff) > SIGNIFICANCE_SE * se)
+
+
+def compare(runs: list[RunSummary]) -> Comparison:
     """Groups runs by ``comparability_key`` (in order of first appearance), ranks each group
-    by the bits/dim of p(x) (lower is better) and writes the notes."""
+    by the bits/dim of p(x) (lower is better), tests every run against its group's rank-1
+    run (the best mark) and writes the notes."""
     keys, groups, notes = {}, {}, []
+    by_name = {run.name: run for run in runs}
     rows_by_group: dict[str, list[dict]] = {}
     unranked = []
     for run in runs:
@@ -369,15 +474,32 @@ def compare(runs: list[Run]) -> Comparison:
         row["group"] = keys[key]
         rows_by_group.setdefault(keys[key], []).append(row)
 
-    ordered = []
-    for rows in rows_by_group.values():
-        ranked = sorted((r for r in rows if r["bits_per_dim"] is not None), key=_sort_key)
+    ordered, no_best, not_common = [], [], []
+    for label, rows in rows_by_group.items():
+        ranked = sorted((r for r in rows if r["marginal_bits_per_dim"] is not None), key=_sort_key)
         for i, r in enumerate(ranked, 1):
-            r.update(rank=i, group_size=len(ranked), best=(i == 1 and len(ranked) > 1))
+            r.update(rank=i, group_size=len(ranked), best=False)
         for r in rows:
-            if r["bits_per_dim"] is None:
+            if r["marginal_bits_per_dim"] is None:
                 r["group_size"] = len(ranked)
-        ordered += ranked + [r for r in rows if r["bits_per_dim"] is None]
+        ordered += ranked + [r for r in rows if r["marginal_bits_per_dim"] is None]
+        if len(ranked) < 2:
+            continue
+        first = ranked[0]
+        for r in ranked[1:]:
+            _test_against_rank_1(r, first, by_name[r["run"]], by_name[first["run"]])
+            if r["significance_test"] == "paired" and "variational" in (
+                r["dequantization"],
+                first["dequantization"],
+            ):
+                not_common.append(r["run"])
+        first["best"] = all(r["significant"] for r in ranked[1:])
+        if not first["best"]:
+            close = ", ".join(r["run"] for r in ranked[1:] if not r["significant"])
+            no_best.append(
+                f"group {label}: no run marked best: {first['run']} is not lower than {close} "
+                f"by more than {SIGNIFICANCE_SE:g} SE of the difference."
+            )
     ordered += unranked
 
     labels = list(groups)
@@ -396,6 +518,29 @@ def compare(runs: list[Run]) -> Comparison:
         notes.append("All evaluated runs are comparable (one group).")
     if labels:
         notes.append("rank: within its group, by bits/dim of p(x), lower is better.")
+    if any(r["significance_test"] for r in ordered):
+        per_example = wd.per_example_file(runs[0].eval_file)
+        notes.append(
+            f"best: the rank-1 run of a group, marked only when every other run of the group "
+            f"is worse by more than {SIGNIFICANCE_SE:g} standard errors of the difference "
+            f"(|diff| > {SIGNIFICANCE_SE:g} SE): the paired SE where both runs have {per_example} "
+            f"with the same examples and noise, else the unpaired sqrt(SE_a^2 + SE_b^2) of the "
+            f"two means."
+        )
+        notes.append(
+            f"Δ p(x) vs rank 1 (paired): mean ± SE over the test examples of the run's bits/dim "
+            f"of p(x) minus the rank-1 run's, on the same examples with the same dequantization "
+            f"noise (same split, example indices, noise key and k; from {per_example}); '-' "
+            f"where not paired (see the run's note)."
+        )
+    notes += no_best
+    if not_common:
+        notes.append(
+            f"Paired with a variational-dequantization run ({', '.join(not_common)}): the same "
+            f"examples and noise draw, but each model maps the draw through its own q(u|v), so "
+            f"the noise is not common; the SE of the per-example differences includes that "
+            f"part (valid, less tight)."
+        )
     for label in labels:
         notes.append(f"group {label}: {_protocol_text(groups[label])}.")
     if any(r["conditional"] and r["evaluated"] for r in ordered):
@@ -416,7 +561,7 @@ def compare(runs: list[Run]) -> Comparison:
 
 
 def _sort_key(row: dict):
-    return (row["bits_per_dim"], row["run"])
+    return (row["marginal_bits_per_dim"], row["run"])
 
 
 # -- formatting ----------------------------------------------------------------------------
@@ -431,6 +576,7 @@ TABLE_HEADER = (
     "steps",
     "wall time",
     "bits/dim p(x)",
+    "Δ p(x) vs rank 1 (paired)",
     "bits/dim p(x|y)",
     "accuracy (chance)",
     "eval",
@@ -465,6 +611,16 @@ def _count(n) -> str:
     return str(n)
 
 
+def _paired_text(row: dict) -> str:
+    diff, se = row["paired_diff_marginal_bits_per_dim"], row["paired_diff_marginal_bits_per_dim_se"]
+    if diff is not None:
+        # One digit more than the bits/dim: a paired SE is often far below a run's own.
+        return f"{diff:+.5f} ± {se:.5f}" if math.isfinite(se) else f"{diff:+.5f}"
+    if row["rank"] == 1 and row["group_size"] > 1:
+        return "ref"
+    return "-"
+
+
 def _rank_text(row: dict) -> str:
     if row["rank"] is None:
         return "-"
@@ -481,8 +637,8 @@ def table_cells(row: dict) -> list[str]:
             accuracy = _pm(row["accuracy"], row["accuracy_se"], 3)
             if row["chance_accuracy"] is not None:
                 accuracy += f" ({row['chance_accuracy']:.2f})"
-        marginal = _pm(row["bits_per_dim"], row["bits_per_dim_se"])
-        if row["conditional"] and row["bits_per_dim"] is not None:
+        marginal = _pm(row["marginal_bits_per_dim"], row["marginal_bits_per_dim_se"])
+        if row["conditional"] and row["marginal_bits_per_dim"] is not None:
             marginal += " (marginal)"
         evaluation = f"n={row['num_examples']} k={row['importance_samples']}"
         if row["parameters"]:
@@ -501,6 +657,7 @@ def table_cells(row: dict) -> list[str]:
         "-" if row["train_steps"] is None else str(row["train_steps"]),
         _duration(row["wall_time_s"]),
         marginal,
+        _paired_text(row),
         _pm(row["conditional_bits_per_dim"], row["conditional_bits_per_dim_se"]),
         accuracy,
         evaluation,
@@ -522,11 +679,15 @@ def format_table(comparison: Comparison) -> str:
 
 
 def format_markdown(comparison: Comparison) -> str:
+    """A Markdown table, then the notes, for pasting into generated docs: the same workdirs
+    give the same text (run names, never absolute paths; numbers with fixed digits; no
+    time of day), with no heading of its own."""
+
     def esc(text: str) -> str:
         return text.replace("|", "\\|")
 
     out = [
-        f"# Run comparison ({comparison.eval_file})",
+        f"Runs compared by `python -m experiments.compare` on `{comparison.eval_file}`.",
         "",
         "| " + " | ".join(esc(c) for c in TABLE_HEADER) + " |",
         "|" + "|".join("---" for _ in TABLE_HEADER) + "|",

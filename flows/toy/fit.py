@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from flows.errors import ConfigError
-from flows.metrics import mean_and_standard_error
+from flows.likelihood import mean_and_standard_error
 from flows.toy.models import batched_log_prob
 from flows.toy.tables import Table, cell_index_log_volume, dequantize_cells, sample_cells
 from flows.train.optim import make_optimizer

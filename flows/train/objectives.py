@@ -3,7 +3,7 @@
 The loss of a batch of integer images ``v`` (K = ``num_bins`` levels) is the mean over
 examples of ``bits_per_dim(log p(x) - log q(u | v))``, ``(x, log q) = model.dequantize(v, e)``
 with fresh uniform noise ``e`` each step: for uniform dequantization ``x = (v + e) / K`` and
-``log q = 0`` (``flows.metrics``); for a variational one the dequantizer's flow maps ``e`` to
+``log q = 0`` (``flows.likelihood``); for a variational one the dequantizer's flow maps ``e`` to
 ``u`` and is trained by the same loss (``flows.bijectors.dequantizer``). Plus the model's own
 auxiliary loss (``DensityModel.log_prob_and_aux_loss``; Glow's ``weight_y`` times its
 classifier's cross-entropy in bits, reported as ``aux_ce_bits``). For a label-conditioned
@@ -33,7 +33,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from flows.metrics import bits_per_dim
+from flows.likelihood import bits_per_dim
 from flows.models.base import is_conditional
 
 

@@ -72,3 +72,10 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
     # optax would apply updates again after max_consecutive_errors skips; the loop aborts
     # first (at optim.max_consecutive_nonfinite), so never train on a non-finite update.
     return optax.apply_if_finite(tx, max_consecutive_errors=2**30)
+
+
+def run_optimizer(config) -> optax.GradientTransformation:
+    """The optimizer of a run's ``config``: ``make_optimizer`` of ``config.optim`` with the
+    schedule over ``config.train.num_train_steps`` steps. Setting a run up
+    (``flows.train.setup``) and loading it back (``flows.train.restore``) both build it."""
+    return make_optimizer(config.optim, config.train.num_train_steps)

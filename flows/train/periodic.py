@@ -27,7 +27,7 @@ from flows import plotting
 from flows import workdir as wd
 from flows.errors import TrainingError
 from flows.evaluation import evaluate_bits_per_dim
-from flows.metrics import quantize
+from flows.likelihood import quantize
 from flows.models import is_conditional, sample_compiled
 from flows.train.optim import learning_rate_of_step
 from flows.train.setup import DATA_STATE, Run
@@ -118,10 +118,13 @@ class Validate(PeriodicAction):
         self.wall_time = wall_time
 
     def __call__(self, run: Run, step: int, record: dict) -> None:
-        if run.validation is None:
+        if run.validation_split is None:
             return
         rec = evaluate_bits_per_dim(
-            run.model(), run.validation, batch_size=run.config.eval.batch_size, key=run.eval_key
+            run.model(),
+            run.validation_split,
+            batch_size=run.config.eval.batch_size,
+            key=run.eval_key,
         )
         record["val_bpd"] = rec["bits_per_dim"]
         if record["val_bpd"] < run.meta["best_val_bpd"]:
@@ -129,19 +132,34 @@ class Validate(PeriodicAction):
             run.best.save(step, run.state, dict(run.meta, wall_time_s=self.wall_time()))
 
 
-def save_sample_grid(path, run: Run, model, key) -> np.ndarray:
-    """``train.num_grid_samples`` samples at ``train.sample_temperature`` (one class per
-    sample, cycling, for a conditional model) as a PNG grid; returns them (integer levels,
-    (N, H, W, C))."""
+def save_sample_grid(path, run: Run, model, key, title: str) -> np.ndarray:
+    """Samples at ``train.sample_temperature`` as a labelled PNG grid (``flows.plotting``)
+    under ``title``; returns the picture (uint8).
+
+    A conditional model's grid has one row per class, ``ceil(train.num_grid_samples /
+    num_classes)`` samples of that class each, the class at the row's left; an unconditional
+    model's is a square-ish grid of ``train.num_grid_samples``. The header gives the
+    temperature."""
     tc = run.config.train
-    context = None
+    n, context, row_labels, ncols = tc.num_grid_samples, None, None, None
     if is_conditional(model):
-        context = jnp.arange(tc.num_grid_samples) % model.num_classes
-    x = sample_compiled(model, tc.num_grid_samples, key, tc.sample_temperature, context)
-    bins = run.train.num_bins
+        ncols = math.ceil(n / model.num_classes)  # a row per class
+        n = ncols * model.num_classes
+        context = jnp.repeat(jnp.arange(model.num_classes), ncols)
+        row_labels = [str(y) for y in range(model.num_classes)]
+    x = sample_compiled(model, n, key, tc.sample_temperature, context)
+    bins = run.train_split.num_bins
     levels = np.asarray(quantize(x, bins))
-    plotting.save_image_grid(path, levels, bins)
-    return levels
+    rows = plotting.rows_of(levels, ncols)
+    return plotting.save_grid(
+        path,
+        rows,
+        bins,
+        groups=[(f"T={tc.sample_temperature:g}", len(rows[0]))],
+        row_labels=row_labels,
+        corner="class" if row_labels else None,
+        title=title,
+    )
 
 
 class SampleGrid(PeriodicAction):
@@ -155,9 +173,9 @@ class SampleGrid(PeriodicAction):
         if run.is_main:
             path = wd.path(run.workdir, f"{wd.SAMPLES}/step_{step:06d}.png")
             key = jax.random.fold_in(run.eval_key, step)
-            levels = save_sample_grid(path, run, run.model(), key)
+            picture = save_sample_grid(path, run, run.model(), key, f"samples at step {step}")
             if self.board is not None:
-                self.board.samples(PERIODIC_SAMPLES, step, levels, run.train.num_bins)
+                self.board.samples(PERIODIC_SAMPLES, step, picture)
 
 
 class SaveCheckpoint(PeriodicAction):

@@ -11,8 +11,8 @@ from flows import workdir as wd
 from flows.errors import CheckpointError, ConfigError
 from flows.models import build_model
 from flows.train.checkpoint import Checkpointer, abstract_like
-from flows.train.optim import make_optimizer
-from flows.train.state import TrainState
+from flows.train.optim import run_optimizer
+from flows.train.state import TrainState, default_use_ema, keeps_ema
 
 CHECKPOINT_CHOICES = {"best": wd.BEST, "latest": wd.CHECKPOINTS}
 
@@ -33,8 +33,9 @@ def load_run(workdir: str, *, checkpoint: str = "best", use_ema: bool | None = N
     model = build_model(
         config.model, data_info["image_shape"], data_info["num_classes"], rngs=nnx.Rngs(0)
     )
-    tx = make_optimizer(config.optim, config.train.num_train_steps)
-    template = TrainState.create(model, tx, jax.random.key(0), ema=config.train.ema_decay > 0)
+    template = TrainState.create(
+        model, run_optimizer(config), jax.random.key(0), ema=keeps_ema(config)
+    )
     graphdef = nnx.graphdef(model)
     ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_CHOICES[checkpoint]))
     if ckpt.latest_step() is None and checkpoint == "best":
@@ -51,7 +52,7 @@ def load_run(workdir: str, *, checkpoint: str = "best", use_ema: bool | None = N
         ckpt.close()
     step = int(state.step)
     if use_ema is None:
-        use_ema = bool(config.eval.use_ema) and state.ema is not None
+        use_ema = default_use_ema(config, state)
     info = {
         "checkpoint_step": step,
         "parameters": "ema" if use_ema else "raw",

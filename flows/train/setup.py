@@ -18,17 +18,18 @@ import numpy as np
 from flax import nnx
 
 from flows import data as data_lib
+from flows import sharding
 from flows import workdir as wd
 from flows.data import pipeline
 from flows.errors import CheckpointError, ConfigError
-from flows.metrics import dequantize
+from flows.likelihood import dequantize
 from flows.models import build_model, is_conditional
 from flows.models.registry import with_defaults
-from flows.train import optim, sharding
+from flows.train import config_checks, optim
 from flows.train.checkpoint import Checkpointer, ShapeMismatch, abstract_like
 from flows.train.objectives import density_loss
-from flows.train.optim import make_optimizer
-from flows.train.state import TrainState
+from flows.train.optim import run_optimizer
+from flows.train.state import TrainState, default_use_ema, keeps_ema
 from flows.train.step import make_train_step
 
 # The key of a checkpoint's meta holding the training iterator's state.
@@ -42,9 +43,9 @@ class Run:
     config: object
     workdir: str
     is_main: bool
-    train: data_lib.StreamedSplit
-    validation: data_lib.StreamedSplit | None
-    test: data_lib.StreamedSplit
+    train_split: data_lib.StreamedSplit
+    validation_split: data_lib.StreamedSplit | None
+    test_split: data_lib.StreamedSplit
     mesh: jax.sharding.Mesh
     graphdef: nnx.GraphDef
     state: TrainState
@@ -61,7 +62,7 @@ class Run:
 
     @property
     def use_ema(self) -> bool:
-        return bool(self.config.eval.use_ema) and self.state.ema is not None
+        return default_use_ema(self.config, self.state)
 
     @property
     def eval_key(self) -> jax.Array:
@@ -83,10 +84,10 @@ class Run:
                 self.lock.release()
 
 
-def host_batches(data, batch_size: int, seed: int, num_steps: int):
-    """The grain dataset of this process's rows of global batches ``0..num_steps-1``."""
+def host_batches(data, batch_size: int, seed: int, num_batches: int):
+    """The grain dataset of this process's rows of global batches ``0..num_batches-1``."""
     rows = sharding.process_slice(batch_size)
-    return pipeline.training_batches(data, batch_size, seed, num_steps, rows=rows)
+    return pipeline.training_batches(data, batch_size, seed, num_batches, rows=rows)
 
 
 def make_model_and_state(
@@ -116,7 +117,7 @@ def make_model_and_state(
         jax.random.fold_in(key, -1 % 2**31),
     )
     model = nnx.merge(graphdef, params, buffers)
-    state = TrainState.create(model, tx, key, ema=config.train.ema_decay > 0)
+    state = TrainState.create(model, tx, key, ema=keeps_ema(config))
     return graphdef, sharding.replicate(state, mesh)
 
 
@@ -274,8 +275,8 @@ def _start_batches(run: Run):
             f"checkpoint {run.start_step} in {run.workdir} saved the data position "
             f"{state} of another step; use a fresh --workdir"
         )
-    dataset = host_batches(run.train, tc.batch_size, tc.seed, tc.num_train_steps)
-    return pipeline.start_batches(dataset, state, threads=pipeline.read_threads(run.train))
+    dataset = host_batches(run.train_split, tc.batch_size, tc.seed, tc.num_train_steps)
+    return pipeline.start_batches(dataset, state, threads=pipeline.read_threads(run.train_split))
 
 
 def _new_run(config, workdir: str, is_main: bool) -> Run:
@@ -286,8 +287,8 @@ def _new_run(config, workdir: str, is_main: bool) -> Run:
     tc = config.train
     mesh = sharding.data_mesh()
     sharding.check_batch_size(tc.batch_size, mesh)
-    tx = make_optimizer(config.optim, tc.num_train_steps)
-    init = host_batches(train, tc.init_batch_size, tc.seed + 1, num_steps=1)[0]
+    tx = run_optimizer(config)
+    init = host_batches(train, tc.init_batch_size, tc.seed + 1, num_batches=1)[0]
     init = sharding.shard_batch(init, mesh)
     graphdef, state = make_model_and_state(
         config,
@@ -311,9 +312,9 @@ def _new_run(config, workdir: str, is_main: bool) -> Run:
         config=config,
         workdir=workdir,
         is_main=is_main,
-        train=train,
-        validation=datasets["validation"],
-        test=datasets["test"],
+        train_split=train,
+        validation_split=datasets["validation"],
+        test_split=datasets["test"],
         mesh=mesh,
         graphdef=graphdef,
         state=state,
@@ -328,23 +329,37 @@ def _new_run(config, workdir: str, is_main: bool) -> Run:
 
 def setup_run(config, workdir: str, *, allow_config_change: bool = False) -> Run:
     """Everything a run needs, resumed from ``workdir``'s newest readable checkpoint if it has
-    one. A config other than the stored one is refused unless ``allow_config_change``."""
+    one. A config other than the stored one is refused unless ``allow_config_change``; a
+    numeric field out of range, before the workdir is touched (``config_checks``). A
+    workdir this call created is removed again when the setup fails (a dataset that cannot
+    be read, a model the config cannot build): a failed first command leaves nothing."""
+    config_checks.check_config(config)
     sharding.initialize_distributed(config.train.distributed)
     is_main = jax.process_index() == 0
+    created = is_main and not os.path.lexists(workdir)
     lock, stored_config = _prepare_workdir(workdir, is_main)
+
+    def undo():  # removed while the lock is held: no other run can have started in it
+        if created:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if lock is not None:
+            lock.release()
+
     try:
         run = _new_run(config, workdir, is_main)
     except BaseException:
-        if lock is not None:
-            lock.release()
+        undo()
         raise
-    run.lock = lock
     try:
         _resume(run, stored_config, allow_config_change)
         run.batches = _start_batches(run)
         if is_main:
-            _write_run_files(config, workdir, run.train)
+            _write_run_files(config, workdir, run.train_split)
     except BaseException:
-        run.close()  # no orbax threads left to fail at interpreter exit
+        try:
+            run.close()  # no orbax threads left to fail at interpreter exit
+        finally:
+            undo()
         raise
+    run.lock = lock
     return run

@@ -48,6 +48,17 @@ class TrainState:
         return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
 
 
+def keeps_ema(config) -> bool:
+    """Whether a run of ``config`` keeps an EMA of its parameters (``train.ema_decay > 0``)."""
+    return config.train.ema_decay > 0
+
+
+def default_use_ema(config, state: TrainState) -> bool:
+    """Whether a run's evaluations use the EMA parameters: ``config.eval.use_ema``, when
+    ``state`` kept an EMA."""
+    return bool(config.eval.use_ema) and state.ema is not None
+
+
 def num_nonfinite_steps(opt_state) -> jax.Array:
     """Total updates skipped for non-finite loss or gradients (``optax.apply_if_finite``)."""
     return opt_state.total_notfinite

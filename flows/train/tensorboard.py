@@ -42,7 +42,6 @@ import numpy as np
 from tensorboardX import RecordWriter, summary
 from tensorboardX.proto.event_pb2 import Event, SessionLog
 
-from flows import plotting
 from flows import workdir as wd
 
 # What each field of a metrics.jsonl record is called in TensorBoard (the slash groups them).
@@ -115,10 +114,11 @@ class Board:
             if _numeric(evaluation.get(field)):
                 self._summary(step, summary.scalar(f"test/{field}", evaluation[field]))
 
-    def samples(self, tag: str, step: int, levels: np.ndarray, num_bins: int) -> None:
-        """Integer images (N, H, W, C) as one grid image, the layout of the PNG grids."""
-        grid = plotting.image_grid(levels, num_bins)
-        self._summary(step, summary.image(tag, grid, dataformats="HWC"))
+    def samples(self, tag: str, step: int, picture: np.ndarray) -> None:
+        """A sample grid: the picture of its PNG (``flows.plotting.grid_picture``, uint8,
+        (H, W) or (H, W, 3))."""
+        picture = picture[..., None] if picture.ndim == 2 else picture
+        self._summary(step, summary.image(tag, picture, dataformats="HWC"))
 
     def flush(self) -> None:
         self._writer.flush()  # Python's buffer to the file, then fsync

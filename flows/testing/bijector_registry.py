@@ -2,10 +2,11 @@
 images on the unit scale onto a pytree of latents), each in a few configurations, including
 conditioned ones.
 
-Generic tests (``test_bijectors.py``) run on every entry: round trip, log-det against the
-autodiff Jacobian, log-det of the inverse, jit against no-jit. A new layer is tested by adding
-it here. Each entry builds a *fresh* layer from ``nnx.Rngs``; the tests then perturb every
-parameter (so zero-initialised layers are not the identity) and run data-dependent init.
+Generic tests (``tests/test_bijectors.py``) run on every entry: round trip, log-det against
+the autodiff Jacobian, log-det of the inverse, jit against no-jit; ``bench.device_check`` runs
+the float32 ones on an accelerator. A new layer is tested by adding it here. Each entry builds
+a *fresh* layer from ``nnx.Rngs``; ``build`` then perturbs every parameter (so
+zero-initialised layers are not the identity) and runs data-dependent init.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from flows import bijectors as B
@@ -51,7 +55,7 @@ def _level(context=None, is_top=False, coupling="affine", permutation="conv1x1_l
     )
 
 
-# Jet's coupling networks and a tiny whole Jet (issue 13).
+# Jet's coupling networks and a tiny whole Jet.
 _JET_NET = {"width": 8, "depth": 1, "num_heads": 2}
 _JET_MODEL = {
     "patch_size": 2,
@@ -130,7 +134,7 @@ REGISTRY: list[Entry] = [
         (2, 2, 4),
     ),
     Entry("glow_level_split", _level(), (4, 4, 2)),
-    # Glow's spline coupling (issue 14), conditional (the label enters its conv net): few
+    # Glow's spline coupling, conditional (the label enters its conv net): few
     # segments and a bound inside the inputs' range, so the knots and the identity tails
     # both occur. One entry for the top level, the 1x1 convolution and the spline together:
     # the float64 Jacobian test of a level is the suite's most expensive kind.
@@ -148,7 +152,7 @@ REGISTRY: list[Entry] = [
         context_features=2,
     ),
     Entry("glow_level_cond", _level(context=3), (4, 4, 2), context_features=3),
-    # ---- vector couplings with an MLP conditioner; rational-quadratic splines (issue 5) ----
+    # ---- vector couplings with an MLP conditioner; rational-quadratic splines ----
     Entry("mlp_additive_coupling", lambda r: mlp_coupling("additive", 5, 16, rngs=r), (5,)),
     Entry("mlp_affine_coupling", lambda r: mlp_coupling("affine", 4, 16, rngs=r), (4,)),
     Entry(
@@ -176,7 +180,7 @@ REGISTRY: list[Entry] = [
         (2, 2, 5),
     ),
     Entry("probit", lambda r: B.Probit(), (3,), domain="unit"),
-    # ---- variational dequantization (issue 14): noise e -> u on the unit cube, given v ----
+    # ---- variational dequantization: noise e -> u on the unit cube, given v ----
     Entry(
         "variational_dequantizer",
         lambda r: VariationalDequantizer(
@@ -201,7 +205,7 @@ REGISTRY: list[Entry] = [
         context_features=3,
         domain="unit",
     ),
-    # ---- TarFlow (issue 13) ----
+    # ---- TarFlow ----
     Entry(
         "tarflow_block_cond",  # one autoregressive block on (T=4, d=3) tokens, then reversed
         lambda r: TarFlowBlock(3, 4, width=8, depth=1, num_heads=2, context_features=2, rngs=r),
@@ -232,7 +236,7 @@ REGISTRY: list[Entry] = [
         context_features=3,
         domain="unit",
     ),
-    # ---- Jet (issue 13) ----
+    # ---- Jet ----
     Entry("patchify", lambda r: B.Patchify((4, 6, 2), 2), (4, 6, 2)),
     Entry(
         "jet_channel_coupling",
@@ -267,3 +271,53 @@ REGISTRY: list[Entry] = [
         domain="unit",
     ),
 ]
+
+BATCH = 2  # examples per input batch
+# The float32 tolerances of the round trip and of jit against eager.
+ROUND_TRIP_ATOL = 1e-4  # |x2 - x|
+LOG_DET_RTOL, LOG_DET_ATOL = 1e-4, 1e-3  # |ild + ld| <= atol + rtol |ld|
+JIT_EAGER_RTOL, JIT_EAGER_ATOL = 1e-5, 1e-5
+
+
+def inputs(entry: Entry, dtype, seed: int = 0, batch: int = BATCH):
+    """``(x, context)``: a batch of inputs of ``entry`` (``x ~ N(0, 1)``, or ``U(0.02, 0.98)``
+    for the 'unit' domain) and its context (``N(0, 1)``, or None), of ``dtype``."""
+    kx, kc = jax.random.split(jax.random.key(seed))
+    shape = (batch, *entry.event_shape)
+    if entry.domain == "unit":
+        x = jax.random.uniform(kx, shape, dtype, 0.02, 0.98)
+    else:
+        x = jax.random.normal(kx, shape, dtype)
+    ctx = None
+    if entry.context_features:
+        features = entry.context_features
+        features = (features,) if isinstance(features, int) else tuple(features)
+        ctx = jax.random.normal(kc, (batch, *features), dtype)
+    return x, ctx
+
+
+def build(entry: Entry, dtype=jnp.float32, seed: int = 0):
+    """``(layer, x, context)``: a layer with every float parameter perturbed and
+    data-dependent init done, and the inputs (``inputs``) it was initialised on."""
+    layer = entry.make(nnx.Rngs(seed))
+    x, ctx = inputs(entry, dtype, seed)
+    rng = np.random.default_rng(seed + 1)  # numpy noise: no per-shape XLA compilation
+
+    def perturb(v):
+        if jnp.issubdtype(v.dtype, jnp.floating):
+            return jnp.asarray(np.asarray(v) + 0.1 * rng.standard_normal(v.shape), dtype)
+        return v
+
+    params = nnx.state(layer, nnx.Param)
+    nnx.update(layer, jax.tree.map(perturb, params))
+    layer.initialize(x, context=ctx)
+    # Perturb again after init so ActNorm is not exactly standardising (a harder test).
+    nnx.update(layer, jax.tree.map(perturb, nnx.state(layer, nnx.Param)))
+    return layer, x, ctx
+
+
+def round_trip(layer, x, ctx):
+    """``(z, ld, x2, ild)``: forward then inverse, with both log-dets."""
+    z, ld = layer.forward_and_log_det(x, context=ctx)
+    x2, ild = layer.inverse_and_log_det(z, context=ctx)
+    return z, ld, x2, ild

@@ -1,4 +1,5 @@
-"""Dequantization and bits/dim, computed the way flow papers compute them.
+"""The likelihood arithmetic: dequantization, bits/dim, importance weighting and standard
+errors, computed the way flow papers compute them.
 
 Discrete data ``v`` has ``K`` levels per value (``K = 2**n_bits``; 17 for the 8x8 digits).
 Uniform dequantization maps it to the unit cube, ``x = (v + u) / K`` with ``u ~ U[0, 1)^D``.

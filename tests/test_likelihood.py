@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flows.metrics import (
+from flows.likelihood import (
     bits_per_dim,
     dequantize,
     dequantize_with_noise,
