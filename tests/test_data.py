@@ -56,9 +56,9 @@ def digits_calls(monkeypatch):
         return wrapper
 
     monkeypatch.setattr(
-        digits_lib, "_load_sklearn_digits", counted("load", digits_lib._load_sklearn_digits)
+        digits_lib, "load_sklearn_digits", counted("load", digits_lib.load_sklearn_digits)
     )
-    monkeypatch.setattr(digits_lib, "_encode_png", counted("encode", digits_lib._encode_png))
+    monkeypatch.setattr(digits_lib, "encode_png", counted("encode", digits_lib.encode_png))
     return calls
 
 
