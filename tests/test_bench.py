@@ -21,6 +21,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "extra",
     [
@@ -58,6 +59,7 @@ def test_throughput_prints_its_record(extra, capsys, tmp_path):
     assert json.loads(written.read_text())["case"] == record["case"]
 
 
+@pytest.mark.slow
 def test_device_check_smoke_runs_end_to_end(tmp_path):
     """``python -m bench.device_check --smoke`` (as on a GPU machine, in a subprocess from the
     repository root, which is what puts ``bench`` on its path) prints and

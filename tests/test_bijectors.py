@@ -38,6 +38,7 @@ def test_round_trip_float32(entry):
     np.testing.assert_allclose(ild, -ld, rtol=LOG_DET_RTOL, atol=LOG_DET_ATOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", REGISTRY, ids=ids)
 def test_jit_matches_eager(entry):
     layer, x, ctx = build(entry)
@@ -47,6 +48,7 @@ def test_jit_matches_eager(entry):
         np.testing.assert_allclose(a, b, rtol=JIT_EAGER_RTOL, atol=JIT_EAGER_ATOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", REGISTRY, ids=ids)
 def test_log_det_matches_autodiff_jacobian_float64(entry):
     with jax.enable_x64(True):

@@ -110,6 +110,7 @@ def test_label_prior_is_set(model):
     np.testing.assert_allclose(np.exp(model.log_label_prior[...]), COUNTS / COUNTS.sum(), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_marginal_and_bayes_posterior_match_brute_force(model, images, brute_force_joint):
     marginal, posterior = _bayes(model, images)
     expected = jax.scipy.special.logsumexp(brute_force_joint, axis=1)
@@ -156,6 +157,7 @@ def _cut_label(model, where):
     assert cut, "no label projection matched"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("condition_on", ["top", "priors", "all"])
 def test_conditioning_changes_samples(model, condition_on):
     if condition_on == "top":
@@ -178,6 +180,7 @@ def test_conditioning_changes_samples(model, condition_on):
     assert bool(jnp.all(jnp.isfinite(a))) and bool(jnp.all(jnp.isfinite(b)))
 
 
+@pytest.mark.slow
 def test_auxiliary_classifier_logits_and_loss_in_bits(images):
     weight_y = 0.01
     m = perturbed_glow("top", num_levels=1, weight_y=weight_y)  # classifier nudged off zero
@@ -246,6 +249,7 @@ def _fake_split(n, num_bins, seed):
     )
 
 
+@pytest.mark.slow
 def test_evaluate_conditional_marginal_matches_model(model):
     """Draw i of example n is ``dequantization_noise(key, n, i)``; with k = 2 draws the
     marginal must equal the importance-weighted bound built from marginal_log_prob and
@@ -301,6 +305,7 @@ def test_conditional_evaluation_reads_labels_with_the_batches(model):
     np.testing.assert_array_equal(per_example["label"], data.labels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("conditional", [False, True])
 def test_evaluation_does_not_depend_on_the_batch_size(model, conditional):
     """The noise is a function of (key, example, draw): batch sizes 16 and 50 (both with an

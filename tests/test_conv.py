@@ -20,6 +20,7 @@ def _reference(x, w):
     return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kernel",
     [
@@ -114,6 +115,7 @@ def _nudged_glow(image_shape, hidden_channels, wave, **kwargs):
     return model
 
 
+@pytest.mark.slow
 def test_bfloat16_products_keep_the_flow_exactly_invertible():
     from flax import nnx
 
@@ -141,6 +143,7 @@ def test_relu_cast_gradient_reads_the_mask_off_the_output():
     np.testing.assert_array_equal(dx, jnp.where(x > 0, g, 0.0))
 
 
+@pytest.mark.slow
 def test_bfloat16_glow_gradients_follow_float32_under_scan_and_jit():
     """The mixed-precision training path (bf16 products and hidden activations, weight
     gradients summed in f32), with and without recomputed hidden activations, through
@@ -228,6 +231,7 @@ def test_lax_impl_matches_gemm_and_is_forward_differentiable():
     np.testing.assert_allclose(forward, reverse, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_glow_lax_and_gemm_convolutions_compute_the_same_flow():
     """The same parameters, ``conv_impl='lax'`` vs ``'gemm'``: log p(x), the latents, and
     the inverse, compiled."""
@@ -280,6 +284,7 @@ def test_auto_resolution_follows_the_backend_and_the_cpu_flags(tmp_path):
         resolve_compute_dtype("float16")
 
 
+@pytest.mark.slow
 def test_glow_resolves_auto_when_built(monkeypatch):
     """Glow resolves both fields once, at build time, from ``jax.default_backend()`` (faked
     here: a GPU), threads them to every network, and keeps the choice and the reason."""

@@ -56,6 +56,7 @@ def _perturb_dequantizer(model, scale=0.3, seed=1):
     nnx.update(model.dequantizer, jax.tree.map(bump, params))
 
 
+@pytest.mark.slow
 def test_the_objective_with_a_fresh_variational_dequantizer_is_the_uniform_bound():
     """Zero-initialised couplings make g_v the identity: q = U[0, 1)^D and log q = 0 (float64
     noise: to 1e-12), so the training loss, whose noise is float32, equals the uniform-
@@ -78,6 +79,7 @@ def test_the_objective_with_a_fresh_variational_dequantizer_is_the_uniform_bound
     assert "dequant_entropy_bits" not in metrics_u
 
 
+@pytest.mark.slow
 def test_evaluation_names_the_dequantization_and_equals_uniform_at_init():
     model = _variational_glow()
     data = ImageData(
@@ -103,6 +105,7 @@ def test_a_trained_dequantizer_keeps_every_value_in_its_cell():
     assert np.all(np.isfinite(log_q)) and float(jnp.max(jnp.abs(log_q))) > 0.1
 
 
+@pytest.mark.slow
 def test_the_loss_trains_the_dequantizer():
     model = _variational_glow()
     batch = {"image": _images(), "label": jnp.zeros((16,), jnp.int32)}

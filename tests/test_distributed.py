@@ -8,6 +8,10 @@ training like one)."""
 import importlib.util
 import os
 
+import pytest
+
+pytestmark = pytest.mark.slow  # trains in subprocesses
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

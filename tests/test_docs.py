@@ -54,6 +54,7 @@ def _python_blocks(page: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", [p for p in PAGES if _python_blocks(p)], ids=lambda p: p.name)
 def test_python_examples_run_as_written(page):
     for block in _python_blocks(page):

@@ -112,6 +112,7 @@ CASES = [
 CASE_IDS = ["lu_affine_ctx", "shuffle_additive_ctx"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_step_stack_gradients_equal_autodiff_float64(case):
     with jax.enable_x64(True):
@@ -123,6 +124,7 @@ def test_step_stack_gradients_equal_autodiff_float64(case):
             _assert_trees_close(g, g_ref, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.slow
 def test_spline_step_stack_invertible_gradients_equal_autodiff_float64():
     """Glow's spline coupling: its inverse solves a quadratic per element, and the inputs
     (unit scale after ActNorm, bound 1.5) fall both on the spline and in its identity tails;
@@ -141,11 +143,13 @@ def test_spline_step_stack_invertible_gradients_equal_autodiff_float64():
         _assert_trees_close(g, g_ref, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.slow
 def test_step_stack_gradients_equal_autodiff_float32():
     out = _stack_grads(jnp.float32, modes=("autodiff", "invertible"), **CASES[0])
     _assert_trees_close(out["invertible"][1], out["autodiff"][1], rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_invertible_jacobian_equals_autodiff_float64():
     """The full input Jacobian (every output cotangent) agrees, not just one projection."""
     with jax.enable_x64(True):
@@ -190,6 +194,7 @@ def _glow_grads(dtype, modes):
     return out
 
 
+@pytest.mark.slow
 def test_glow_gradients_equal_autodiff_float64():
     """A whole class-conditional Glow (labels in every coupling and prior), all three modes."""
     with jax.enable_x64(True):
@@ -221,6 +226,7 @@ def _train_temp_bytes(backprop, num_steps):
     return analysis.temp_size_in_bytes
 
 
+@pytest.mark.slow
 def test_invertible_training_memory_does_not_grow_with_depth():
     """XLA's own count of temporary buffers: autodiff keeps every step's activations,
     invertible backprop keeps none, so its training memory is the same for K = 2 and 8."""

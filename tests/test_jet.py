@@ -47,6 +47,7 @@ def _jet(num_couplings=3, num_classes=None, perturb=True, image=IMAGE, **kw):
 # -- exactness: the split projections at HIGHEST, the networks at the default --------------
 
 
+@pytest.mark.slow
 def test_split_projections_are_highest_and_network_products_are_not():
     model = _jet(perturb=False)
     for direction in ("forward", "inverse"):
@@ -69,6 +70,7 @@ def test_split_projections_are_highest_and_network_products_are_not():
 # -- classifier-free guidance ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_guided_inverse():
     model = _jet(num_classes=3)
     z = model.sample_latents(jax.random.key(0), 4)
@@ -99,6 +101,7 @@ def test_guided_inverse():
 # -- the projections never train ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_projections_are_buffers_not_params():
     model = _jet(num_couplings=5, perturb=False)  # two scanned groups and a tail coupling
     params = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
@@ -119,6 +122,7 @@ def test_projections_are_buffers_not_params():
     assert not np.array_equal(p[0], p[1])
 
 
+@pytest.mark.slow
 def test_program_size_does_not_grow_with_depth():
     """3 and 9 couplings of a 3-coupling pattern: 1 and 3 scanned groups, one program."""
 
@@ -146,6 +150,7 @@ def test_program_size_does_not_grow_with_depth():
 # -- identity at initialisation and the [-1, 1) scaling -------------------------------------
 
 
+@pytest.mark.slow
 def test_identity_at_init_counts_the_scaling():
     model = _jet(perturb=False)
     x = jax.random.uniform(jax.random.key(0), (2, *IMAGE))
@@ -159,6 +164,7 @@ def test_identity_at_init_counts_the_scaling():
 # -- training through the real loop --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_conditional_smoke_run_trains_and_evaluates(tmp_path):
     """``jet_digits.py:smoke,cond`` (label dropout) through ``train_and_evaluate``: the
     conditional record (marginal bits/dim, Bayes accuracy) and a guided sample grid. The

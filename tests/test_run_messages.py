@@ -60,6 +60,7 @@ def smoke(tmp_path_factory):
     return str(workdir), str(data_dir), result
 
 
+@pytest.mark.slow
 def test_first_run_prints_one_line_while_the_digits_are_prepared(smoke):
     _, data_dir, result = smoke
     lines = result.stdout.splitlines()
@@ -70,6 +71,7 @@ def test_first_run_prints_one_line_while_the_digits_are_prepared(smoke):
     assert os.path.isdir(os.path.join(data_dir, "digits", "1.0.0"))
 
 
+@pytest.mark.slow
 def test_a_warmup_as_long_as_the_run_is_one_warning_line_and_the_run_goes_on(smoke):
     workdir, _, result = smoke
     warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
@@ -84,6 +86,7 @@ def test_a_warmup_as_long_as_the_run_is_one_warning_line_and_the_run_goes_on(smo
     assert records[-1]["step"] == 20 and records[-1]["lr"] == pytest.approx(last, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_last_line_names_what_was_written_and_the_wall_time(smoke):
     workdir, _, result = smoke
     last = result.stdout.strip().splitlines()[-1]
@@ -114,6 +117,7 @@ def test_last_line_names_what_was_written_and_the_wall_time(smoke):
     assert result.stdout.strip().splitlines()[-2].endswith(f"-> {workdir}/eval_test.json")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, title",
     [

@@ -65,6 +65,7 @@ def test_patchify_round_trip_and_token_layout():
     np.testing.assert_array_equal(patchify.inverse(tokens), x)
 
 
+@pytest.mark.slow
 def test_cached_inverse_equals_the_fixed_point_of_the_forward_map():
     """The key/value-cache decoding equals the naive inverse: iterate
     x <- z exp(alpha(x)) + mu(x) with the full (uncached) transformer T times; token t is
@@ -86,6 +87,7 @@ def test_cached_inverse_equals_the_fixed_point_of_the_forward_map():
     assert float(jnp.max(jnp.abs(x_naive - z))) > 1e-2  # the map is not the identity
 
 
+@pytest.mark.slow
 def test_backprop_modes_give_the_same_gradients():
     """'save_dots' (the default) recomputes the elementwise part of each block in the
     backward pass; the gradients are autodiff's. ('checkpoint' is StepStack's, tested with
@@ -106,6 +108,7 @@ def test_backprop_modes_give_the_same_gradients():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *grads)
 
 
+@pytest.mark.slow
 def test_matmul_impls_give_the_same_gradients_and_lax_has_forward_mode():
     """'gemm' (what 'auto' is on CPU) gives the transformers' row products a hand-written
     VJP; 'lax' is plain autodiff, so jax.jvp works through the model (float64: it equals
@@ -139,6 +142,7 @@ def test_matmul_impls_give_the_same_gradients_and_lax_has_forward_mode():
             jax.jvp(models["gemm"].log_prob, (x,), (v,))
 
 
+@pytest.mark.slow
 def test_guidance():
     """w = 0 is the plain inverse; w > 0 changes the samples; with the label context equal to
     the null context both branches agree, so any w gives the plain inverse again. (The weight
@@ -204,6 +208,7 @@ def test_describe():
     assert text == "tarflow p2 w128 4x2 h2 cond, label dropout 0.1"
 
 
+@pytest.mark.slow
 def test_conditional_smoke_run_trains_and_samples_with_guidance(tmp_path):
     """``tarflow_digits.py:smoke,cond`` (shortened) through the real loop, then guided,
     annealed and denoised sampling of the restored model in one compiled program each."""

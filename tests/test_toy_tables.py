@@ -121,6 +121,7 @@ def _small_config(**kw):
     return c
 
 
+@pytest.mark.slow
 def test_quadrature_matches_the_cdf_of_product_flows():
     """An elementwise flow's cell mass is a product of CDF differences: exact reference."""
     spline = RationalQuadraticSpline(2, 5, 0.5, min_bin_width=1e-3, min_bin_height=1e-3)
@@ -143,6 +144,7 @@ def test_quadrature_matches_the_cdf_of_product_flows():
     np.testing.assert_allclose(masses, np.outer(*cdfs), atol=2e-6)
 
 
+@pytest.mark.slow
 def test_quadrature_of_coupled_and_conditional_flows_is_normalised():
     cfg = _small_config()
     joint = _perturbed(models.joint_flow(2, cfg, rngs=nnx.Rngs(0)), seed=1)
@@ -187,6 +189,7 @@ def _assert_checks(rec, bounds):
     assert rec["quadrature_error_estimate"] <= bounds["total"], rec
 
 
+@pytest.mark.slow
 def test_cli_on_the_seed_table():
     """The command of the issue (smoke variant): side-by-side report, JSON last line."""
     out = subprocess.run(
@@ -234,6 +237,7 @@ print(json.dumps({"record": result.record, "zero_cells": len(result.table.zero_c
 """
 
 
+@pytest.mark.slow
 def test_random_table_with_a_zero_cell():
     # experiment.run in a subprocess, only to compile it with LLVM's optimisations (see
     # _optimised_env); json.dumps of the record there is the record's serialisability check.

@@ -56,6 +56,7 @@ def _loss_with_context(model, batch, key, context):
     return -jnp.mean(log_p) / (x[0].size * jnp.log(2.0)) + jnp.log2(17.0)
 
 
+@pytest.mark.slow
 def test_label_dropout_trains_the_unconditional_branch():
     model = _glow(conditional=True, label_dropout=0.5)
     perturb(model, 0.3, seed=1)

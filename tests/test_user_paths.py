@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -122,6 +123,7 @@ RUNS = ("cond_run", "uncond_run")
 CONDITIONAL_FIELDS = ("bits_per_dim", "marginal_bits_per_dim", "accuracy", "label_nll_nats")
 
 
+@pytest.mark.slow
 def test_conditional_run_reports_conditional_marginal_and_bayes_accuracy(cond_run):
     from flows import data as data_lib
     from flows.train.restore import load_run
@@ -154,6 +156,7 @@ def test_conditional_run_reports_conditional_marginal_and_bayes_accuracy(cond_ru
     assert record["label_nll_nats"] == pytest.approx(-mean_log_prior - gap_nats, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_conditional_run_logs_the_auxiliary_classifier_metric(cond_run):
     logged = [r for r in _metrics(cond_run.workdir) if "train_bpd" in r]
     assert logged
@@ -161,6 +164,7 @@ def test_conditional_run_logs_the_auxiliary_classifier_metric(cond_run):
         assert _finite(r["train_aux_ce_bits"]) and r["train_aux_ce_bits"] > 0, r
 
 
+@pytest.mark.slow
 def test_unconditional_run_writes_everything(uncond_run):
     workdir, record = uncond_run.workdir, uncond_run.record
     for name in ("config.json", "data_info.json", "samples.png", "learning_curves.png"):
@@ -181,6 +185,7 @@ def test_unconditional_run_writes_everything(uncond_run):
 # -- 2. experiments.evaluate -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", RUNS)
 def test_evaluate_importance_weighted_bound(run, request, cli):
     run = request.getfixturevalue(run)
@@ -219,6 +224,7 @@ def test_evaluate_importance_weighted_bound(run, request, cli):
     np.testing.assert_array_equal(per_k4["noise_key"], per_k1["noise_key"])
 
 
+@pytest.mark.slow
 def test_evaluate_validation_split_of_the_latest_checkpoint(cond_run, cli):
     """``--split=validation --checkpoint=latest`` with the validation noise seed is the
     validation the loop ran after its last step (metrics.jsonl), now with the conditional
@@ -258,11 +264,72 @@ def _sample_png(cli, run, *args, name):
     return image
 
 
+def _grid_levels(image, num_bins, image_shape=DIGITS_SHAPE):
+    """The images of a one-channel grid PNG of ``flows.plotting.save_grid``, row by row,
+    read back as integer levels: (N, H, W) int32. The cells are where
+    ``flows.plotting.grid_layout`` puts them for the structure the PNG records; level v is
+    drawn as round(v * 255 / (K - 1)), upscaled (nearest). Every pixel of a cell must be a
+    level's shade, the same over each upscaled block."""
+    grid = _grid(image)
+    groups = list(zip(grid["headers"], grid["columns"], strict=True))
+    layout = plotting.grid_layout(
+        grid["rows"],
+        image_shape,
+        groups,
+        row_labels=grid["row_labels"],
+        corner=grid["corner"],
+        title=grid["title"],
+    )
+    pixels = np.asarray(image)
+    assert pixels.shape == (layout.height, layout.width)
+    (ch, cw), scale = layout.cell, layout.scale
+    shades = np.round(np.arange(num_bins) * (255.0 / (num_bins - 1))).astype(np.uint8)
+    level_of = np.full(256, -1, np.int32)
+    level_of[shades] = np.arange(num_bins)
+    cells = []
+    for y in layout.rows_y:
+        for x in layout.cells_x:
+            cell = pixels[y : y + ch, x : x + cw]
+            small = cell[::scale, ::scale]
+            np.testing.assert_array_equal(small.repeat(scale, 0).repeat(scale, 1), cell)
+            cells.append(level_of[small])
+    levels = np.stack(cells)
+    assert levels.min() >= 0, "a pixel that is no level's shade"
+    return levels
+
+
+@pytest.mark.slow
 def test_sample_one_class(cond_run, cli):
+    """``--label=3`` draws class 3: the grid's 64 images, read back as levels, are what the
+    run's model (restored as the sampler restores it) draws with label 3 from the sampler's
+    latents (seed 0, T 0.7), and not what it draws from them with any other label, or with
+    the labels 0..9 in turn of a grid without ``--label``. (The 20-step model's Bayes
+    classifier is at chance, so it cannot tell the class of a sample; its samples of
+    different labels differ in about 1% of the pixels, a level each.)"""
+    import jax
+    import jax.numpy as jnp
+
+    from flows.likelihood import quantize
+    from flows.models import sample_compiled
+    from flows.train.restore import load_run
+
     image = _sample_png(cli, cond_run, "--label=3", name="samples_T0.7_label3.png")
     assert image.mode == "L" and _grid(image)["columns"] == [8] and _grid(image)["rows"] == 8
+    model, _, info = load_run(cond_run.workdir)
+    levels = _grid_levels(image, info["num_bins"])
+
+    def draw(labels):
+        x = sample_compiled(model, 64, jax.random.key(0), 0.7, labels % model.num_classes)
+        return np.asarray(quantize(x, info["num_bins"]))[..., 0]
+
+    np.testing.assert_array_equal(levels, draw(jnp.full((64,), 3)))
+    others = {f"label {y}": jnp.full((64,), y) for y in range(10) if y != 3}
+    others["labels 0..9 in turn"] = jnp.arange(64)
+    for name, labels in others.items():
+        assert np.any(draw(labels) != levels), name
 
 
+@pytest.mark.slow
 def test_sample_class_grid(cond_run, cli):
     image = _sample_png(
         cli,
@@ -279,11 +346,13 @@ def test_sample_class_grid(cond_run, cli):
     assert height > width
 
 
+@pytest.mark.slow
 def test_sample_unconditional(uncond_run, cli):
     image = _sample_png(cli, uncond_run, "--temperature=0.9", "--num=8", name="samples_T0.9.png")
     assert image.mode == "L" and (_grid(image)["rows"], _grid(image)["columns"]) == (3, [3])
 
 
+@pytest.mark.slow
 def test_sample_label_of_an_unconditional_run_is_one_line_error(uncond_run, cli):
     # An out-of-range label on a conditional run: tests/test_bad_inputs.py.
     assert_one_line_error(cli("sample", f"--workdir={uncond_run.workdir}", "--label=3"))
@@ -293,6 +362,7 @@ def test_sample_label_of_an_unconditional_run_is_one_line_error(uncond_run, cli)
 # -- 4. experiments.compare ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_compare_conditional_and_unconditional_runs(cond_run, uncond_run, tmp_path, cli):
     out_dir = tmp_path / "compare"
     stdout = _ok(cli("compare", cond_run.workdir, uncond_run.workdir, f"--out={out_dir}"))
@@ -354,11 +424,36 @@ DATASET_SHAPES = {
 }
 
 
-def test_the_config_files_are_found():
-    """A new config file joins SMOKE_VARIANTS or TRACED_CONFIGS by itself; these are the
-    ones of today."""
+def test_every_config_file_is_tested_and_loads_as_the_train_command_loads_it(monkeypatch):
+    """The parametrizations of this section are read from the configs/ directory, so a new
+    config file joins SMOKE_VARIANTS or TRACED_CONFIGS (a toy_* one: tests/test_toy_tables.py)
+    by itself: every config module but base is in exactly one of them, and its ``:smoke``
+    variant loads from the repository root as ``python -m experiments.train
+    --config=configs/NAME.py:smoke`` loads it (ml_collections' config_flags), as the config
+    ``get_config("smoke")`` returns, which the tests above use."""
+    import pkgutil
+
+    from absl import flags
+    from ml_collections import config_flags
+
+    import configs
+
     known = {"glow_ablation", "glow_cifar10", "glow_digits", "glow_digits_cond", "glow_mnist"}
     assert known <= set(TRAINED_CONFIGS)
+    modules = sorted(m.name for m in pkgutil.iter_modules(configs.__path__))
+    assert modules == [n for n in CONFIG_FILES if n != "__init__"]
+    toys = [n for n in modules if n.startswith("toy_")]
+    assert sorted(["base", *TRAINED_CONFIGS, *TRACED_CONFIGS, *toys]) == modules
+    assert {n.split("_")[0] for n in TRACED_CONFIGS} == {"jet", "tarflow"}
+    monkeypatch.chdir(ROOT)
+    for name in (n for n in modules if n != "base"):
+        flag_values = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", flag_values=flag_values)
+        with warnings.catch_warnings():  # config_flags imports the file with load_module()
+            warnings.simplefilter("ignore", DeprecationWarning)
+            flag_values(["train", f"--config=configs/{name}.py:smoke"])
+        want = importlib.import_module(f"configs.{name}").get_config("smoke")
+        assert _same_config(flag_values.config, want), name
 
 
 @pytest.mark.parametrize("name", TRACED_CONFIGS)
@@ -412,6 +507,7 @@ def test_ablation_cell_is_its_base_config_with_the_cell(base):
     assert cell == _as_dict(base_config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, variant", SMOKE_VARIANTS, ids=[f"{n}:{v}" for n, v in SMOKE_VARIANTS]
 )
@@ -449,6 +545,7 @@ def test_smoke_variant_trains(name, variant, request, tmp_path):
 OOD_CASES = [("uncond_run", "photo_patches"), ("cond_run", "digits_inverted:test")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run, dataset", OOD_CASES, ids=[r for r, _ in OOD_CASES])
 def test_evaluate_against_an_offline_ood_set(run, dataset, request, cli):
     """``--dataset=NAME[:SPLIT]`` (split default test): both sets' bits/dim of p(x) (the
@@ -478,6 +575,7 @@ def test_evaluate_against_an_offline_ood_set(run, dataset, request, cli):
         assert image.format == "PNG" and min(image.size) >= 400
 
 
+@pytest.mark.slow
 def test_evaluate_against_a_dataset_of_another_shape_is_one_line_error(uncond_run, tmp_path, cli):
     """A workdir of a run on 16x16x1 images with 256 levels (its config.json and
     data_info.json): the OOD set is checked before a model is loaded. (An unknown dataset is
@@ -524,6 +622,7 @@ def _warmup_cosine(lr, warmup, total, n):
     return lr * (0.01 + 0.99 * (1 + math.cos(math.pi * t)) / 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", RUNS)
 def test_tensorboard_event_files_hold_the_metrics(run, request):
     """The run's event file, read back by TensorBoard's reader, holds every field of every
@@ -583,6 +682,7 @@ def test_logged_learning_rate_is_the_one_the_optimizer_used_with_skipped_steps()
 LATENT_ARGS = ("--pairs=2", "--steps=4", "--rows=3", "--alphas=-1,0,1", "--classes=3,8")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", RUNS)
 def test_latents_round_trip_interpolation_class_direction_label_swap(run, request, cli):
     run = request.getfixturevalue(run)
@@ -624,6 +724,7 @@ def test_latents_round_trip_interpolation_class_direction_label_swap(run, reques
             assert image.mode == "L" and (grid["rows"], grid["columns"]) == want, name
 
 
+@pytest.mark.slow
 def test_latents_unknown_class_is_one_line_error(uncond_run, cli):
     args = ("--split=validation", "--classes=0,12")
     assert_one_line_error(

@@ -48,6 +48,7 @@ def _steps(directory):
     return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
 
 
+@pytest.mark.slow
 def test_eval_record_names_the_checkpoint_it_evaluated(base_run):
     workdir, record = base_run
     step = record["checkpoint_step"]
@@ -56,6 +57,7 @@ def test_eval_record_names_the_checkpoint_it_evaluated(base_run):
     assert _steps(os.path.join(workdir, "best")) == [step]
 
 
+@pytest.mark.slow
 def test_allowed_config_change_resumes_and_is_recorded(base_run, tmp_path):
     workdir = _copy(base_run[0], tmp_path)
     cmd = [
@@ -107,6 +109,7 @@ def _plant_stale_best(workdir, step=999):
     shutil.copytree(os.path.join(best, str(_steps(best)[-1])), os.path.join(best, str(step)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoints_left", ["first", "none"])
 def test_best_ahead_of_checkpoints_is_never_reported(base_run, tmp_path, checkpoints_left):
     """best/ holds a step the rerun did not produce: resuming from step 10 (``first``), or a
@@ -129,6 +132,7 @@ def test_best_ahead_of_checkpoints_is_never_reported(base_run, tmp_path, checkpo
     assert len(events) == (1 if checkpoints_left == "none" else 2)
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(base_run, tmp_path, capsys):
     workdir = _copy(base_run[0], tmp_path)
     corrupt_files(os.path.join(workdir, "checkpoints", "20"))
@@ -164,6 +168,7 @@ def test_presentation_keys_may_differ_or_be_absent():
     assert wd.config_changes(stored, _config(tensorboard=False, progress=True).to_dict()) == {}
 
 
+@pytest.mark.slow
 def test_a_directory_no_run_wrote_in_keeps_its_files(base_run, tmp_path):
     """A fresh start clears what an earlier run left (above) only where a run wrote its
     config.json: a user's own directory keeps its files."""
