@@ -1,4 +1,4 @@
-"""Exact-likelihood sanity check on a discrete toy table (issue 5).
+"""Exact-likelihood sanity check on a discrete toy table.
 
     python -m experiments.toy_tables --config=configs/toy_gender_age.py
     python -m experiments.toy_tables --config=configs/toy_random_3x4.py

@@ -1,4 +1,4 @@
-"""Discrete toy tables (issue 5): exact tables and counting models, quadrature of flow
+"""Discrete toy tables: exact tables and counting models, quadrature of flow
 densities, and flows trained on the seed table and on a random 3x4 table with a zero cell
 (shortened runs, looser bounds: cells 0.02, zero cell 0.01, NLL gap 0.03 bits)."""
 
@@ -30,8 +30,7 @@ def _optimised_env():
     """The environment with XLA's default CPU optimisation level. scripts/test.sh turns
     LLVM's optimisation off because most tests compile many small programs and run few steps;
     the two trained-flow runs below are the opposite (4000 steps at batch 512, a 100k-sample
-    NLL, ~2M quadrature evaluations each): optimised, the two took 68 s instead of 223 s
-    (99 instead of 263 CPU-seconds; 2 shared cores, AMD EPYC)."""
+    NLL, ~2M quadrature evaluations each): optimised, they take about a third of the time."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     flags = env.get("XLA_FLAGS", "").split()
     env["XLA_FLAGS"] = " ".join(f for f in flags if f != _NO_LLVM_OPT)
