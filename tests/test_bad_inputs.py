@@ -65,19 +65,23 @@ def fails_in_one_line(args, *expected):
     return cli_checks.assert_one_line_error(run_cli(args), *expected)
 
 
+@pytest.mark.slow
 def test_misspelt_config_key(tmp_path):
     fails_in_one_line(_train(tmp_path, "--config.model.num_stepz=3"), "num_stepz")
 
 
+@pytest.mark.slow
 def test_bad_value_type(tmp_path):
     line = fails_in_one_line(_train(tmp_path, "--config.train.batch_size=abc"), "batch_size")
     assert "'abc'" in line
 
 
+@pytest.mark.slow
 def test_unknown_dataset(tmp_path):
     fails_in_one_line(_train(tmp_path, "--config.data.name=nosuchdata"), "nosuchdata")
 
 
+@pytest.mark.slow
 def test_unprepared_catalog_dataset(tmp_path):
     data_dir = tmp_path / "tfds"
     args = _train(
@@ -90,11 +94,13 @@ def test_unprepared_catalog_dataset(tmp_path):
     assert not os.path.exists(tmp_path / "run")  # the workdir it made is removed again
 
 
+@pytest.mark.slow
 def test_image_shape_the_model_cannot_take(tmp_path):
     # 8x8 digits cannot be squeezed four times (8 -> 4 -> 2 -> 1 -> ?).
     fails_in_one_line(_train(tmp_path, "--config.model.num_levels=4"), "8x8", "pad_to")
 
 
+@pytest.mark.slow
 def test_every_checkpoint_corrupt(cond_run, tmp_path):
     workdir = _copy(cond_run, tmp_path)
     cli_checks.corrupt_files(os.path.join(workdir, "checkpoints"))
@@ -102,6 +108,7 @@ def test_every_checkpoint_corrupt(cond_run, tmp_path):
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]  # kept
 
 
+@pytest.mark.slow
 def test_changed_config_on_resume(cond_run, tmp_path):
     workdir = _copy(cond_run, tmp_path)
     line = fails_in_one_line(
@@ -113,6 +120,7 @@ def test_changed_config_on_resume(cond_run, tmp_path):
     assert "model's shapes" not in line
 
 
+@pytest.mark.slow
 def test_model_shape_change_on_resume(cond_run, tmp_path):
     workdir = _copy(cond_run, tmp_path)
     fails_in_one_line(
@@ -128,6 +136,7 @@ def test_model_shape_change_on_resume(cond_run, tmp_path):
         train_and_evaluate(config, workdir, allow_config_change=True)
 
 
+@pytest.mark.slow
 def test_out_of_range_label(cond_run):
     fails_in_one_line(
         ["experiments.sample", f"--workdir={cond_run}", "--label=10"], "--label", "0..9", "10"
@@ -135,6 +144,7 @@ def test_out_of_range_label(cond_run):
     assert not os.path.exists(os.path.join(cond_run, "samples_T0.7_label10.png"))
 
 
+@pytest.mark.slow
 def test_non_finite_batches(tmp_path):
     args = _train(
         tmp_path,
@@ -145,6 +155,7 @@ def test_non_finite_batches(tmp_path):
     fails_in_one_line(args, "TrainingError", "non-finite steps in a row")
 
 
+@pytest.mark.slow
 def test_workdir_that_cannot_be_written(tmp_path):
     # Under a regular file (root ignores permission bits, so chmod would prove nothing).
     blocker = tmp_path / "a_file"
@@ -152,6 +163,7 @@ def test_workdir_that_cannot_be_written(tmp_path):
     fails_in_one_line(_train(blocker / "run"), "cannot write to --workdir", "a_file")
 
 
+@pytest.mark.slow
 def test_workdir_another_run_trains_in(cond_run, tmp_path):
     """A second training on a workdir whose lock is held (here by this process, as a first
     run's would be) is refused before it touches anything: the first run's partial writes
@@ -174,12 +186,14 @@ def test_workdir_another_run_trains_in(cond_run, tmp_path):
     held.release()
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
     out = run_cli(_train(tmp_path, "--config.model.num_levels=4", "--debug"))
     assert out.returncode != 0
     assert "Traceback" in out.stderr and "ConfigError" in out.stderr
 
 
+@pytest.mark.slow
 def test_a_bug_keeps_its_traceback():
     """Errors that are not the project's own (here a TypeError from the code) are bugs:
     they are not turned into one line."""
@@ -209,6 +223,7 @@ def _all_fail_in_one_line(cases):
         cli_checks.assert_one_line_error(result, *expected)
 
 
+@pytest.mark.slow
 def test_config_files_that_cannot_be_used(tmp_path):
     """A missing config file, a directory, one that does not parse, one without get_config,
     an unknown variant: one line naming the file, for train and toy_tables; no workdir."""
@@ -231,6 +246,7 @@ def test_config_files_that_cannot_be_used(tmp_path):
     assert not os.path.exists(workdir)
 
 
+@pytest.mark.slow
 def test_numeric_config_fields_are_checked_before_the_workdir(tmp_path):
     workdir = tmp_path / "run"
     overrides = [
@@ -281,6 +297,7 @@ def test_every_checked_config_field_refuses_a_bad_value():
                 config_checks.check_config(module.get_config(variant))
 
 
+@pytest.mark.slow
 def test_bad_flags_of_the_tools(cond_run, tmp_path):
     """Flags out of range, and flags that do not go together: one line each, before the
     workdir is read; nothing in it changes. Guidance on a Glow says Glow has none."""
@@ -311,6 +328,7 @@ def test_bad_flags_of_the_tools(cond_run, tmp_path):
     assert _snapshot(cond_run) == before
 
 
+@pytest.mark.slow
 def test_workdirs_that_are_not_runs(tmp_path):
     empty, damaged, no_info = tmp_path / "empty", tmp_path / "damaged", tmp_path / "no_info"
     for directory in (empty, damaged, no_info):
@@ -336,6 +354,7 @@ def test_workdirs_that_are_not_runs(tmp_path):
     assert os.listdir(empty) == [] and os.listdir(damaged) == ["config.json"]
 
 
+@pytest.mark.slow
 def test_evaluate_names_its_step_and_keeps_a_record_of_another(cond_run, tmp_path):
     """An evaluation says which checkpoint step it used; evaluating again at another step
     (here: the run's latest checkpoint gone, as if it trained on) keeps the earlier record
@@ -358,6 +377,7 @@ def test_evaluate_names_its_step_and_keeps_a_record_of_another(cond_run, tmp_pat
     assert compared.returncode == 0, compared.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_help_of_every_command():
     """``--help`` and ``-h`` exit 0 with the usage; usage lines have no runs of spaces;
     train's and toy_tables' help name the config files that run them, with variants."""
@@ -381,6 +401,7 @@ def test_help_of_every_command():
     assert "configs/tarflow_digits.py (variants: smoke, cond, gen, linear)" in train_help
 
 
+@pytest.mark.slow
 def test_a_catalog_dataset_that_cannot_be_downloaded(tmp_path):
     """No network (a proxy nobody listens on): TFDS's banner and progress bars are not
     printed before the one line; the workdir the command made is gone again."""

@@ -281,6 +281,7 @@ def _cli(*args, cwd):
     )
 
 
+@pytest.mark.slow
 def test_cli_on_two_workdirs(tmp_path):
     a = make_run(tmp_path, "run_a", bpd=1.5)
     b = make_run(tmp_path, "run_b", bpd=1.2, conditional=True, marginal_bpd=1.45)
@@ -449,6 +450,7 @@ def test_csv_columns_name_what_they_hold(tmp_path):
     assert rows["uncond"]["conditional_bits_per_dim"] == ""
 
 
+@pytest.mark.slow
 def test_markdown_is_the_same_text_wherever_the_workdirs_are(tmp_path, monkeypatch):
     def workdirs(root):
         dirs = [

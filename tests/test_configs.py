@@ -212,6 +212,7 @@ def test_the_helper_parses_and_applies_in_declared_order():
         )
 
 
+@pytest.mark.slow
 def test_an_unknown_variant_on_the_command_line_is_one_error_line(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     result = subprocess.run(

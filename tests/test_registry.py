@@ -230,6 +230,7 @@ def _smoke_config(model):
     return finalize(c)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("conditional", [False, True])
 def test_a_family_registered_in_a_test_trains_through_the_loop(
     diagonal_family, conditional, tmp_path
@@ -271,6 +272,7 @@ def test_unknown_family_and_foreign_fields_are_config_errors():
         build_model(fields, (8, 8, 1), 10, rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_validation_and_logging_keep_their_own_schedules(diagonal_family, tmp_path):
     """eval_every=250 with log_every=100 validates at 250, 500, 750, 1000 (it used to run
     only on steps that were also logging steps: 500, 1000)."""
