@@ -66,6 +66,7 @@ from bench import throughput
 from bench.records import write_record
 from flows.likelihood import bits_per_dim, dequantize_with_noise
 from flows.models.glow import Glow
+from flows.provenance import cpu_info
 from flows.testing.bijector_registry import (
     JIT_EAGER_ATOL,
     JIT_EAGER_RTOL,
@@ -124,17 +125,6 @@ def _error(e: BaseException) -> str:
 
 
 # -- platform ---------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown"
-
-
 def _nvidia_smi() -> str | None:
     try:
         out = subprocess.run(
@@ -158,7 +148,7 @@ def platform_info() -> dict:
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
         "default_matmul_precision": jax.config.jax_default_matmul_precision,
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_info()["model"],
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "machine": platform.machine(),

@@ -41,7 +41,6 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import tempfile
 import time
 
@@ -51,6 +50,7 @@ import tensorflow_datasets as tfds
 from flows import data as data_lib
 from flows.data import digits as digits_lib
 from flows.data import pipeline, source
+from flows.provenance import cpu_info
 
 MNIST_LIKE_RECORDS = 10_000
 
@@ -89,17 +89,6 @@ class MnistLike(tfds.core.GeneratorBasedBuilder):
             dy, dx = rng.randint(0, 5, size=2)
             frame[dy : dy + 24, dx : dx + 24] = big.astype(np.uint8)
             yield i, {"image": digits_lib.encode_png(frame), "label": int(bunch.target[j])}
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def prepare_mnist_like(data_dir: str | None = None) -> str:
@@ -187,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         "labels_decoded_per_s": round(labels_decoded, 1),
         "read_threads": pipeline.READ_THREADS,  # of pipeline_images_per_s
         "prefetch_batches": pipeline.PREFETCH_BATCHES,
-        "cpu": _cpu_name(),
+        "cpu": cpu_info()["model"],
         "cpu_count": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d"),
     }
