@@ -29,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench import table as bench_table  # noqa: E402
+from bench.table import markdown  # noqa: E402
 from flows.reporting.compare import paired_difference, read_run_summary  # noqa: E402
 
 RUNS = os.path.join(ROOT, "results", "runs")
@@ -85,12 +86,6 @@ def provenance_line(paths: list[str]) -> str:
         seen.setdefault(key, []).append(os.path.relpath(path, ROOT))
     parts = [f"{key}: {', '.join(f'`{n}`' for n in names)}" for key, names in seen.items()]
     return "Records: " + "; ".join(parts) + "."
-
-
-def markdown(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def pm(record: dict, field: str = "bits_per_dim", digits: int = 3) -> str:
