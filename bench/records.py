@@ -15,8 +15,8 @@ def write_record(out_dir: str, filename: str, record: dict) -> str:
     place unless it has one, so what the caller prints next is what was written. Returns
     the path.
 
-    (``bench/torch_peer.py`` keeps its own copy: it runs in the peer's venv as a standalone
-    script.)"""
+    (The reference harnesses write theirs with ``bench.peer_common.emit``: they run in the
+    references' venvs, without ``flows``.)"""
     record.setdefault("provenance", provenance())
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, filename)

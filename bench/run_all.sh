@@ -45,7 +45,7 @@ fi
 if [ "${PAIRED:-0}" = 1 ]; then
   for shape_batch in "32,32,1 64" "32,32,3 32"; do
     set -- $shape_batch
-    $PY -m bench.paired --image_shape="$1" --batch_size="$2" --backprop="$BACKPROP" \
+    $PY -m bench.paired --peer=normflows --image_shape="$1" --batch_size="$2" --backprop="$BACKPROP" \
       --compute_dtype="${PAIRED_VARIANTS:-float32,bfloat16+remat}" --out="$OUT" | tail -1
   done
 fi

@@ -83,27 +83,76 @@ def peer_throughput(results_dir: str = RESULTS):
     return markdown(head, rows), [p for p, _ in records]
 
 
-def glow_paired(results_dir: str = RESULTS):
-    """Ratios from ``bench.paired``: both sides run alternately under the same load; one row
-    per JAX dtype of the record."""
-    records = _records(results_dir, "jax_paired_*.json")
-    head = ["case", "threads", "dtype", "train x", "eval x", "sample x"]
-    head += ["ours: train / eval / sample img/s", "normflows: train / eval / sample img/s"]
-    rows = []
-    for _, r in records:
-        ratios, best = r["ratio_jax_over_torch"], r["best"]
+GUIDED = ("sample_guided_images_per_s", "guided sample img/s")
+
+
+def _paired_sides(r: dict) -> tuple[dict, dict]:
+    """``(the peer's best rates, {our side: (its ratios, its best rates)})`` of a
+    ``bench.paired`` record (records from before the peers were generalised name the peer
+    side ``torch``)."""
+    if "ratio_over_peer" in r:
+        ratios, peer_best = r["ratio_over_peer"], r["best"]["peer"]
+    else:
+        ratios, peer_best = r["ratio_jax_over_torch"], r["best"]["torch"]
         if "train_images_per_s" in ratios:  # records with a single JAX side
             ratios = {"jax": ratios}
-        torch = " / ".join(_fmt(best["torch"][k]) for k, _ in METRICS)
-        for side, ratio in ratios.items():
+    return peer_best, {side: (ratio, r["best"][side]) for side, ratio in ratios.items()}
+
+
+def paired(peer: str, label: str, results_dir: str = RESULTS):
+    """Ratios from ``bench.paired --peer=<peer>``: both sides run alternately under the same
+    load; one row per variant of our side. A parameter-count column appears once records
+    carry counts, and each record's ``architecture_note`` is listed under the table."""
+    records = [
+        (path, r)
+        for path, r in _records(results_dir, "jax_paired_*.json")
+        if r.get("peer", "normflows") == peer
+    ]
+    metrics = list(METRICS)
+    if any(GUIDED[0] in _paired_sides(r)[0] for _, r in records):
+        metrics.append(GUIDED)
+    with_params = any("n_params" in r for _, r in records)
+    names = " / ".join(name.removesuffix(" img/s") for _, name in metrics)
+    head = [
+        "case",
+        "threads",
+        "dtype",
+        *(f"{name.removesuffix(' img/s')} x" for _, name in metrics),
+    ]
+    head += [f"ours: {names} img/s", f"{label}: {names} img/s"]
+    head += ["params: ours / " + label] if with_params else []
+    rows, notes = [], []
+    for _, r in records:
+        peer_best, sides = _paired_sides(r)
+        theirs = " / ".join(_fmt(peer_best.get(k)) for k, _ in metrics)
+        counts = r.get("n_params", {})
+        for side, (ratio, best) in sides.items():
             dtype = "float32" if side == "jax" else side.removeprefix("jax_").replace("_", " + ")
-            ours = " / ".join(_fmt(best[side][k]) for k, _ in METRICS)
-            rows.append(
-                [r["case"], str(r["threads"]), dtype]
-                + [f"**{ratio[k]:.2f}x**" for k, _ in METRICS]
-                + [ours, torch]
-            )
-    return markdown(head, rows), [p for p, _ in records]
+            ratios = [f"**{ratio[k]:.2f}x**" if ratio.get(k) else "-" for k, _ in metrics]
+            ours = " / ".join(_fmt(best.get(k)) for k, _ in metrics)
+            row = [r["case"], str(r["threads"]), dtype, *ratios, ours, theirs]
+            if with_params:
+                row.append(f"{_fmt(counts.get(side))} / {_fmt(counts.get('peer'))}")
+            rows.append(row)
+        if r.get("architecture_note"):
+            notes.append(f"{r['case']}: {r['architecture_note']}.")
+    text = markdown(head, rows) + "".join(f"\n\n{note}" for note in notes)
+    return text, [p for p, _ in records]
+
+
+def glow_paired(results_dir: str = RESULTS):
+    """Glow against normflows (``bench.paired --peer=normflows``)."""
+    return paired("normflows", "normflows", results_dir)
+
+
+def tarflow_paired(results_dir: str = RESULTS):
+    """TarFlow against apple/ml-tarflow (``bench.paired --peer=ml-tarflow``)."""
+    return paired("ml-tarflow", "ml-tarflow", results_dir)
+
+
+def jet_paired(results_dir: str = RESULTS):
+    """Jet against big_vision's (``bench.paired --peer=big-vision-jet``)."""
+    return paired("big-vision-jet", "big_vision", results_dir)
 
 
 def transformer_throughput(results_dir: str = RESULTS):
@@ -161,6 +210,8 @@ TABLES = {
     "glow_throughput": glow_throughput,
     "peer_throughput": peer_throughput,
     "glow_paired": glow_paired,
+    "tarflow_paired": tarflow_paired,
+    "jet_paired": jet_paired,
     "transformer_throughput": transformer_throughput,
     "input_pipeline": input_pipeline,
     "memory": memory,

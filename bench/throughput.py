@@ -12,6 +12,11 @@ without ActNorm's, deep Glows on random data go NaN at lr 1e-3):
                        bits/dim), gradient w.r.t. every ``nnx.Param``, optax Adam update
   eval_images_per_s    dequantize + log-prob, jit-compiled
   sample_images_per_s  ``model.sample(batch_size)`` at temperature 1, jit-compiled
+  sample_guided_images_per_s  conditional models with ``--guidance=w > 0``: the same with
+                       classifier-free guidance weight w
+
+A conditional model (``--field conditional=True``, 10 classes) is trained, evaluated and
+sampled with random labels (``benchmark_labels``).
   compile_s            trace + lower + compile of the training step (the first step's cost)
   peak_rss_mb          the process's peak resident memory (``ru_maxrss``) at the end; run one
                        configuration per process (``bench/memory.py`` does) since RSS never shrinks
@@ -24,7 +29,9 @@ median is reported (all block medians are kept, to show the noise of a shared ma
 
 GFLOP/s (Glow only) use the analytic convolution count of ``bench/torch_peer.py`` (coupling
 networks and invertible 1x1 convolutions; training = 3x forward), so both sides are counted
-alike; every family's record has XLA's own count (``xla_train_gflop_per_step``).
+alike; every family's record has XLA's own count (``xla_train_gflop_per_step``), which
+counts a loop's body once: for families whose depth is a ``lax.scan`` (TarFlow, Jet) it
+undercounts the step by about the number of scanned blocks.
 
 The last line printed is the JSON record; ``--out DIR`` also writes ``DIR/jax_<case>.json``.
 
@@ -37,7 +44,7 @@ Memory pages: XLA:CPU allocates a step's temporary buffers afresh on every call,
 4 KiB pages the kernel's page faults on them cost autodiff training ~20% of a step (the
 stacked activations are ~250 MB at K=8). By default the script re-runs itself under
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc then asks for transparent huge pages for its
-large blocks; ``--no-hugepages`` to measure without). ``bench.paired`` runs the PyTorch peer
+large blocks; ``--no-hugepages`` to measure without). ``bench.paired`` runs the reference
 with the same setting, and the record keeps it.
 
 Kernels and dtypes: ``--conv_impl`` and ``--compute_dtype`` are Glow's fields of the same
@@ -55,12 +62,12 @@ import argparse
 import ast
 import collections
 import datetime
+import functools
 import json
 import os
 import platform
 import re
 import resource
-import statistics
 import sys
 import time
 
@@ -69,14 +76,17 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from bench import peer_common
 from bench.records import write_record
 from flows.errors import ConfigError
 from flows.likelihood import bits_per_dim, dequantize
 from flows.models import build_model
+from flows.models.base import is_conditional
 from flows.models.registry import describe_model, get_family
 from flows.nn.backend import COMPUTE_DTYPES, CONV_IMPLS
 
 NUM_BINS_8BIT = 256
+NUM_CLASSES = 10  # of a conditional model (random labels)
 
 
 def glow_forward_flop_per_image(image_shape, num_levels, num_steps, hidden_channels):
@@ -159,8 +169,17 @@ def model_config(args) -> dict:
     return {"name": args.model, **fields}
 
 
+def benchmark_labels(model, batch_size: int, seed: int):
+    """Random labels in ``[0, NUM_CLASSES)`` for a conditional model (``--field
+    conditional=True``), the same on every call; None for p(x)."""
+    if not is_conditional(model):
+        return None
+    key = jax.random.fold_in(jax.random.key(seed), 1)
+    return jax.random.randint(key, (batch_size,), 0, NUM_CLASSES, jnp.int32)
+
+
 def build(args, image_shape, model_cfg):
-    model = build_model(model_cfg, image_shape, 10, rngs=nnx.Rngs(args.seed))
+    model = build_model(model_cfg, image_shape, NUM_CLASSES, rngs=nnx.Rngs(args.seed))
     key = jax.random.key(args.seed)
     k_data, k_init, k_run = jax.random.split(key, 3)
     data = jax.random.randint(
@@ -168,20 +187,24 @@ def build(args, image_shape, model_cfg):
     ).astype(jnp.uint8)
 
     @nnx.jit
-    def initialize(model, x):
-        model.initialize(x)
+    def initialize(model, x, labels):
+        model.initialize(x, context=labels)
 
-    initialize(model, dequantize(k_init, data, NUM_BINS_8BIT))
+    labels = benchmark_labels(model, args.batch_size, args.seed)
+    initialize(model, dequantize(k_init, data, NUM_BINS_8BIT), labels)
     return model, data, k_run
 
 
-def make_steps(model, tx, num_dims, batch_size):
+def make_steps(model, tx, num_dims, batch_size, *, labels=None):
+    """``(params, train_step, eval_step, sample_step)``; a conditional model's steps use
+    ``labels`` (``benchmark_labels``), and ``sample_step(params, key, guidance)`` then takes a
+    classifier-free guidance weight (a static Python float; 0: plain samples)."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def mean_bpd(params, key, data):
         m = nnx.merge(graphdef, params, rest)
         x = dequantize(key, data, NUM_BINS_8BIT)
-        return jnp.mean(bits_per_dim(m.log_prob(x), num_dims, NUM_BINS_8BIT))
+        return jnp.mean(bits_per_dim(m.log_prob(x, context=labels), num_dims, NUM_BINS_8BIT))
 
     def train_step(params, opt_state, key, data):
         key, sub = jax.random.split(key)
@@ -191,11 +214,11 @@ def make_steps(model, tx, num_dims, batch_size):
 
     def eval_step(params, key, data):
         m = nnx.merge(graphdef, params, rest)
-        return m.log_prob(dequantize(key, data, NUM_BINS_8BIT))
+        return m.log_prob(dequantize(key, data, NUM_BINS_8BIT), context=labels)
 
-    def sample_step(params, key):
+    def sample_step(params, key, guidance=0.0):
         m = nnx.merge(graphdef, params, rest)
-        return m.sample(batch_size, key)
+        return m.sample(batch_size, key, context=labels, guidance=guidance)
 
     return params, train_step, eval_step, sample_step
 
@@ -209,21 +232,11 @@ def compile_timed(fn, *args, donate=()):
     return compiled, t2 - t0, t1 - t0
 
 
-def time_block(fn, iters):
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def measure(fn, batch_size, warmup, iters, repeats):
-    """Best-of-repeats median throughput (images/s) and every block's median throughput."""
-    for _ in range(warmup):
-        fn()
-    blocks = [batch_size / time_block(fn, iters) for _ in range(repeats)]
-    return max(blocks), blocks
+    """Best-of-repeats median throughput (images/s) and every block's median throughput
+    (``bench.peer_common.measure``: the reference harnesses' protocol too)."""
+    best, blocks, _ = peer_common.measure(fn, batch_size, warmup, iters, repeats)
+    return best, [ips for ips, _ in blocks]
 
 
 def _mb(nbytes):
@@ -310,6 +323,13 @@ def parse_args(argv=None):
         default=True,
         help="re-run under GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (see the module docstring)",
     )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=0.0,
+        help="conditional models (--field conditional=True): also time sampling with this "
+        "classifier-free guidance weight (sample_guided_images_per_s)",
+    )
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10, help="timed iterations per block")
     p.add_argument("--repeats", type=int, default=2, help="timed blocks; best median kept")
@@ -343,7 +363,8 @@ def main(argv=None):
     model_cfg = model_config(args)
     model, data, key = build(args, image_shape, model_cfg)
     tx = optax.adam(args.lr)
-    params, train_fn, eval_fn, sample_fn = make_steps(model, tx, num_dims, bs)
+    labels = benchmark_labels(model, bs, args.seed)
+    params, train_fn, eval_fn, sample_fn = make_steps(model, tx, num_dims, bs, labels=labels)
     n_params = sum(p.size for p in jax.tree.leaves(params))
     opt_state = tx.init(params)
     record = {"framework": "jax"}
@@ -409,17 +430,19 @@ def main(argv=None):
         )
 
     if "sample" in only:
-        sample_c, sample_compile_s, _ = compile_timed(sample_fn, params, key)
+        samplers = {"sample": sample_fn}
+        if labels is not None and args.guidance > 0:
+            samplers["sample_guided"] = functools.partial(sample_fn, guidance=args.guidance)
+        for name, fn in samplers.items():
+            sample_c, sample_compile_s, _ = compile_timed(fn, params, key)
 
-        def sample_step():
-            sample_c(params, key).block_until_ready()
+            def sample_step(sample_c=sample_c):
+                sample_c(params, key).block_until_ready()
 
-        sample, sample_blocks = measure(sample_step, bs, args.warmup, args.iters, args.repeats)
-        record.update(
-            sample_images_per_s=round(sample, 2),
-            sample_compile_s=round(sample_compile_s, 2),
-            sample_images_per_s_blocks=[round(v, 2) for v in sample_blocks],
-        )
+            sample, blocks = measure(sample_step, bs, args.warmup, args.iters, args.repeats)
+            record[f"{name}_images_per_s"] = round(sample, 2)
+            record[f"{name}_compile_s"] = round(sample_compile_s, 2)
+            record[f"{name}_images_per_s_blocks"] = [round(v, 2) for v in blocks]
 
     if args.model == "glow":
         case = args.case or (
@@ -448,6 +471,8 @@ def main(argv=None):
         fields = "_".join(f"{k}{v}" for k, v in sorted(model_cfg.items()) if k != "name")
         case = args.case or f"{args.model}_{height}x{width}x{channels}_{fields}_b{bs}"
         config = {"image_shape": list(image_shape), "batch_size": bs}
+    if labels is not None:
+        config.update(num_classes=NUM_CLASSES, guidance=args.guidance or None)
     record.update(
         case=case,
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

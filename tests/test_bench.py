@@ -110,3 +110,21 @@ def test_input_pipeline_prints_its_record(capsys, tmp_path):
     assert record["labels_per_s"] > 0 and record["labels_decoded_per_s"] > 0
     assert record["image_shape"] == [8, 8, 1] and record["num_examples"] == 1347
     assert json.loads((tmp_path / "input_pipeline_digits.json").read_text()) == record
+
+
+@pytest.mark.slow
+def test_throughput_times_a_conditional_model_and_guided_sampling(capsys):
+    """``--field conditional=True`` runs every step with labels, and ``--guidance`` adds the
+    guided sampling rate (what ``bench.paired --conditional`` compares with ml-tarflow's)."""
+    tiny = [a for a in TINY if not a.startswith(("--num_", "--hidden"))]
+    fields = ["patch_size=4", "width=16", "num_blocks=2", "layers_per_block=1", "num_heads=1"]
+    extra = [f"--field={f}" for f in (*fields, "conditional=True")]
+    throughput.main([*tiny, "--model=tarflow", *extra, "--guidance=1.5"])
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("train", "eval", "sample", "sample_guided"):
+        assert record[f"{key}_images_per_s"] > 0
+    assert record["config"]["num_classes"] == 10 and record["config"]["guidance"] == 1.5
+    assert record["config"]["model_description"].endswith(" cond")
+    throughput.main([*tiny, "--model=tarflow", *extra[:-1], "--guidance=1.5"])
+    unconditional = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "sample_guided_images_per_s" not in unconditional  # guidance needs labels
