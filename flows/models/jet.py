@@ -22,7 +22,13 @@ scratch, ``qkv_init='separate'``; ``flows.convert.from_big_vision_jet`` loads it
 noise of width ``1 / 127.5``, i.e. ``(v + u) / 255`` on the unit scale where this codebase
 uses ``(v + u) / 256``; ``input_scale = 512 / 255`` (``2 K / (K - 1)`` for K levels) feeds
 the model the reference's inputs from ours, and then our bits/dim (``D log 256``) equal its
-(``D log 127.5``) exactly: ``-log p(x) + D log K`` is the same number for both scales.
+(``D log 127.5``) exactly: ``-log p(x) + D log K`` is the same number for both scales. The
+rest is the same as big_vision's: its ViT (learned positions N(0, 1/width), pre-norm blocks,
+layer norms with epsilon 1e-6, an MLP of 4 x width with tanh-GELU, no dropout, a final layer
+norm, a zero-initialised output layer whose first half is the shift b and second the raw
+scale r), the coupling maths and the order of couplings and splits. Not the same: our MLP
+biases start at 0 (its at N(0, 1e-6)), and its conditional variant (a cross-attention on a
+context sequence) is not our label embedding.
 
 Couplings alternate by a repeating ``coupling_pattern`` (e.g. channels, channels, spatial):
 a channel coupling splits each token's d features by a fixed random permutation (seeded by
