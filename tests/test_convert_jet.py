@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -306,6 +307,11 @@ def test_bad_files(tmp_path):
     text.write_text("not an archive")
     with pytest.raises(ConfigError, match="not a big_vision .npz checkpoint"):
         load_checkpoint(str(text), shape)
+    pth = tmp_path / "model.pth"  # a torch state dict is a zip of pickles, not of arrays
+    with zipfile.ZipFile(pth, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    with pytest.raises(ConfigError, match="not a big_vision Jet"):
+        load_checkpoint(str(pth), shape)
     other = tmp_path / "vit.npz"
     np.savez(other, **{"params/head/kernel": np.zeros((4, 2)), "params/head/bias": np.zeros(2)})
     with pytest.raises(ConfigError, match="not a big_vision Jet"):
