@@ -16,6 +16,13 @@ Patchify``) whose networks are transformers (ViTs).
   ``P [y1 ; y2]``). P is orthogonal (|det P| = 1), so only the coupling contributes to the
   log-det. Inverse: ``x2 = y2 / s - b``, with the same (b, r) since ``y1 = x1``.
 
+  With ``spatial_cut`` (big_vision's layout) a spatial coupling's network does not see the
+  T/2 tokens of x1 with d features each but every one of them cut into two consecutive
+  tokens of d/2 features (row-major reshape (T/2, d) -> (T, d/2)), and its b and r are
+  reshaped back to x2's (T/2, d). Then spatial and channel couplings' networks both map T
+  tokens of d/2 features to T tokens of d (the reference stacks every coupling's parameters
+  on one axis, so they must).
+
   Spatial splits of the (H/p) x (W/p) grid of tokens: ``'checkerboard'`` (x1: the tokens
   whose row + column is even), ``'vstripes'`` (even columns), ``'hstripes'`` (even rows),
   each with ``'-inv'`` for the complement (x1 and x2 swapped). The channel split is a
@@ -98,6 +105,9 @@ class JetCoupling(Bijector):
       scale_factor: s = scale_factor * sigmoid(r); 2 makes the zero-initialised coupling
         the identity.
       context_features: size of the label context, or None.
+      spatial_cut: a spatial coupling's network sees x1's tokens cut in two (module
+        docstring); needs an even d. Ignored by channel couplings.
+      qkv_init: the Transformer's (``'fused'`` or ``'separate'``).
     """
 
     def __init__(
@@ -113,6 +123,8 @@ class JetCoupling(Bijector):
         mlp_ratio: int = 4,
         scale_factor: float = 2.0,
         context_features: int | None = None,
+        spatial_cut: bool = False,
+        qkv_init: str = "fused",
         rngs: nnx.Rngs,
     ):
         if kind not in COUPLING_KINDS:
@@ -125,8 +137,13 @@ class JetCoupling(Bijector):
             raise ValueError(f"expected a {size}x{size} projection, got {projection.shape}")
         self.projection = Buffer(jnp.asarray(projection, jnp.float32))
         self.split = size // 2
+        self.cut = kind == "spatial" and bool(spatial_cut)
         if kind == "channels":
             net_in, net_out, net_tokens = self.split, features - self.split, num_tokens
+        elif self.cut:
+            if features % 2:
+                raise ValueError(f"a cut spatial coupling needs an even d, got {features}")
+            net_in, net_out, net_tokens = features // 2, features // 2, 2 * self.split
         else:
             net_in, net_out, net_tokens = features, features, self.split
         self.scale_factor = float(scale_factor)
@@ -144,6 +161,7 @@ class JetCoupling(Bijector):
             # bits/dim against 2.175 with the transformer's defaults (0.02, LeCun-normal).
             position_std=1 / math.sqrt(width),
             block_kernel_init=nnx.initializers.xavier_uniform(),
+            qkv_init=qkv_init,
             rngs=rngs,
         )
 
@@ -166,17 +184,21 @@ class JetCoupling(Bijector):
 
     # -- the coupling ---------------------------------------------------------------------
     def _shift_and_raw(self, x1, context, guidance=0.0, null_context=None):
+        b, t, d = x1.shape
+        h = x1.reshape(b, 2 * t, d // 2) if self.cut else x1
         if guidance:
             if context is None or null_context is None:
                 raise ValueError("guidance needs a context and a null context")
-            n = x1.shape[0]
-            out = self.net(jnp.concatenate([x1, x1]), jnp.concatenate([context, null_context]))
-            out = (1.0 + guidance) * out[:n] - guidance * out[n:]
+            out = self.net(jnp.concatenate([h, h]), jnp.concatenate([context, null_context]))
+            out = (1.0 + guidance) * out[:b] - guidance * out[b:]
         else:
-            out = self.net(x1, context)
+            out = self.net(h, context)
         out = out.astype(x1.dtype)
         half = out.shape[-1] // 2
-        return out[..., :half], out[..., half:]
+        shift, raw = out[..., :half], out[..., half:]
+        if self.cut:
+            shift, raw = shift.reshape(b, t, d), raw.reshape(b, t, d)
+        return shift, raw
 
     def _log_scale(self, raw):
         return jax.nn.log_sigmoid(raw) + math.log(self.scale_factor)

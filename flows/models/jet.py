@@ -3,17 +3,32 @@
 The image is mapped to [-1, 1) and cut into patches, and a stack of affine couplings whose
 networks are ViTs (``flows.nn.transformer.Transformer``) maps the tokens to standard normals:
 
-    x in [0, 1)^D  ->  2x - 1 in [-1, 1)^D            (Scale(2), Shift(-1): log|det| = D log 2)
+    x in [0, 1)^D  ->  a x - 1, a = input_scale = 2   (Scale(a), Shift(-1): log|det| = D log a)
                    ->  tokens (T, d), d = p*p*C        (Patchify: log|det| = 0)
                    ->  N couplings                     (flows.bijectors.jet_coupling.JetCoupling)
                    ->  latents (T, d) ~ N(0, I)
 
-    log p(x | y) = log N(z; 0, I) + D log 2 + sum_couplings sum log s.
+    log p(x | y) = log N(z; 0, I) + D log a + sum_couplings sum log s.
 
 So ``log_prob`` is the density of x on the unit scale, like every family's, and bits/dim
 follow from ``flows.likelihood`` (``D log K`` with K levels). Jet's own code reports the density
-of the [-1, 1) image with ``log 127.5`` per dimension; that is the same number: the D log 2
+of the [-1, 1) image with ``log 127.5`` per dimension; that is the same number: the D log a
 of the scaling is carried by a bijector here, never by a constant in the loss.
+
+big_vision's Jet (``models/proj/jet/jet.py``) is this model with ``spatial_cut=True`` (its
+spatial couplings' networks see the conditioning tokens cut in two) and, for training from
+scratch, ``qkv_init='separate'``; ``flows.convert.from_big_vision_jet`` loads its parameters
+(and its projections) into one. Its trainer scales 8-bit values by ``v / 127.5 - 1`` and adds
+noise of width ``1 / 127.5``, i.e. ``(v + u) / 255`` on the unit scale where this codebase
+uses ``(v + u) / 256``; ``input_scale = 512 / 255`` (``2 K / (K - 1)`` for K levels) feeds
+the model the reference's inputs from ours, and then our bits/dim (``D log 256``) equal its
+(``D log 127.5``) exactly: ``-log p(x) + D log K`` is the same number for both scales. The
+rest is the same as big_vision's: its ViT (learned positions N(0, 1/width), pre-norm blocks,
+layer norms with epsilon 1e-6, an MLP of 4 x width with tanh-GELU, no dropout, a final layer
+norm, a zero-initialised output layer whose first half is the shift b and second the raw
+scale r), the coupling maths and the order of couplings and splits. Not the same: our MLP
+biases start at 0 (its at N(0, 1e-6)), and its conditional variant (a cross-attention on a
+context sequence) is not our label embedding.
 
 Couplings alternate by a repeating ``coupling_pattern`` (e.g. channels, channels, spatial):
 a channel coupling splits each token's d features by a fixed random permutation (seeded by
@@ -57,9 +72,10 @@ from flows.errors import ConfigError
 from flows.models.base import DensityModel
 from flows.models.registry import check_positive_ints, register_model
 from flows.models.steps import carry_dtype
+from flows.nn.transformer import QKV_INITS
 
 
-def _names(value, field: str) -> tuple[str, ...]:
+def parse_names(value, field: str) -> tuple[str, ...]:
     """A comma-separated string (or a sequence) of names as a tuple."""
     if isinstance(value, str):
         names = tuple(v.strip() for v in value.split(",") if v.strip())
@@ -90,6 +106,15 @@ class Jet(DensityModel):
       scale_factor: s = scale_factor * sigmoid(r); 2 (Jet's) gives s = 1 at r = 0, so every
         coupling starts as the identity (the networks' outputs start at zero).
       projection_seed: seed of the channel couplings' fixed permutations.
+      spatial_cut: False: a spatial coupling's network sees the T/2 conditioning tokens of d
+        features; True (big_vision's): each cut into two tokens of d/2 features, so it has
+        the shape of a channel coupling's network (``flows.bijectors.jet_coupling``); needs
+        an even d.
+      qkv_init: ``'fused'``: the attention's q/k/v kernel drawn as one Xavier matrix;
+        ``'separate'`` (big_vision's, whose q, k, v are three layers): three, each with the
+        fans of one (a larger init).
+      input_scale: a in the first map x -> a x - 1; 2 (Jet's) maps [0, 1) onto [-1, 1);
+        512/255 reproduces big_vision's inputs and bits/dim on 8-bit data (module docstring).
     """
 
     def __init__(
@@ -108,6 +133,9 @@ class Jet(DensityModel):
         channel_split: str = "random",
         scale_factor: float = 2.0,
         projection_seed: int = 0,
+        spatial_cut: bool = False,
+        qkv_init: str = "fused",
+        input_scale: float = 2.0,
         rngs: nnx.Rngs,
     ):
         super().__init__(image_shape, num_classes)
@@ -125,20 +153,23 @@ class Jet(DensityModel):
             raise ConfigError(f"patch_size {p} does not divide the image size {h}x{w}")
         if width % num_heads:
             raise ConfigError(f"width {width} is not divisible by num_heads {num_heads}")
-        pattern = _names(coupling_pattern, "coupling_pattern")
+        pattern = parse_names(coupling_pattern, "coupling_pattern")
         bad = [k for k in pattern if k not in COUPLING_KINDS]
         if bad:
             raise ConfigError(f"unknown coupling kind {bad[0]!r}; choose from {COUPLING_KINDS}")
-        splits = _names(spatial_splits, "spatial_splits")
+        splits = parse_names(spatial_splits, "spatial_splits")
         bad = [s for s in splits if s not in SPATIAL_SPLITS]
         if bad:
             raise ConfigError(f"unknown spatial split {bad[0]!r}; choose from {SPATIAL_SPLITS}")
         if channel_split not in CHANNEL_SPLITS:
             raise ConfigError(f"unknown channel_split {channel_split!r}; use 'random'")
-        if isinstance(scale_factor, bool) or not isinstance(scale_factor, int | float):
-            raise ConfigError(f"scale_factor must be a positive number, got {scale_factor!r}")
-        if not scale_factor > 0:
-            raise ConfigError(f"scale_factor must be a positive number, got {scale_factor!r}")
+        for name, value in (("scale_factor", scale_factor), ("input_scale", input_scale)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigError(f"model.{name} must be a positive number, got {value!r}")
+        if not isinstance(spatial_cut, bool):
+            raise ConfigError(f"model.spatial_cut must be True or False, got {spatial_cut!r}")
+        if qkv_init not in QKV_INITS:
+            raise ConfigError(f"unknown qkv_init {qkv_init!r}; choose from {QKV_INITS}")
         grid = (h // p, w // p)
         num_tokens, features = grid[0] * grid[1], p * p * c
         kinds = [k for k, _ in zip(itertools.cycle(pattern), range(num_couplings), strict=False)]
@@ -147,6 +178,11 @@ class Jet(DensityModel):
                 f"channel couplings need at least 2 features per token, got p*p*C = {features}"
             )
         if "spatial" in kinds:
+            if spatial_cut and features % 2:
+                raise ConfigError(
+                    f"spatial_cut needs an even number of features per token, got p*p*C = "
+                    f"{features}"
+                )
             if num_tokens % 2:
                 raise ConfigError(
                     f"spatial couplings need an even number of tokens, got {grid[0]}x{grid[1]}"
@@ -178,10 +214,12 @@ class Jet(DensityModel):
                 mlp_ratio=mlp_ratio,
                 scale_factor=scale_factor,
                 context_features=num_classes,
+                spatial_cut=spatial_cut,
+                qkv_init=qkv_init,
                 rngs=r,
             )
 
-        self.scale, self.shift = Scale(2.0), Shift(-1.0)  # [0, 1) -> [-1, 1)
+        self.scale, self.shift = Scale(float(input_scale)), Shift(-1.0)  # [0, 1) -> [-1, 1)
         self.patchify = Patchify(self.image_shape, p)
         self.latent_shape = (num_tokens, features)
         self.pattern = pattern
@@ -288,12 +326,14 @@ class Jet(DensityModel):
     @classmethod
     def describe_config(cls, m) -> str:
         """E.g. ``jet p2 16x1 w128 h4 ccs``: patch, couplings x block depth, width, heads,
-        and the coupling pattern's initials."""
-        pattern = "".join(k[0] for k in _names(m["coupling_pattern"], "coupling_pattern"))
+        and the coupling pattern's initials (then ``cut`` with ``spatial_cut``)."""
+        pattern = "".join(k[0] for k in parse_names(m["coupling_pattern"], "coupling_pattern"))
         text = (
             f"jet p{m['patch_size']} {m['num_couplings']}x{m['block_depth']} w{m['width']} "
             f"h{m['num_heads']} {pattern}"
         )
+        if m.get("spatial_cut"):
+            text += " cut"
         if m.get("conditional"):
             text += " cond"
         return text

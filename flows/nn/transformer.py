@@ -84,8 +84,30 @@ def dense(layer: nnx.Linear, x, gemm: bool = True):
     return _rows_matmul(x, layer.kernel[...], layer.bias[...])
 
 
+QKV_INITS = ("fused", "separate")
+
+
+def side_by_side_init(init, parts: int):
+    """An initializer of an (in, parts * out) kernel drawn as ``parts`` independent (in, out)
+    kernels placed side by side: a fan-dependent ``init`` (Xavier) then sees the fans of one
+    part, as when q, k and v are separate layers (flax linen's attention), not of the whole."""
+
+    def draw(key, shape, dtype=jnp.float32):
+        fan_in, out = shape
+        if out % parts:
+            raise ValueError(f"{out} output features do not split into {parts} parts")
+        keys = jax.random.split(key, parts)
+        return jnp.concatenate([init(k, (fan_in, out // parts), dtype) for k in keys], axis=1)
+
+    return draw
+
+
 class Attention(nnx.Module):
-    """Multi-head self-attention with one fused q/k/v projection."""
+    """Multi-head self-attention with one fused q/k/v projection.
+
+    ``qkv_init``: ``'fused'`` draws the (width, 3 width) q/k/v kernel with ``kernel_init`` as
+    one matrix; ``'separate'`` draws q, k and v as three (width, width) kernels
+    (``side_by_side_init``), which is what a fan-dependent init of three layers gives."""
 
     def __init__(
         self,
@@ -93,15 +115,19 @@ class Attention(nnx.Module):
         num_heads: int,
         *,
         kernel_init=hidden_kernel_init,
+        qkv_init: str = "fused",
         gemm: bool = False,
         rngs: nnx.Rngs,
     ):
         if width % num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+        if qkv_init not in QKV_INITS:
+            raise ValueError(f"qkv_init must be one of {QKV_INITS}, got {qkv_init!r}")
         self.gemm = bool(gemm)
         self.num_heads = num_heads
         self.head_dim = width // num_heads
-        self.qkv = nnx.Linear(width, 3 * width, kernel_init=kernel_init, rngs=rngs)
+        qkv_kernel_init = kernel_init if qkv_init == "fused" else side_by_side_init(kernel_init, 3)
+        self.qkv = nnx.Linear(width, 3 * width, kernel_init=qkv_kernel_init, rngs=rngs)
         self.out = nnx.Linear(width, width, kernel_init=kernel_init, rngs=rngs)
 
     def _heads(self, h, batch: int):
@@ -151,12 +177,15 @@ class Block(nnx.Module):
         mlp_ratio: int,
         *,
         kernel_init=hidden_kernel_init,
+        qkv_init: str = "fused",
         gemm: bool = False,
         rngs: nnx.Rngs,
     ):
         self.gemm = bool(gemm)
         self.norm1 = nnx.LayerNorm(width, rngs=rngs)
-        self.attn = Attention(width, num_heads, kernel_init=kernel_init, gemm=gemm, rngs=rngs)
+        self.attn = Attention(
+            width, num_heads, kernel_init=kernel_init, qkv_init=qkv_init, gemm=gemm, rngs=rngs
+        )
         self.norm2 = nnx.LayerNorm(width, rngs=rngs)
         hidden = mlp_ratio * width
         self.fc1 = nnx.Linear(width, hidden, kernel_init=kernel_init, rngs=rngs)
@@ -188,6 +217,8 @@ class Transformer(nnx.Module):
       position_std: the learned position embedding starts as N(0, position_std^2).
       block_kernel_init: initializer of the blocks' dense kernels (attention and MLP); the
         input and context projections are LeCun-normal, the output projection zero.
+      qkv_init: ``'fused'`` (the q/k/v kernel drawn as one matrix) or ``'separate'`` (as
+        three, ``Attention``'s docstring).
       matmul_impl: ``'lax'`` (plain products, autodiff: forward mode works) or ``'gemm'``
         (every row product through ``dense``'s hand-written VJP, faster on XLA:CPU; reverse
         mode only). ``flows.nn.backend.resolve_matmul_impl`` turns ``'auto'`` into one.
@@ -207,6 +238,7 @@ class Transformer(nnx.Module):
         context_features: int | None = None,
         position_std: float = 0.02,
         block_kernel_init=hidden_kernel_init,
+        qkv_init: str = "fused",
         matmul_impl: str = "lax",
         rngs: nnx.Rngs,
     ):
@@ -234,6 +266,7 @@ class Transformer(nnx.Module):
                     num_heads,
                     mlp_ratio,
                     kernel_init=block_kernel_init,
+                    qkv_init=qkv_init,
                     gemm=self.gemm,
                     rngs=rngs,
                 )

@@ -257,6 +257,20 @@ REGISTRY: list[Entry] = [
         (6, 3),
         context_features=2,
     ),
+    Entry(  # big_vision's layout: x1's 3 tokens of 4 features seen as 6 tokens of 2
+        "jet_spatial_coupling_cut",
+        lambda r: JetCoupling(
+            "spatial",
+            6,
+            4,
+            spatial_projection("checkerboard", (3, 2)),
+            **_JET_NET,
+            spatial_cut=True,
+            qkv_init="separate",
+            rngs=r,
+        ),
+        (6, 4),
+    ),
     Entry(  # 3 couplings, pattern (channels, spatial): one scanned group and a tail
         "jet_model",
         lambda r: Jet((4, 4, 1), **_JET_MODEL, rngs=r),
@@ -268,6 +282,19 @@ REGISTRY: list[Entry] = [
         lambda r: Jet((4, 4, 1), **_JET_MODEL, num_classes=3, rngs=r),
         (4, 4, 1),
         context_features=3,
+        domain="unit",
+    ),
+    Entry(  # big_vision's Jet (flows.convert.big_vision_jet) with its 8-bit input scale
+        "jet_model_big_vision",
+        lambda r: Jet(
+            (4, 4, 1),
+            **{**_JET_MODEL, "num_couplings": 2},  # one group: channels, spatial (cut)
+            spatial_cut=True,
+            qkv_init="separate",
+            input_scale=512 / 255,
+            rngs=r,
+        ),
+        (4, 4, 1),
         domain="unit",
     ),
 ]
