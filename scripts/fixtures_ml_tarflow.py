@@ -27,6 +27,13 @@ embeddings, a ``var`` buffer away from one), and writes ``ml_tarflow_<case>.npz`
 
 tests/test_convert_tarflow.py compares ``flows``' converted models against these without
 torch.
+
+With ``--checkpoint_out=FILE.npz`` it writes instead one random model of the sizes given
+(``--image_size``, ``--channels``, ``--patch_size``, ``--width``, ``--blocks``, ``--layers``,
+``--classes``; heads of 64 channels, as ``Model`` makes them): its state dict
+(``state/<name>``), ``--num_images`` inputs ``x`` with labels ``y`` and the reference's
+float32 ``log_p``, and prints a JSON line (parameters, seconds, peak memory);
+``bench/afhq_convert.py`` runs it at ml-tarflow's AFHQ size.
 """
 
 from __future__ import annotations
@@ -36,7 +43,9 @@ import contextlib
 import json
 import math
 import os
+import resource
 import sys
+import time
 
 import numpy as np
 
@@ -160,14 +169,61 @@ def log_density(z, logdet, d: int):
     return -0.5 * (z**2).sum(1) - 0.5 * d * math.log(2 * math.pi) + d * logdet.double()
 
 
+def write_random_checkpoint(transformer_flow, torch, args) -> dict:
+    """The ``--checkpoint_out`` mode (module docstring)."""
+    case = dict(
+        image=(args.image_size, args.image_size, args.channels),
+        patch=args.patch_size,
+        width=args.width,
+        head_dim=64,
+        blocks=args.blocks,
+        layers=args.layers,
+        nvp=True,
+        classes=args.classes,
+    )
+    t0 = time.perf_counter()
+    model = build(transformer_flow, torch, case, seed=0)
+    build_s = time.perf_counter() - t0
+    gen = torch.Generator().manual_seed(1)
+    size, c = args.image_size, args.channels
+    x = 2 * torch.rand(args.num_images, c, size, size, generator=gen) - 1
+    y = torch.arange(args.num_images) % args.classes if args.classes else None
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        z, _, logdet = model(x, y)
+    forward_s = time.perf_counter() - t0
+    arrays = {f"state/{k}": v.numpy() for k, v in model.state_dict().items()}
+    arrays.update(x=x.numpy(), log_p=log_density(z, logdet, c * size * size).numpy())
+    if y is not None:
+        arrays["y"] = y.numpy()
+    np.savez(args.checkpoint_out, **arrays)
+    return {
+        "reference_parameters": sum(p.numel() for p in model.parameters()),
+        "reference_build_s": round(build_s, 3),
+        "reference_forward_s": round(forward_s, 3),
+        "reference_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "torch": torch.__version__,
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reference", required=True, help="ml-tarflow checkout")
     parser.add_argument("--out", default=os.path.join("tests", "fixtures"))
+    parser.add_argument("--checkpoint_out", help="write one random model's state dict here")
+    for name, default in (("image_size", 256), ("channels", 3), ("patch_size", 8)):
+        parser.add_argument(f"--{name}", type=int, default=default)
+    for name, default in (("width", 768), ("blocks", 8), ("layers", 8), ("classes", 3)):
+        parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument("--num_images", type=int, default=2)
     args = parser.parse_args(argv)
     sys.path.insert(0, os.path.abspath(args.reference))
     import torch
     import transformer_flow
+
+    if args.checkpoint_out:
+        print(json.dumps(write_random_checkpoint(transformer_flow, torch, args)))
+        return 0
 
     os.makedirs(args.out, exist_ok=True)
     for seed, (name, case) in enumerate(CASES.items()):

@@ -248,7 +248,7 @@ def from_ml_tarflow(state_dict: Mapping, image_shape, *, dtype=None, **model_fie
         raise AssertionError(f"unmapped: {sorted(ours ^ set(values))[:4]}")
     filled = []
     for path, variable in flat:
-        value = values[path]
+        value = values.pop(path)  # each stacked copy freed once it is the model's
         if tuple(value.shape) != tuple(variable.shape):
             raise AssertionError(f"{path}: {value.shape} vs {variable.shape}")
         target = dtype or (np.float32 if np.issubdtype(value.dtype, np.floating) else None)
