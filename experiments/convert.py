@@ -4,7 +4,7 @@
         --checkpoint=afhq_model_8_768_8_8_0.07.pth --image_shape=256,256,3 --workdir=runs/afhq
     python -m experiments.sample --workdir=runs/afhq --class_grid --guidance=1 \\
         --temperatures=1.0 --per_temperature=2
-    python -m experiments.evaluate --workdir=W   # needs --dataset's data prepared
+    python -m experiments.evaluate --workdir=W (with the data of --dataset prepared)
 
 ``--source`` picks the converter (``LOADERS``: ``ml-tarflow``, apple/ml-tarflow's
 ``transformer_flow.Model``, ``flows.convert.ml_tarflow``; ``big-vision-jet``, big_vision's

@@ -265,8 +265,8 @@ def test_bad_files(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_the_command_line_writes_a_workdir_that_evaluate_and_sample_read(tmp_path):
-    """uncond (8x8x1) as a digits model: evaluate; cond (8x8x3, 3 classes): a guided class
-    grid; bad inputs: one line, exit 2."""
+    """uncond (8x8x1) as a digits model: evaluate, latents, compare; cond (8x8x3, 3
+    classes): a guided class grid; bad inputs: one line, exit 2."""
     u, c = str(tmp_path / "u"), str(tmp_path / "c")
     convert = ["experiments.convert", "--source=ml-tarflow"]
     results = run_commands(
@@ -274,6 +274,8 @@ def test_the_command_line_writes_a_workdir_that_evaluate_and_sample_read(tmp_pat
             [*convert, f"--checkpoint={_path('uncond')}", "--image_shape=8,8,1",
              f"--workdir={u}", "--dataset=digits", "--num_bins=17", "--model_arg=num_heads=2"],
             ["experiments.evaluate", f"--workdir={u}", "--batch_size=300"],
+            ["experiments.latents", f"--workdir={u}", "--pairs=1", "--steps=3"],
+            ["experiments.compare", u, "--eval=eval_test_k1.json", "--markdown"],
             [*convert, f"--checkpoint={_path('cond')}", "--image_shape=8,8,3",
              f"--workdir={c}", "--model_arg=num_heads=4"],
             ["experiments.sample", f"--workdir={c}", "--class_grid", "--guidance=1",
@@ -288,16 +290,18 @@ def test_the_command_line_writes_a_workdir_that_evaluate_and_sample_read(tmp_pat
              "--image_shape=8,8,3", f"--workdir={tmp_path / 'jet'}"],
         ]
     )  # fmt: skip
-    for r in results[:4]:
+    for r in results[:6]:
         assert r.returncode == 0, (r.args, r.stderr[-3000:])
     assert "bits/dim (digits:test, 300 examples, 17 levels" in results[1].stdout
-    assert "guidance 1" in results[3].stdout
+    assert "round trip of digits:test" in results[2].stdout
+    assert "tarflow p4 w16 3x1 h2" in results[3].stdout
+    assert "guidance 1" in results[5].stdout
     record = json.loads((tmp_path / "u" / "converted_from.json").read_text())
     assert record["source"] == "ml-tarflow" and len(record["sha256"]) == 64
     assert record["num_parameters"] == fixture("uncond")["meta"]["num_parameters"]
-    assert_one_line_error(results[4], "not divisible by the checkpoint's patch size 2")
-    assert_one_line_error(results[5], "does not exist")
-    assert_one_line_error(results[6], "exists and is not empty")
+    assert_one_line_error(results[6], "not divisible by the checkpoint's patch size 2")
+    assert_one_line_error(results[7], "does not exist")
+    assert_one_line_error(results[8], "exists and is not empty")
     if not os.path.exists(os.path.join(ROOT, "flows", "convert", "big_vision_jet.py")):
-        assert_one_line_error(results[7], "flows.convert.big_vision_jet is not in this checkout")
+        assert_one_line_error(results[9], "flows.convert.big_vision_jet is not in this checkout")
     assert not (tmp_path / "bad").exists()
