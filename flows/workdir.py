@@ -15,6 +15,8 @@ What a workdir holds after ``flows.train.train_and_evaluate``::
     corrupt/                unreadable checkpoints moved out of the way on resume
     events.out.tfevents.*   TensorBoard event files, one per session (flows.train.tensorboard)
     run.lock                who trains here now (``RunLock``): one training process at a time
+    converted_from.json     a converted reference checkpoint: its file, sha256 and source
+                            (``flows.convert.workdir``; then checkpoints/0/ holds its weights)
 
 The workdir is a contract: ``config.json`` is the config of every step the run made. A rerun
 with another config is refused (``config_changes`` names each changed key) unless the change
@@ -68,6 +70,7 @@ EVAL_TEST = "eval_test.json"
 CONFIG_HISTORY = "config_history.jsonl"
 CORRUPT = "corrupt"
 LATENTS = "latents"  # experiments.latents' pictures and record
+CONVERTED = "converted_from.json"  # flows.convert.workdir: where the parameters came from
 LOCK = "run.lock"  # held by the process training in the workdir (RunLock)
 EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard event files (flows.train.tensorboard)
 
@@ -156,6 +159,22 @@ def write_text_atomic(file: str, text: str) -> None:
 
 def write_json(file: str, obj) -> None:
     write_text_atomic(file, json.dumps(obj, indent=2) + "\n")
+
+
+def write_run_files(
+    workdir: str, config, *, image_shape, num_bins: int, num_classes: int, train, num_train: int
+) -> None:
+    """``config.json`` (the resolved ConfigDict) and ``data_info.json`` (the data's image
+    shape, levels and classes, the name and size of the split the parameters were trained on)."""
+    write_text_atomic(path(workdir, CONFIG), config.to_json(indent=2) + "\n")
+    info = {
+        "image_shape": list(image_shape),
+        "num_bins": num_bins,
+        "num_classes": num_classes,
+        "train": train,
+        "num_train": num_train,
+    }
+    write_json(path(workdir, DATA_INFO), info)
 
 
 def write_jsonl(file: str, records: list[dict]) -> None:

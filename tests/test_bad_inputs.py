@@ -381,7 +381,7 @@ def test_evaluate_names_its_step_and_keeps_a_record_of_another(cond_run, tmp_pat
 def test_help_of_every_command():
     """``--help`` and ``-h`` exit 0 with the usage; usage lines have no runs of spaces;
     train's and toy_tables' help name the config files that run them, with variants."""
-    tools = ["train", "evaluate", "sample", "latents", "compare", "toy_tables"]
+    tools = ["train", "evaluate", "sample", "latents", "compare", "toy_tables", "convert"]
     commands = [[f"experiments.{t}", flag] for t in tools for flag in ("--help", "-h")]
     results = dict(zip(map(tuple, commands), cli_checks.run_commands(commands), strict=True))
     for (module, _), result in results.items():

@@ -20,7 +20,12 @@ from flows.bijectors import Patchify
 from flows.errors import ConfigError
 from flows.models import build_model, get_family, sample_compiled
 from flows.models.registry import describe_model
-from flows.models.tarflow import TarFlow, TarFlowBlock, guidance_weights
+from flows.models.tarflow import (
+    TarFlow,
+    TarFlowBlock,
+    guidance_weights,
+    guided_shift_and_log_scale,
+)
 from flows.train.loop import train_and_evaluate
 from flows.train.restore import load_run
 
@@ -160,6 +165,19 @@ def test_guidance():
     np.testing.assert_allclose(guided(model, z, null, 3.0), plain(model, z, null), atol=1e-5)
 
 
+def test_guidance_targets_and_the_mean_null_label():
+    """``guidance_on`` extrapolates mu, alpha or both; ``null_label='mean'`` turns the
+    all-zero context into uniform class weights and leaves labels one-hot."""
+    mu, alpha = jnp.array([[1.0], [3.0]]), jnp.array([[2.0], [5.0]])  # rows: cond, null
+    expected = {"both": (0.0, 0.5), "shift": (0.0, 2.0), "log_scale": (1.0, 0.5)}
+    for on, (m, a) in expected.items():
+        got = guided_shift_and_log_scale(mu, alpha, 1, 0.5, on)
+        np.testing.assert_allclose([float(got[0][0, 0]), float(got[1][0, 0])], [m, a])
+    model = TarFlow(SHAPE, 3, width=8, num_blocks=1, null_label="mean", rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(model.context_features(model.null_context(2)), 1 / 3)
+    np.testing.assert_array_equal(model.context_features(jnp.array([2])), [[0, 0, 1]])
+
+
 def test_guidance_weights_schedules():
     np.testing.assert_allclose(guidance_weights(2.0, 5, "constant"), [2, 2, 2, 2])
     np.testing.assert_allclose(guidance_weights(2.0, 5, "linear"), [0.5, 1.0, 1.5, 2.0])
@@ -193,6 +211,11 @@ def test_sampling_is_one_program_with_a_loop_over_tokens_inside_the_scan_over_bl
         ({"num_blocks": 0}, "num_blocks must be a positive integer"),
         ({"guidance_schedule": "cosine"}, "guidance_schedule must be one of"),
         ({"backprop": "invertible"}, "backprop must be one of"),
+        ({"guidance_on": "mu"}, "guidance_on must be one of"),
+        ({"null_label": "uniform"}, "null_label must be one of"),
+        ({"nvp": 1}, "nvp must be True or False"),
+        ({"norm_epsilon": 0.0}, "norm_epsilon must be a finite number > 0"),
+        ({"guidance_attention_temperature": float("nan")}, "temperature must be a finite"),
     ],
 )
 def test_bad_config_is_one_line_config_error(fields, match):
@@ -206,6 +229,8 @@ def test_describe():
     config = tarflow_digits.get_config("cond")
     text = describe_model(config.model.to_dict())
     assert text == "tarflow p2 w128 4x2 h2 cond, label dropout 0.1"
+    config.model.nvp = False
+    assert describe_model(config.model.to_dict()).startswith("tarflow p2 w128 4x2 h2 vp cond")
 
 
 @pytest.mark.slow

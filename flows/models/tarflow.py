@@ -26,20 +26,49 @@ tokens, inside the ``lax.scan`` over blocks: one compiled program, no Python loo
 Conditioning (``num_classes`` set): the context, one-hot labels or class weights
 (``DensityModel.context_features``; all-zero = "no label", trained by the generic
 ``model.label_dropout``), enters every transformer through its learned context projection.
+With ``null_label='mean'`` class weights ``w`` are first mapped to ``w + (1 - sum w) / N``:
+the identity on one-hot labels and on any weights summing to one, and the all-zero "no label"
+weights become the uniform ones, so the unconditional branch is the mean class embedding.
 Classifier-free guidance (``guided_inverse``): per token, ``mu = (1 + w_t) mu(y) - w_t
-mu(none)`` and the same for ``alpha``; both branches run in the same decoding loop (the batch
+mu(none)`` and the same for ``alpha`` (``guidance_on`` may restrict it to one of them;
+``guided_shift_and_log_scale``); both branches run in the same decoding loop (the batch
 concatenated with the null-context batch) and both caches are fed the guided tokens. The
 weight is ``w_t = w`` (``guidance_schedule='constant'``) or grows linearly over the tokens,
-``w_t = w (t + 1) / (T - 1)`` for token t + 1 (``'linear'``, the paper's annealed guidance).
+``w_t = w (t + 1) / (T - 1)`` for token t + 1 (``'linear'``, the paper's annealed guidance);
+``guidance_attention_temperature`` divides the unconditional branch's attention logits.
+
+ml-tarflow (``transformer_flow.Model``): the options below compute its function exactly on
+its weights (``flows.convert.from_ml_tarflow`` converts them). What already agrees: the
+attention scale ``1/sqrt(head_dim)``, the pre-norm blocks, learned positions added after the
+input projection, the class embedding added to every token, the right shift of the outputs,
+the alternating token order, the row-major order of the patches. What the converter maps by
+permuting weights (no option): its channel-major features within a patch (``unfold``), its
+``(log-scale, shift)`` output order, and its position embedding, which its reversed blocks
+reverse with the tokens (ours is indexed by sequence position). Its options: ``nvp=False``
+(its volume-preserving mode: shift only, ``alpha = 0``); the mean class embedding as the
+unconditional branch (``null_label='mean'``) and a class-embedding table without bias
+(``context_bias=False``); no LN before the output projection (``final_norm=False``);
+PyTorch's LN epsilon 1e-5 (``norm_epsilon``) and exact GELU (``gelu_approximate=False``);
+``sampling_variance=True``: its buffer ``var`` (per latent dimension, an estimate of
+``E[z^2]`` that its volume-preserving training tracks, all ones otherwise) is our buffer
+``latent_variance``, and sampling draws ``z ~ N(0, T^2 var)``, while the likelihood keeps
+the standard normal (as ml-tarflow's does); nothing here updates it during training.
+ml-tarflow's sampling arguments ``guide_what`` ('ab', 'a', 'b'), ``annealed_guidance`` and
+``attn_temp`` are ``guidance_on`` ('both', 'log_scale', 'shift'), ``guidance_schedule``
+('linear') and ``guidance_attention_temperature``. Its log-det is the mean over the D
+dimensions (ours the sum) and its images are ``2x - 1``: ``log p_ours(x) = log N(z; 0, I) +
+D * logdet_ref + D log 2``.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flows.bijectors import Bijector, Chain, Patchify, Scale, Shift
+from flows.bijectors import Bijector, Buffer, Chain, Patchify, Scale, Shift
 from flows.errors import ConfigError
 from flows.models.base import DensityModel
 from flows.models.registry import check_positive_ints, register_model
@@ -48,20 +77,37 @@ from flows.nn.backend import resolve_matmul_impl
 from flows.nn.transformer import Transformer
 
 GUIDANCE_SCHEDULES = ("constant", "linear")
+GUIDANCE_TARGETS = ("both", "shift", "log_scale")
+NULL_LABELS = ("zero", "mean")
 # TarFlow's names of flows.models.steps.BACKPROP, its default first.
 BACKPROP_MODES = ("save_dots", "checkpoint", "autodiff")
 
 
-def guidance_weights(guidance, num_tokens: int, schedule: str):
+def guidance_weights(guidance, num_tokens: int, schedule: str, dtype=jnp.float32):
     """Guidance weight per predicted token ``t + 1`` for ``t = 0 .. T-2``: shape (T - 1,)."""
     steps = max(num_tokens - 1, 1)
     if schedule == "constant":
-        return jnp.full((num_tokens - 1,), guidance, jnp.float32)
+        return jnp.full((num_tokens - 1,), guidance, dtype)
     if schedule == "linear":
-        return guidance * jnp.arange(1, num_tokens, dtype=jnp.float32) / steps
+        return guidance * jnp.arange(1, num_tokens, dtype=dtype) / steps
     raise ConfigError(
         f"guidance_schedule must be one of {list(GUIDANCE_SCHEDULES)}, got {schedule!r}"
     )
+
+
+def guided_shift_and_log_scale(mu, alpha, batch: int, weight, guidance_on: str = "both"):
+    """Classifier-free guidance of one decoding step: ``mu`` and ``alpha`` hold the
+    conditional branch's rows ``[:batch]`` and the unconditional branch's ``[batch:]``;
+    returns ``(1 + w) f(y) - w f(none)`` for the targets ``guidance_on`` names (``'both'``,
+    ``'shift'``: mu, ``'log_scale'``: alpha) and the conditional value for the other."""
+
+    def mix(value, target):
+        cond, null = value[:batch], value[batch:]
+        if guidance_on in ("both", target):
+            return (1 + weight) * cond - weight * null
+        return cond
+
+    return mix(mu, "shift"), mix(alpha, "log_scale")
 
 
 class TarFlowBlock(Bijector):
@@ -77,7 +123,9 @@ class TarFlowBlock(Bijector):
     The inverse is sequential: step t feeds token x_t to the transformer with its key/value
     cache (``Transformer.decode_step``) and gets ``(mu, alpha)`` of token t + 1. The
     transformer's output layer starts at zero, so a fresh block is the identity (then the
-    reversal).
+    reversal). ``nvp=False``: the transformer predicts ``mu`` only and ``alpha = 0`` (volume
+    preserving, log-det 0). ``network``: ``flows.nn.transformer.Transformer``'s options
+    (``final_norm``, ``norm_epsilon``, ``gelu_approximate``, ``context_bias``).
     """
 
     def __init__(
@@ -91,13 +139,16 @@ class TarFlowBlock(Bijector):
         mlp_ratio: int = 4,
         context_features: int | None = None,
         matmul_impl: str = "lax",
+        nvp: bool = True,
         rngs: nnx.Rngs,
+        **network,
     ):
         self.features = features
         self.num_tokens = num_tokens
+        self.nvp = bool(nvp)
         self.net = Transformer(
             features,
-            2 * features,
+            2 * features if self.nvp else features,
             num_tokens=num_tokens,
             width=width,
             depth=depth,
@@ -107,12 +158,19 @@ class TarFlowBlock(Bijector):
             context_features=context_features,
             matmul_impl=matmul_impl,
             rngs=rngs,
+            **network,
         )
+
+    def _split(self, out):
+        """The transformer's outputs -> ``(mu, alpha)``."""
+        if not self.nvp:
+            return out, jnp.zeros_like(out)
+        return out[..., : self.features], out[..., self.features :]
 
     def _shift_and_log_scale(self, x, context):
         out = self.net(x, context)
         out = jnp.concatenate([jnp.zeros_like(out[:, :1]), out[:, :-1]], axis=1)
-        return out[..., : self.features], out[..., self.features :]
+        return self._split(out)
 
     def forward_and_log_det(self, x, *, context=None):
         mu, alpha = self._shift_and_log_scale(x, context)
@@ -122,22 +180,38 @@ class TarFlowBlock(Bijector):
     def inverse_and_log_det(self, z, *, context=None):
         return self.decode(z[:, ::-1], context)
 
-    def guided_inverse_and_log_det(self, z, *, context, weights):
+    def guided_inverse_and_log_det(
+        self, z, *, context, weights, guidance_on="both", attention_temperature=1.0
+    ):
         """The inverse with classifier-free guidance: ``context = (labels' features, null
-        features)``, ``weights`` (T - 1,) the guidance weight of each predicted token."""
-        return self.decode(z[:, ::-1], context, weights=weights)
+        features)``, ``weights`` (T - 1,) the guidance weight of each predicted token,
+        ``guidance_on`` what it applies to and ``attention_temperature`` the unconditional
+        branch's (``guided_shift_and_log_scale``)."""
+        return self.decode(
+            z[:, ::-1],
+            context,
+            weights=weights,
+            guidance_on=guidance_on,
+            attention_temperature=attention_temperature,
+        )
 
-    def decode(self, z, context, weights=None):
+    def decode(self, z, context, weights=None, guidance_on="both", attention_temperature=1.0):
         """Token-by-token inverse of the autoregressive map (tokens in this block's order).
 
         ``weights`` None: plain inverse under ``context``. Otherwise ``context`` is a pair
-        ``(cond, null)`` and each step runs both branches as one batch of 2B and combines
-        ``(1 + w_t) f(cond) - w_t f(null)``; the log-det is then that of the guided map."""
-        b, t_max, d = z.shape
+        ``(cond, null)`` and each step runs both branches as one batch of 2B (the null
+        branch's attention logits divided by ``attention_temperature``) and combines them
+        with ``guided_shift_and_log_scale``; the log-det is then that of the guided map."""
+        b, t_max, _ = z.shape
         guided = weights is not None
+        temperature = None
         if guided:
             cond, null = context
             ctx = jnp.concatenate([cond, null], axis=0)
+            if attention_temperature != 1.0:
+                temperature = jnp.concatenate(
+                    [jnp.ones((b,), z.dtype), jnp.full((b,), attention_temperature, z.dtype)]
+                )
         else:
             ctx = context
         cache = self.net.init_cache(2 * b if guided else b, z.dtype)
@@ -147,12 +221,11 @@ class TarFlowBlock(Bijector):
             x_t = jax.lax.dynamic_slice_in_dim(x, t, 1, axis=1)
             if guided:
                 x_t = jnp.concatenate([x_t, x_t], axis=0)
-            out, cache = self.net.decode_step(x_t, t, cache, ctx)
-            mu, alpha = out[..., :d], out[..., d:]
+            out, cache = self.net.decode_step(x_t, t, cache, ctx, temperature)
+            mu, alpha = self._split(out)
             if guided:
                 w = weights[t].astype(out.dtype)
-                mu = (1 + w) * mu[:b] - w * mu[b:]
-                alpha = (1 + w) * alpha[:b] - w * alpha[b:]
+                mu, alpha = guided_shift_and_log_scale(mu, alpha, b, w, guidance_on)
             z_next = jax.lax.dynamic_slice_in_dim(z, t + 1, 1, axis=1)
             x_next = z_next * jnp.exp(alpha) + mu
             x = jax.lax.dynamic_update_slice_in_dim(x, x_next, t + 1, axis=1)
@@ -178,6 +251,20 @@ class TarFlow(DensityModel):
       mlp_ratio: the transformers' MLP hidden size is ``mlp_ratio * width``.
       guidance_schedule: the classifier-free guidance weight over the tokens,
         ``'constant'`` or ``'linear'`` (annealed; see the module docstring).
+      guidance_on: what guidance extrapolates, ``'both'`` (mu and alpha), ``'shift'`` (mu)
+        or ``'log_scale'`` (alpha); ml-tarflow's ``guide_what`` 'ab', 'b', 'a'.
+      guidance_attention_temperature: divides the unconditional branch's attention logits
+        in guided sampling (ml-tarflow's ``attn_temp``; 1: none).
+      nvp: affine blocks (True) or volume-preserving ones, shift only (False; ml-tarflow's
+        ``nvp``, default True as here).
+      null_label: the unconditional branch: ``'zero'`` (the all-zero context) or
+        ``'mean'`` (the mean class embedding, ml-tarflow's; module docstring).
+      context_bias: the label projection has a bias (ml-tarflow's class embedding: False).
+      final_norm: a LayerNorm before each transformer's output layer (ml-tarflow: False).
+      norm_epsilon: the LayerNorms' epsilon (ml-tarflow, PyTorch's default: 1e-5).
+      gelu_approximate: tanh-approximate GELU (ml-tarflow, PyTorch's default: exact, False).
+      sampling_variance: keep the buffer ``latent_variance`` (image-shaped, ones) and draw
+        sampling latents ``N(0, T^2 latent_variance)`` (ml-tarflow's ``var``: True).
       backprop: how the block stack is differentiated, one of ``BACKPROP_MODES``:
         ``'save_dots'`` (the fastest on XLA:CPU), ``'checkpoint'`` or ``'autodiff'``; the
         same gradients (the names' meanings: ``flows.models.steps``).
@@ -198,6 +285,15 @@ class TarFlow(DensityModel):
         num_heads: int = 2,
         mlp_ratio: int = 4,
         guidance_schedule: str = "constant",
+        guidance_on: str = "both",
+        guidance_attention_temperature: float = 1.0,
+        nvp: bool = True,
+        null_label: str = "zero",
+        context_bias: bool = True,
+        final_norm: bool = True,
+        norm_epsilon: float = 1e-6,
+        gelu_approximate: bool = True,
+        sampling_variance: bool = False,
         backprop: str = "save_dots",
         matmul_impl: str = "auto",
         rngs: nnx.Rngs,
@@ -233,12 +329,30 @@ class TarFlow(DensityModel):
                 f"model.guidance_schedule must be one of {list(GUIDANCE_SCHEDULES)}, "
                 f"got {guidance_schedule!r}"
             )
+        _check_choice("guidance_on", guidance_on, GUIDANCE_TARGETS)
+        _check_choice("null_label", null_label, NULL_LABELS)
+        _check_bools(
+            nvp=nvp,
+            context_bias=context_bias,
+            final_norm=final_norm,
+            gelu_approximate=gelu_approximate,
+            sampling_variance=sampling_variance,
+        )
+        _check_positive_number("guidance_attention_temperature", guidance_attention_temperature)
+        _check_positive_number("norm_epsilon", norm_epsilon)
         check_backprop(backprop, BACKPROP_MODES, "TarFlow")
         self.patch_size = patch_size
         self.num_tokens = num_tokens
         self.token_features = patch_size * patch_size * c
         self.num_blocks = num_blocks
         self.guidance_schedule = guidance_schedule
+        self.guidance_on = guidance_on
+        self.guidance_attention_temperature = float(guidance_attention_temperature)
+        self.null_label = null_label
+        if sampling_variance:  # ml-tarflow's ``var``: set by flows.convert
+            self.latent_variance = Buffer(jnp.ones(self.image_shape, jnp.float32))
+        else:
+            self.latent_variance = None
         # x in [0, 1) -> 2x - 1 in [-1, 1): log|det| = D log 2, counted here.
         self.preprocess = Chain([Scale(2.0), Shift(-1.0)])
         self.patchify = Patchify(self.image_shape, patch_size)
@@ -252,6 +366,11 @@ class TarFlow(DensityModel):
                 mlp_ratio=mlp_ratio,
                 context_features=num_classes,
                 matmul_impl=self.matmul_impl,
+                nvp=nvp,
+                final_norm=final_norm,
+                norm_epsilon=float(norm_epsilon),
+                gelu_approximate=gelu_approximate,
+                context_bias=context_bias,
                 rngs=r,
             ),
             num_blocks,
@@ -263,6 +382,15 @@ class TarFlow(DensityModel):
     def _to_image_order(self, tokens):
         """Each block reverses the tokens: after an odd number of blocks, reverse back."""
         return tokens[:, ::-1] if self.num_blocks % 2 else tokens
+
+    # -- conditioning ---------------------------------------------------------------------
+    def context_features(self, labels):
+        """One-hot labels or class weights (``DensityModel``); with ``null_label='mean'``
+        mapped to ``w + (1 - sum w) / N`` (module docstring)."""
+        ctx = super().context_features(labels)
+        if ctx is None or self.null_label == "zero":
+            return ctx
+        return ctx + (1 - jnp.sum(ctx, axis=-1, keepdims=True)) / self.num_classes
 
     # -- the bijection --------------------------------------------------------------------
     def forward_and_log_det(self, x, *, context=None):
@@ -285,11 +413,18 @@ class TarFlow(DensityModel):
         """The inverse with classifier-free guidance weight ``guidance`` (module docstring):
         every block decodes the labelled and the null-context branch in one loop."""
         ctx = self.context_features(context)
-        null = self.null_context(latents.shape[0]).astype(ctx.dtype)
-        weights = guidance_weights(guidance, self.num_tokens, self.guidance_schedule)
+        dtype = jnp.result_type(ctx.dtype, latents.dtype)  # the mean embedding in float64 too
+        null = self.context_features(self.null_context(latents.shape[0]).astype(dtype))
+        ctx = ctx.astype(dtype)
+        weights = guidance_weights(guidance, self.num_tokens, self.guidance_schedule, dtype)
         tokens = self._to_image_order(self.patchify.forward(latents))
+        options = {
+            "weights": weights,
+            "guidance_on": self.guidance_on,
+            "attention_temperature": self.guidance_attention_temperature,
+        }
         tokens, _ = self.blocks.scan(
-            lambda s, h, c: s.guided_inverse_and_log_det(h, context=c, weights=weights),
+            lambda s, h, c: s.guided_inverse_and_log_det(h, context=c, **options),
             tokens,
             (ctx, null),
             True,
@@ -302,7 +437,11 @@ class TarFlow(DensityModel):
         self.check_images(x)
 
     def sample_latents(self, key, num: int, temperature: float = 1.0):
-        return temperature * jax.random.normal(key, (num, *self.image_shape))
+        """``T * N(0, I)``, times ``sqrt(latent_variance)`` when the model keeps one."""
+        eps = temperature * jax.random.normal(key, (num, *self.image_shape))
+        if self.latent_variance is None:
+            return eps
+        return eps * jnp.sqrt(self.latent_variance[...]).astype(eps.dtype)
 
     @classmethod
     def describe_config(cls, m) -> str:
@@ -311,6 +450,8 @@ class TarFlow(DensityModel):
             f"tarflow p{m['patch_size']} w{m['width']} {m['num_blocks']}x"
             f"{m['layers_per_block']} h{m['num_heads']}"
         )
+        if not m.get("nvp", True):
+            text += " vp"
         if m.get("conditional"):
             text += " cond"
             if m.get("guidance_schedule", "constant") != "constant":
@@ -318,4 +459,21 @@ class TarFlow(DensityModel):
         return text
 
 
-__all__ = ["TarFlow", "TarFlowBlock", "guidance_weights"]
+def _check_choice(field: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"model.{field} must be one of {list(choices)}, got {value!r}")
+
+
+def _check_bools(**fields) -> None:
+    for field, value in fields.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"model.{field} must be True or False, got {value!r}")
+
+
+def _check_positive_number(field: str, value) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (ok and math.isfinite(value) and value > 0):
+        raise ConfigError(f"model.{field} must be a finite number > 0, got {value!r}")
+
+
+__all__ = ["TarFlow", "TarFlowBlock", "guidance_weights", "guided_shift_and_log_scale"]

@@ -12,6 +12,13 @@ that reads its shift and log-scale off ``out`` starts as the identity. With
 ``context_features`` a learned projection of the context (one-hot labels or class weights;
 all-zero weights are the "no label" context of label dropout) is added to every token.
 
+Options for computing another code base's transformer on its weights (ml-tarflow's
+``MetaBlock``): ``final_norm=False`` drops the last LN (``out = h_L W_out + b_out``),
+``norm_epsilon`` is the LNs' epsilon (PyTorch's 1e-5, flax's 1e-6), ``gelu_approximate=False``
+the exact (erf) GELU instead of the tanh approximation, ``context_bias=False`` makes the context
+projection a table of per-class rows (no bias), and ``decode_step(..., attention_temperature=
+tau)`` divides the attention logits of each example by its ``tau``.
+
 The network need not be exact: a coupling stays exactly triangular whatever it computes, so
 its products run at the backend's default precision, in float32.
 
@@ -151,10 +158,11 @@ class Attention(nnx.Module):
         mask = jnp.tril(jnp.ones((t, t), bool)) if causal else None
         return self._attend(q, k, v, mask)
 
-    def decode(self, h_t, t, cache):
+    def decode(self, h_t, t, cache, temperature=None):
         """One token per example, ``h_t`` (B, width), at position ``t``; ``cache = (keys,
         values)`` each (B, heads, T, head_dim) (the layout the per-token products read
-        without transposing the cache), of which positions < t are filled. Returns
+        without transposing the cache), of which positions < t are filled. ``temperature``:
+        None, or a scalar or (B,) array dividing each example's attention logits. Returns
         (out (B, width), cache)."""
         b = h_t.shape[0]
         qkv = self.qkv(h_t).reshape(b, 3, self.num_heads, 1, self.head_dim)
@@ -162,13 +170,16 @@ class Attention(nnx.Module):
         keys = jax.lax.dynamic_update_slice_in_dim(cache[0], k, t, axis=2)
         values = jax.lax.dynamic_update_slice_in_dim(cache[1], v, t, axis=2)
         logits = jnp.einsum("bhqd,bhkd->bhqk", q, keys) / math.sqrt(self.head_dim)
+        if temperature is not None:
+            logits = logits / jnp.reshape(jnp.asarray(temperature, logits.dtype), (-1, 1, 1, 1))
         logits = jnp.where((jnp.arange(keys.shape[2]) <= t)[None, None, None, :], logits, _NEG)
         o = jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(logits, axis=-1), values)
         return self.out(o.reshape(b, -1)), (keys, values)
 
 
 class Block(nnx.Module):
-    """``h + Attn(LN(h))`` then ``h + MLP(LN(h))``."""
+    """``h + Attn(LN(h))`` then ``h + MLP(LN(h))`` (LN epsilon ``norm_epsilon``; the MLP's
+    GELU the tanh approximation unless ``gelu_approximate=False``)."""
 
     def __init__(
         self,
@@ -179,28 +190,33 @@ class Block(nnx.Module):
         kernel_init=hidden_kernel_init,
         qkv_init: str = "fused",
         gemm: bool = False,
+        norm_epsilon: float = 1e-6,
+        gelu_approximate: bool = True,
         rngs: nnx.Rngs,
     ):
         self.gemm = bool(gemm)
-        self.norm1 = nnx.LayerNorm(width, rngs=rngs)
+        self.gelu_approximate = bool(gelu_approximate)
+        self.norm1 = nnx.LayerNorm(width, epsilon=norm_epsilon, rngs=rngs)
         self.attn = Attention(
             width, num_heads, kernel_init=kernel_init, qkv_init=qkv_init, gemm=gemm, rngs=rngs
         )
-        self.norm2 = nnx.LayerNorm(width, rngs=rngs)
+        self.norm2 = nnx.LayerNorm(width, epsilon=norm_epsilon, rngs=rngs)
         hidden = mlp_ratio * width
         self.fc1 = nnx.Linear(width, hidden, kernel_init=kernel_init, rngs=rngs)
         self.fc2 = nnx.Linear(hidden, width, kernel_init=kernel_init, rngs=rngs)
 
     def _mlp(self, h):
-        hidden = jax.nn.gelu(dense(self.fc1, self.norm2(h), self.gemm))
+        hidden = jax.nn.gelu(
+            dense(self.fc1, self.norm2(h), self.gemm), approximate=self.gelu_approximate
+        )
         return dense(self.fc2, hidden, self.gemm)
 
     def __call__(self, h, batch: int, *, causal: bool):
         h = h + self.attn(self.norm1(h), batch, causal=causal)
         return h + self._mlp(h)
 
-    def decode(self, h_t, t, cache):
-        a, cache = self.attn.decode(self.norm1(h_t), t, cache)
+    def decode(self, h_t, t, cache, temperature=None):
+        a, cache = self.attn.decode(self.norm1(h_t), t, cache, temperature)
         h_t = h_t + a
         return h_t + self._mlp(h_t), cache
 
@@ -219,6 +235,10 @@ class Transformer(nnx.Module):
         input and context projections are LeCun-normal, the output projection zero.
       qkv_init: ``'fused'`` (the q/k/v kernel drawn as one matrix) or ``'separate'`` (as
         three, ``Attention``'s docstring).
+      final_norm: the LN before the output projection (False: none, as ml-tarflow).
+      norm_epsilon: every LN's epsilon (default flax's; PyTorch's is 1e-5).
+      gelu_approximate: the MLPs' GELU is the tanh approximation (False: exact, erf).
+      context_bias: the context projection has a bias (False: a table of per-class rows).
       matmul_impl: ``'lax'`` (plain products, autodiff: forward mode works) or ``'gemm'``
         (every row product through ``dense``'s hand-written VJP, faster on XLA:CPU; reverse
         mode only). ``flows.nn.backend.resolve_matmul_impl`` turns ``'auto'`` into one.
@@ -239,6 +259,10 @@ class Transformer(nnx.Module):
         position_std: float = 0.02,
         block_kernel_init=hidden_kernel_init,
         qkv_init: str = "fused",
+        final_norm: bool = True,
+        norm_epsilon: float = 1e-6,
+        gelu_approximate: bool = True,
+        context_bias: bool = True,
         matmul_impl: str = "lax",
         rngs: nnx.Rngs,
     ):
@@ -255,7 +279,13 @@ class Transformer(nnx.Module):
         noise = jax.random.normal(rngs.params(), (num_tokens, width))
         self.positions = nnx.Param(position_std * noise)
         self.context_proj = (
-            nnx.Linear(context_features, width, kernel_init=hidden_kernel_init, rngs=rngs)
+            nnx.Linear(
+                context_features,
+                width,
+                use_bias=context_bias,
+                kernel_init=hidden_kernel_init,
+                rngs=rngs,
+            )
             if context_features
             else None
         )
@@ -268,12 +298,14 @@ class Transformer(nnx.Module):
                     kernel_init=block_kernel_init,
                     qkv_init=qkv_init,
                     gemm=self.gemm,
+                    norm_epsilon=norm_epsilon,
+                    gelu_approximate=gelu_approximate,
                     rngs=rngs,
                 )
                 for _ in range(depth)
             ]
         )
-        self.norm = nnx.LayerNorm(width, rngs=rngs)
+        self.norm = nnx.LayerNorm(width, epsilon=norm_epsilon, rngs=rngs) if final_norm else None
         zeros = nnx.initializers.zeros_init()
         self.proj_out = nnx.Linear(width, out_features, kernel_init=zeros, rngs=rngs)
 
@@ -294,7 +326,10 @@ class Transformer(nnx.Module):
         h = self._embed(x, self.positions[...], context).reshape(b * t, -1)
         for block in self.blocks:
             h = block(h, b, causal=self.causal)
-        return dense(self.proj_out, self.norm(h), self.gemm).reshape(b, t, -1)
+        return dense(self.proj_out, self._final_norm(h), self.gemm).reshape(b, t, -1)
+
+    def _final_norm(self, h):
+        return h if self.norm is None else self.norm(h)
 
     # -- token by token (causal only) ---------------------------------------------------
     def init_cache(self, batch: int, dtype=jnp.float32):
@@ -305,14 +340,16 @@ class Transformer(nnx.Module):
         shape = (batch, self.num_heads, self.num_tokens, self.head_dim)
         return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in self.blocks]
 
-    def decode_step(self, x_t, t, cache, context=None):
+    def decode_step(self, x_t, t, cache, context=None, attention_temperature=None):
         """The output at position ``t`` (traced int) for the token ``x_t`` (B, 1, in)
-        given the cache of tokens < t; equals ``self(x)[:, t:t+1]`` for the full sequence.
-        Returns ``(out (B, 1, out_features), cache)``."""
+        given the cache of tokens < t; equals ``self(x)[:, t:t+1]`` for the full sequence
+        (``attention_temperature`` None or 1). ``attention_temperature``: a scalar or (B,)
+        array dividing each example's attention logits in every layer. Returns
+        ``(out (B, 1, out_features), cache)``."""
         position = jax.lax.dynamic_slice_in_dim(self.positions[...], t, 1, axis=0)
         h = self._embed(x_t, position, context)[:, 0]
         new_cache = []
         for block, c in zip(self.blocks, cache, strict=True):
-            h, c = block.decode(h, t, c)
+            h, c = block.decode(h, t, c, attention_temperature)
             new_cache.append(c)
-        return self.proj_out(self.norm(h))[:, None], new_cache
+        return self.proj_out(self._final_norm(h))[:, None], new_cache

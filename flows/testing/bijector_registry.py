@@ -236,6 +236,32 @@ REGISTRY: list[Entry] = [
         context_features=3,
         domain="unit",
     ),
+    Entry(
+        # ml-tarflow's options (flows.convert.ml_tarflow) with its volume-preserving blocks
+        # (shift only, log-det D log 2 of the [-1, 1] map alone); its affine blocks are the
+        # entries above with other network options.
+        "tarflow_model_ml_tarflow_vp",
+        lambda r: TarFlow(
+            (4, 4, 1),
+            patch_size=2,
+            width=8,
+            num_blocks=2,
+            layers_per_block=1,
+            num_heads=2,
+            num_classes=3,
+            nvp=False,
+            null_label="mean",
+            context_bias=False,
+            final_norm=False,
+            norm_epsilon=1e-5,
+            gelu_approximate=False,
+            sampling_variance=True,
+            rngs=r,
+        ),
+        (4, 4, 1),
+        context_features=3,
+        domain="unit",
+    ),
     # ---- Jet ----
     Entry("patchify", lambda r: B.Patchify((4, 6, 2), 2), (4, 6, 2)),
     Entry(

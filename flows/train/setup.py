@@ -149,15 +149,15 @@ def _prepare_workdir(workdir: str, is_main: bool) -> tuple[wd.RunLock | None, di
 
 
 def _write_run_files(config, workdir, train) -> None:
-    wd.write_text_atomic(wd.path(workdir, wd.CONFIG), config.to_json(indent=2) + "\n")
-    info = {
-        "image_shape": list(train.image_shape),
-        "num_bins": train.num_bins,
-        "num_classes": train.num_classes,
-        "train": train.name,
-        "num_train": train.num_examples,
-    }
-    wd.write_json(wd.path(workdir, wd.DATA_INFO), info)
+    wd.write_run_files(
+        workdir,
+        config,
+        image_shape=train.image_shape,
+        num_bins=train.num_bins,
+        num_classes=train.num_classes,
+        train=train.name,
+        num_train=train.num_examples,
+    )
 
 
 def _compiled_train_step(graphdef, state, config, tx, num_bins, mesh):
