@@ -132,14 +132,20 @@ def main(argv=None):
     import numpy as np
     import optax
 
-    from bench.throughput import build, make_steps, parse_args
+    from bench.throughput import benchmark_labels, build, make_steps, model_config, parse_args
+    from flows.models.registry import describe_model
 
     args = parse_args([*rest, "--no-hugepages"])
     shape = tuple(int(s) for s in args.image_shape.split(","))
-    model, data, key = build(args, shape)
+    model_cfg = model_config(args)
+    model, data, key = build(args, shape, model_cfg)
     tx = optax.adam(args.lr)
     params, train_step, eval_step, sample_step = make_steps(
-        model, tx, int(np.prod(shape)), args.batch_size
+        model,
+        tx,
+        int(np.prod(shape)),
+        args.batch_size,
+        labels=benchmark_labels(model, args.batch_size, args.seed),
     )
     if own.mode == "train":
         fn_args = (params, tx.init(params), key, data)
@@ -165,8 +171,7 @@ def main(argv=None):
         print(f"{row['ms']:8.2f} ms  x{row['runs']:<3d} {rate}  {row['op']}: {row['shape']}")
     record = {
         "mode": own.mode,
-        "case": f"{args.image_shape} L{args.num_levels} K{args.num_steps} "
-        f"h{args.hidden_channels} b{args.batch_size}",
+        "case": f"{args.image_shape} {describe_model(model_cfg)} b{args.batch_size}",
         "compute_dtype": args.compute_dtype,
         "remat_coupling_nets": args.remat_nets,
         "backprop": args.backprop,
