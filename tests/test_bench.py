@@ -128,3 +128,28 @@ def test_throughput_times_a_conditional_model_and_guided_sampling(capsys):
     throughput.main([*tiny, "--model=tarflow", *extra[:-1], "--guidance=1.5"])
     unconditional = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "sample_guided_images_per_s" not in unconditional  # guidance needs labels
+
+
+@pytest.mark.slow
+def test_op_profile_lists_the_operations_of_any_family(tmp_path):
+    """``python -m bench.op_profile`` (it re-runs itself with XLA's trace flag, so a
+    subprocess) profiles a TarFlow's sampling: the record names the family's case and
+    lists operations with their times."""
+    import os
+    import subprocess
+    import sys
+
+    tiny = ["--image_shape=8,8,1", "--batch_size=2", "--model=tarflow"]
+    fields = ["width=16", "num_blocks=2", "layers_per_block=1", "num_heads=1"]
+    cmd = [sys.executable, "-m", "bench.op_profile", "--mode=sample", "--calls=1", "--top=2"]
+    proc = subprocess.run(
+        [*cmd, *tiny, *(f"--field={f}" for f in fields)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        timeout=300,
+        check=True,
+    )
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert record["mode"] == "sample" and "tarflow" in record["case"]
+    assert record["top"] and all(row["ms"] >= 0 for row in record["top"])
