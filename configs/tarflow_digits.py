@@ -13,13 +13,14 @@ Variants (comma-separated): ``smoke`` (seconds: a tiny model, 20 steps; the test
 (label-conditioned p(x|y), label dropout 0.1 so classifier-free guidance can be used),
 ``gen`` (TarFlow's generation mode: Gaussian noise augmentation, ``model.noise_sigma =
 0.05`` on the unit scale, TarFlow's 0.1 on its [-1, 1] scale, about one quantisation bin of
-the digits; sample with ``--denoise``), ``linear`` (annealed guidance schedule).
+the digits; sample with ``--denoise``), ``linear`` (annealed guidance schedule), ``small``
+(width 64: a quarter of the parameters; the shipped checkpoint, ``models/``).
 Expected: test 2.18 bits/dim
 """
 
 from configs.base import image_config, tarflow_variants, with_variants
 
-VARIANTS = tarflow_variants(noise_sigma=0.05)
+VARIANTS = {"small": {"model": dict(width=64)}, **tarflow_variants(noise_sigma=0.05)}
 
 
 def get_config(arg: str | None = None):
