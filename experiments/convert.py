@@ -108,7 +108,7 @@ def run_config(model_config: dict, dataset: str):
 
 def main(argv):
     cli.no_extra_arguments(argv)
-    from flows.convert.workdir import num_parameters, write_workdir  # after flag checks
+    from flows.convert.workdir import checkpoint_origin, num_parameters, write_workdir  # after flag checks
 
     shape = parse_image_shape(_IMAGE_SHAPE.value)
     fields = parse_model_args(_MODEL_ARGS.value)
@@ -119,8 +119,8 @@ def main(argv):
         model,
         config,
         num_bins=_NUM_BINS.value,
-        source=_SOURCE.value,
-        checkpoint=_CHECKPOINT.value,
+        origin=checkpoint_origin(_SOURCE.value, _CHECKPOINT.value),
+        train=f"{_SOURCE.value} checkpoint",
     )
     print(
         f"{_CHECKPOINT.value} ({_SOURCE.value}, {num_parameters(model):,} parameters, sha256 "

@@ -70,7 +70,9 @@ EVAL_TEST = "eval_test.json"
 CONFIG_HISTORY = "config_history.jsonl"
 CORRUPT = "corrupt"
 LATENTS = "latents"  # experiments.latents' pictures and record
-CONVERTED = "converted_from.json"  # flows.convert.workdir: where the parameters came from
+# Where a written (not trained) run's parameters came from (flows.convert.workdir):
+CONVERTED = "converted_from.json"  # a reference's checkpoint (experiments.convert)
+EXPORTED = "exported_from.json"  # one of our runs (experiments.export)
 LOCK = "run.lock"  # held by the process training in the workdir (RunLock)
 EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard event files (flows.train.tensorboard)
 

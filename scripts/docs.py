@@ -30,11 +30,13 @@ sys.path.insert(0, ROOT)
 
 from bench import table as bench_table  # noqa: E402
 from bench.table import markdown  # noqa: E402
+from flows.models.registry import describe_model  # noqa: E402
 from flows.reporting.compare import paired_difference, read_run_summary  # noqa: E402
 
 RUNS = os.path.join(ROOT, "results", "runs")
 BENCH = os.path.join(ROOT, "results", "bench")
-PAGES = ("README.md", "docs/results.md", "docs/speed.md", "docs/trust.md")
+MODELS = os.path.join(ROOT, "models")
+PAGES = ("README.md", "docs/results.md", "docs/speed.md", "docs/trust.md", "docs/models.md")
 BEGIN = re.compile(r"<!-- generated: (\w+) -->\n")
 END = "<!-- end generated -->"
 # What ``collect`` copies from a workdir (a few kB each; a class grid tens of kB).
@@ -290,8 +292,52 @@ def kill_resume() -> tuple[str, list[str]]:
     return markdown(head, [row]), [path]
 
 
+def shipped_models() -> tuple[str, list[str]]:
+    """The model cards of the exports under ``models/`` (``experiments.export``): the config,
+    parameters and bytes on disk, the export's own test evaluation (``experiments.evaluate``
+    on it) beside the test record of the run it came from, and its class grids."""
+    head = ["model", "config", "params", "on disk", "test bits/dim", "run's record", "samples"]
+    rows, paths = [], []
+    for export in sorted(glob.glob(os.path.join(MODELS, "*", "exported_from.json"))):
+        folder = os.path.dirname(export)
+        own = os.path.join(folder, "eval_test_k1.json")
+        if not os.path.exists(own):
+            continue
+        paths.append(own)
+        with open(export) as f:
+            origin = json.load(f)
+        with open(own) as f:
+            r = json.load(f)
+        name = os.path.basename(folder)
+        size = sum(
+            os.path.getsize(os.path.join(d, file))
+            for d, _, files in os.walk(os.path.join(folder, "checkpoints"))
+            for file in files
+        )
+        field = "marginal_bits_per_dim" if r.get("conditional") else "bits_per_dim"
+        run = origin.get("run_test_record") or {}
+        ran = f"{run[field]:.3f} ({origin['run']}, step {origin['checkpoint_step']})" if run else ""
+        grids = sorted(glob.glob(os.path.join(folder, "class_grid_*.png")))
+        rows.append(
+            [
+                f"[`models/{name}`](../models/{name})",
+                describe_model(origin["model"]),
+                thousands(origin["num_parameters"]),
+                f"{size / 2**20:.1f} MiB",
+                ("marginal " if r.get("conditional") else "") + f"**{pm(r, field)}**",
+                ran,
+                " ".join(
+                    f"[{os.path.basename(g)}](../models/{name}/{os.path.basename(g)})"
+                    for g in grids
+                ),
+            ]
+        )
+    return markdown(head, rows), paths
+
+
 TABLES = {
     "headline": headline,
+    "models": shipped_models,
     "transformers": transformers,
     "couplings": couplings,
     "dequantization": dequantization,

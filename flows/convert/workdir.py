@@ -1,12 +1,15 @@
-"""A converted model as a training workdir that evaluate, sample, latents and compare read.
+"""A model as a training workdir that evaluate, sample, latents and compare read: a model
+converted from a reference's weights (``experiments.convert``) or exported from one of our
+runs (``experiments.export``).
 
 ``write_workdir`` lays the run out as ``flows.train`` does (``flows.workdir``): the resolved
 ``config.json`` and ``data_info.json``, and the parameters as the ``TrainState`` of step 0
 in ``checkpoints/0/`` (orbax, with the fresh optimizer state of the config, so that
-``experiments.train`` on the workdir fine-tunes from the converted weights), plus
-``converted_from.json``: the source, the checkpoint's path, size and sha256, the model
-config and the provenance of the conversion (``flows.provenance``). ``load_run`` then finds
-no ``best/`` state and reads step 0.
+``experiments.train`` on the workdir fine-tunes from these weights), plus the origin record
+(``converted_from.json`` or ``exported_from.json``): where the parameters came from (for a
+conversion the source, the checkpoint's path, size and sha256), the model config, the
+parameter count and the provenance of the writing (``flows.provenance``). ``load_run`` then
+finds no ``best/`` state and reads step 0.
 """
 
 from __future__ import annotations
@@ -39,10 +42,33 @@ def num_parameters(model) -> int:
     return int(sum(v.size for v in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
-def write_workdir(workdir: str, model, config, *, num_bins: int, source: str, checkpoint: str):
-    """Writes the run of ``model`` (converted from ``checkpoint`` of ``source``) with the
-    full ``config`` into the new directory ``workdir``; returns the conversion record. An
-    existing non-empty ``workdir`` is refused; a failed write removes what it created."""
+def checkpoint_origin(source: str, checkpoint: str) -> dict:
+    """The origin record of parameters read from the file ``checkpoint`` of ``source``."""
+    return {
+        "source": source,
+        "checkpoint": os.path.abspath(checkpoint),
+        "checkpoint_bytes": os.path.getsize(checkpoint),
+        "sha256": sha256_of(checkpoint),
+    }
+
+
+def write_workdir(
+    workdir: str,
+    model,
+    config,
+    *,
+    num_bins: int,
+    origin: dict,
+    origin_file: str = wd.CONVERTED,
+    train: str,
+    num_train: int = 0,
+):
+    """Writes the run of ``model`` with the full ``config`` into the new directory
+        ``workdir``, ``origin`` (where the parameters came from, e.g. ``checkpoint_origin``) as
+        ``origin_file``, ``train`` and ``num_train`` the name and size of the split the parameters
+    were trained on (``data_info.json``); returns the
+        origin record as written. An existing non-empty ``workdir`` is refused; a failed write
+        removes what it created."""
     if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
         raise CheckpointError(f"--workdir {workdir} exists and is not empty; give a new one")
     created = not os.path.exists(workdir)
@@ -63,23 +89,20 @@ def write_workdir(workdir: str, model, config, *, num_bins: int, source: str, ch
             ckpt.close()
         wd.write_text_atomic(wd.path(workdir, wd.METRICS), "")
         record = {
-            "source": source,
-            "checkpoint": os.path.abspath(checkpoint),
-            "checkpoint_bytes": os.path.getsize(checkpoint),
-            "sha256": sha256_of(checkpoint),
+            **origin,
             "model": config.model.to_dict(),
             "num_parameters": num_parameters(model),
             "provenance": provenance(),
         }
-        wd.write_json(wd.path(workdir, wd.CONVERTED), record)
+        wd.write_json(wd.path(workdir, origin_file), record)
         wd.write_run_files(  # last: a workdir with a config.json is a complete run
             workdir,
             config,
             image_shape=model.image_shape,
             num_bins=int(num_bins),
             num_classes=int(model.num_classes or 0),
-            train=f"{source} checkpoint",
-            num_train=0,
+            train=train,
+            num_train=int(num_train),
         )
     except BaseException:
         lock.release()
