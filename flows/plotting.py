@@ -106,6 +106,53 @@ def plot_ood_histogram(
     plt.close(fig)
 
 
+def plot_guidance_sweep(path, rows: list[dict], *, title: str = "") -> None:
+    """What classifier-free guidance costs in bits and buys in class fidelity: for each
+    guidance weight (a row of ``flows.sample_scores.guidance_sweep``, a point labelled w),
+    the test split's bits/dim under the guided model (the cost) and the samples' bits/dim
+    under the unguided model, against the accuracy of the model's own Bayes classifier on
+    the samples; error bars are one standard error each way."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    acc = [r["sample_accuracy"] for r in rows]
+    acc_se = [r["sample_accuracy_se"] for r in rows]
+    series = (
+        ("test_guided_bits_per_dim", "test split under the guided model p_w(x|y)", "C3", "o-"),
+        ("sample_bits_per_dim", "samples under the unguided model p(x|y)", "C0", "s--"),
+    )
+    for field, label, colour, style in series:
+        bpd = [r[field] for r in rows]
+        ax.errorbar(
+            acc,
+            bpd,
+            xerr=acc_se,
+            yerr=[r[f"{field}_se"] for r in rows],
+            fmt=style,
+            color=colour,
+            ms=5,
+            capsize=2,
+            label=label,
+        )
+        for r, x, y in zip(rows, acc, bpd, strict=True):
+            ax.annotate(
+                f"w={r['guidance']:g}", (x, y), textcoords="offset points", xytext=(5, 4),
+                fontsize=8, color=colour,
+            )  # fmt: skip
+    ax.set_xlabel("accuracy of the model's own Bayes classifier on the samples")
+    ax.set_ylabel("bits/dim")
+    ax.set_title(title or "classifier-free guidance: bits/dim against sample accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
 # -- labelled image grids ----------------------------------------------------------------------
 #
 # Every picture of images (the training's sample grids, experiments.sample's grids and

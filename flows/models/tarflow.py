@@ -35,13 +35,17 @@ weight is ``w_t = w`` (``guidance_schedule='constant'``) or grows linearly over 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from flows.bijectors import Bijector, Chain, Patchify, Scale, Shift
 from flows.errors import ConfigError
-from flows.models.base import DensityModel
+from flows.models.base import DensityModel, is_guided
+from flows.models.jacobi import Sampler, best_time, choose_methods, solve_autoregressive
 from flows.models.registry import check_positive_ints, register_model
 from flows.models.steps import StepStack, check_backprop
 from flows.nn.backend import resolve_matmul_impl
@@ -148,11 +152,8 @@ class TarFlowBlock(Bijector):
             if guided:
                 x_t = jnp.concatenate([x_t, x_t], axis=0)
             out, cache = self.net.decode_step(x_t, t, cache, ctx)
-            mu, alpha = out[..., :d], out[..., d:]
-            if guided:
-                w = weights[t].astype(out.dtype)
-                mu = (1 + w) * mu[:b] - w * mu[b:]
-                alpha = (1 + w) * alpha[:b] - w * alpha[b:]
+            w = jax.lax.dynamic_slice_in_dim(weights, t, 1) if guided else None
+            mu, alpha = self.guided_mu_alpha(out, w)
             z_next = jax.lax.dynamic_slice_in_dim(z, t + 1, 1, axis=1)
             x_next = z_next * jnp.exp(alpha) + mu
             x = jax.lax.dynamic_update_slice_in_dim(x, x_next, t + 1, axis=1)
@@ -161,6 +162,81 @@ class TarFlowBlock(Bijector):
         init = (z, cache, jnp.zeros((b,), z.dtype))
         x, _, log_det = jax.lax.fori_loop(0, t_max - 1, body, init)
         return x, log_det
+
+    def guided_mu_alpha(self, out, weights=None):
+        """The shift and log-scale ``(mu, alpha)`` of the tokens predicted by the network's
+        outputs ``out`` (..., n, 2d): its two halves. With guidance, ``out`` is (2B, n, 2d),
+        the labelled branch's rows over the null branch's, ``weights`` (n,) the weight of
+        each predicted token, and ``(mu, alpha) = (1 + w_t) f(. | y) - w_t f(. | none)``.
+        The one place guidance acts: the sequential decoder, the Jacobi decoder and the
+        guided forward map (``guided_forward_and_log_det``) all call it."""
+        d = self.features
+        mu, alpha = out[..., :d], out[..., d:]
+        if weights is None:
+            return mu, alpha
+        b = out.shape[0] // 2
+        w = weights.astype(out.dtype)[:, None]
+        return (1 + w) * mu[:b] - w * mu[b:], (1 + w) * alpha[:b] - w * alpha[b:]
+
+    def guided_forward_and_log_det(self, x, *, context, weights):
+        """The forward map of the guided block: ``z_t = (x_t - mu_t) exp(-alpha_t)`` with the
+        guided ``(mu_t, alpha_t)`` of ``guided_mu_alpha`` (they depend on ``x_{<t}`` only,
+        so the map is triangular and ``decode(z, context, weights)`` inverts it), then the
+        reversal; ``context = (labels' features, null features)``, ``weights`` (T - 1,).
+        Both branches run in one parallel pass over the tokens (a batch of 2B)."""
+        cond, null = context
+        out = self.net(jnp.concatenate([x, x]), jnp.concatenate([cond, null]))
+        mu, alpha = self.guided_mu_alpha(out[:, :-1], weights)  # tokens 1 .. T-1
+        first = jnp.zeros_like(x[:, :1])
+        mu, alpha = jnp.concatenate([first, mu], 1), jnp.concatenate([first, alpha], 1)
+        z = (x - mu) * jnp.exp(-alpha)
+        return z[:, ::-1], -jnp.sum(alpha, axis=(1, 2))
+
+    def jacobi_decode(self, z, context, weights=None, *, tol, max_iters=None, chunk=None):
+        """The inverse by Jacobi updates (``flows.models.jacobi.solve_autoregressive``) in
+        chunks of ``chunk`` tokens (None: all T; at most T), each chunk's network pass
+        reading the tokens before it from a key/value cache (``Transformer.decode_chunk``).
+        ``context`` and ``weights`` as in ``decode``. Returns ``(x, log|det|, updates,
+        converged)``."""
+        b, t_max, _ = z.shape
+        guided = weights is not None
+        ctx = jnp.concatenate(context, axis=0) if guided else context
+        cache = self.net.init_cache(2 * b if guided else b, z.dtype)
+        chunk = t_max if chunk is None else min(chunk, t_max)
+        if guided:  # position t predicts token t + 1; the last position predicts none
+            weights = jnp.concatenate([weights, weights[-1:]])
+
+        def predict(x_chunk, s, cache):
+            if guided:
+                x_chunk = jnp.concatenate([x_chunk, x_chunk], axis=0)
+            out, cache = self.net.decode_chunk(x_chunk, s, cache, ctx)
+            w = jax.lax.dynamic_slice_in_dim(weights, s, chunk) if guided else None
+            return (*self.guided_mu_alpha(out, w), cache)
+
+        return solve_autoregressive(
+            predict, z, cache, chunk=chunk, tol=tol, max_iters=max_iters
+        )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "method", "sampler", "guided"))
+def _decode_block(graphdef, state, k, h, context, guidance, *, method, sampler, guided):
+    """Block ``k`` (traced) of the model ``nnx.merge(graphdef, state)`` inverted alone by
+    ``method`` on the tokens ``h`` it receives in sampling: ``(its output, Jacobi updates)``
+    (what ``choose_sampler`` times; a pure function, so a call costs no module traversal)."""
+    model = nnx.merge(graphdef, state)
+    if guided:
+        contexts, weights = model._guidance_inputs(context, h.shape[0], guidance)
+    else:
+        contexts, weights = model.context_features(context), None
+    block_graphdef, blocks = nnx.split(model.blocks.steps)
+    block = nnx.merge(block_graphdef, jax.tree.map(lambda v: v[k], blocks))
+    if method == "jacobi":
+        x, _, updates, _ = block.jacobi_decode(
+            h[:, ::-1], contexts, weights, tol=sampler.tol, max_iters=sampler.max_iters,
+            chunk=sampler.chunk,
+        )  # fmt: skip
+        return x, updates
+    return block.decode(h[:, ::-1], contexts, weights)[0], jnp.int32(0)
 
 
 @register_model("tarflow")
@@ -284,18 +360,122 @@ class TarFlow(DensityModel):
     def guided_inverse(self, latents, *, context, guidance: float):
         """The inverse with classifier-free guidance weight ``guidance`` (module docstring):
         every block decodes the labelled and the null-context branch in one loop."""
-        ctx = self.context_features(context)
-        null = self.null_context(latents.shape[0]).astype(ctx.dtype)
-        weights = guidance_weights(guidance, self.num_tokens, self.guidance_schedule)
+        contexts, weights = self._guidance_inputs(context, latents.shape[0], guidance)
         tokens = self._to_image_order(self.patchify.forward(latents))
         tokens, _ = self.blocks.scan(
             lambda s, h, c: s.guided_inverse_and_log_det(h, context=c, weights=weights),
             tokens,
-            (ctx, null),
+            contexts,
             True,
         )
         x = self.patchify.inverse(tokens)
         return self.preprocess.inverse(x)
+
+    # -- the guided model as a density, and the samplers --------------------------------
+    def _guidance_inputs(self, context, batch: int, guidance):
+        """What guided blocks take: the contexts ``(labels' features, null features)`` and
+        the weight of each predicted token (``guidance_weights``); ``guidance`` may be
+        traced."""
+        ctx = self.context_features(context)
+        null = self.null_context(batch).astype(ctx.dtype)
+        weights = guidance_weights(guidance, self.num_tokens, self.guidance_schedule)
+        return (ctx, null), weights
+
+    def guided_forward_and_log_det(self, x, *, context, guidance):
+        """x in [0, 1)^D -> the latents of the guided model and its log|det|: every block's
+        forward map with the guided ``(mu, alpha)`` of sampling
+        (``TarFlowBlock.guided_forward_and_log_det``), the exact inverse of
+        ``guided_inverse``; so ``log N(z; 0, I) + log|det|`` is the density of guided samples
+        at temperature 1 (``DensityModel.guided_log_prob``). At w = 0 it is
+        ``forward_and_log_det``."""
+        self.check_images(x)
+        contexts, weights = self._guidance_inputs(context, x.shape[0], guidance)
+        y, log_det = self.preprocess.forward_and_log_det(x)
+        tokens, ld = self.blocks.scan(
+            lambda s, h, c: s.guided_forward_and_log_det(h, context=c, weights=weights),
+            self.patchify.forward(y),
+            contexts,
+            False,
+        )
+        z = self.patchify.inverse(self._to_image_order(tokens))
+        return z, log_det + ld
+
+    def guided_inverse_and_log_det(self, latents, *, context, guidance):
+        """``guided_inverse`` with its log|det| (the inverse of ``guided_forward_and_log_det``)."""
+        x, log_det, _ = self.inverse_with_sampler(
+            latents, context=context, guidance=guidance, sampler=Sampler()
+        )
+        return x, log_det
+
+    def inverse_with_sampler(self, latents, *, context=None, guidance=0.0, sampler=None):
+        """The inverse (guided when ``guidance`` is traced or non-zero), each block by the
+        method ``sampler`` (a ``flows.models.jacobi.Sampler``; None: sequential) gives it:
+        ``'sequential'`` (``TarFlowBlock.decode``) or ``'jacobi'``
+        (``TarFlowBlock.jacobi_decode``), in the one ``lax.scan`` over the blocks (a
+        ``lax.cond`` per block when they differ). Returns ``(x, log|det|, stats)``, stats
+        ``{'updates': (num_blocks,) int32, 'converged': (num_blocks,) bool}`` in block order
+        (Jacobi updates summed over a block's chunks; 0 and True for a sequential block)."""
+        sampler = sampler or Sampler()
+        if is_guided(guidance):
+            contexts, weights = self._guidance_inputs(context, latents.shape[0], guidance)
+        else:
+            contexts, weights = self.context_features(context), None
+        methods = sampler.block_methods(self.num_blocks)
+        options = {"tol": sampler.tol, "max_iters": sampler.max_iters, "chunk": sampler.chunk}
+
+        def sequential(block, z, c):
+            x, log_det = block.decode(z, c, weights)
+            return x, log_det, jnp.int32(0), jnp.bool_(True)
+
+        def jacobi(block, z, c):
+            return block.jacobi_decode(z, c, weights, **options)
+
+        def apply(block, h, c, use_jacobi):
+            z = h[:, ::-1]  # each block reversed its tokens at its end
+            if len(set(methods)) == 1:
+                x, *out = (jacobi if methods[0] == "jacobi" else sequential)(block, z, c)
+            else:
+                x, *out = jax.lax.cond(
+                    use_jacobi, lambda z: jacobi(block, z, c), lambda z: sequential(block, z, c), z
+                )
+            return x, tuple(out)
+
+        tokens = self._to_image_order(self.patchify.forward(latents))
+        flags = jnp.asarray([m == "jacobi" for m in methods])
+        tokens, (ld, updates, converged) = self.blocks.map_steps(
+            apply, tokens, contexts, flags, reverse=True
+        )
+        x, ld_pre = self.preprocess.inverse_and_log_det(self.patchify.inverse(tokens))
+        return x, jnp.sum(ld, axis=0) + ld_pre, {"updates": updates, "converged": converged}
+
+    def choose_sampler(self, latents, *, context=None, guidance=0.0, sampler):
+        """``'auto'``: ``sampler`` (its Jacobi options) with the faster method for each block
+        on these latents, this batch and this backend, and the reason
+        (``flows.models.jacobi.choose_methods``). Measured (``best_time``, after a compiling
+        call): one block decoded sequentially (every block costs the same), then every
+        block by Jacobi in sampling order, each on the previous block's Jacobi output."""
+        graphdef, state = nnx.split(self)
+        if context is not None:
+            context = self.context_features(context)  # checked here, concrete
+        guided = is_guided(guidance)
+
+        def decode(method, k, h):
+            return _decode_block(
+                graphdef, state, k, h, context, guidance,
+                method=method, sampler=sampler, guided=guided,
+            )  # fmt: skip
+
+        tokens = self._to_image_order(self.patchify.forward(latents))
+        last = self.num_blocks - 1
+        _, sequential_s = best_time(lambda: decode("sequential", last, tokens))
+        jacobi_s, updates = [0.0] * self.num_blocks, [0] * self.num_blocks
+        for k in reversed(range(self.num_blocks)):
+            (tokens, n), jacobi_s[k] = best_time(lambda k=k, h=tokens: decode("jacobi", k, h))
+            updates[k] = int(n)
+        methods, reason = choose_methods(
+            sequential_s, jacobi_s, updates, backend=jax.default_backend(), batch=len(latents)
+        )
+        return dataclasses.replace(sampler, methods=methods, reason=reason)
 
     def initialize(self, x, *, context=None) -> None:
         """No data-dependent initialisation (zero-initialised outputs start at the identity)."""

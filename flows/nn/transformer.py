@@ -18,7 +18,8 @@ its products run at the backend's default precision, in float32.
 Causal transformers can also run one token at a time with a key/value cache
 (``init_cache`` and ``decode_step``), which is how TarFlow inverts a block: step t reads the
 keys and values of tokens < t from the cache instead of recomputing them. ``decode_step``
-takes a traced position, so a ``lax.fori_loop`` / ``lax.scan`` over tokens compiles once.
+takes a traced position, so a ``lax.fori_loop`` / ``lax.scan`` over tokens compiles once;
+``decode_chunk`` does the same for n consecutive tokens at once (causal among themselves).
 """
 
 from __future__ import annotations
@@ -140,6 +141,20 @@ class Attention(nnx.Module):
         o = jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(logits, axis=-1), values)
         return self.out(o.reshape(b, -1)), (keys, values)
 
+    def decode_chunk(self, h, batch: int, t, cache):
+        """``n`` consecutive tokens per example at positions ``t .. t + n - 1`` (``t``
+        traced), rows ``h`` (B*n, width): their keys and values are written into the cache
+        (``decode``'s layout), and each attends causally to the cache's positions up to its
+        own. Returns (rows (B*n, width), cache). With n = 1 it is ``decode``; the attention
+        itself is ``_attend``'s, as in the full pass."""
+        q, k, v = self._heads(h, batch)  # (B, n, H, hd)
+        n = q.shape[1]
+        keys = jax.lax.dynamic_update_slice_in_dim(cache[0], k.transpose(0, 2, 1, 3), t, axis=2)
+        values = jax.lax.dynamic_update_slice_in_dim(cache[1], v.transpose(0, 2, 1, 3), t, axis=2)
+        mask = jnp.arange(keys.shape[2])[None, :] <= t + jnp.arange(n)[:, None]  # (n, T)
+        out = self._attend(q, keys.transpose(0, 2, 1, 3), values.transpose(0, 2, 1, 3), mask)
+        return out, (keys, values)
+
 
 class Block(nnx.Module):
     """``h + Attn(LN(h))`` then ``h + MLP(LN(h))``."""
@@ -174,6 +189,12 @@ class Block(nnx.Module):
         a, cache = self.attn.decode(self.norm1(h_t), t, cache)
         h_t = h_t + a
         return h_t + self._mlp(h_t), cache
+
+    def decode_chunk(self, h, batch: int, t, cache):
+        """``decode`` for ``n`` consecutive tokens per example, rows ``h`` (B*n, width)."""
+        a, cache = self.attn.decode_chunk(self.norm1(h), batch, t, cache)
+        h = h + a
+        return h + self._mlp(h), cache
 
 
 class Transformer(nnx.Module):
@@ -283,3 +304,18 @@ class Transformer(nnx.Module):
             h, c = block.decode(h, t, c)
             new_cache.append(c)
         return self.proj_out(self.norm(h))[:, None], new_cache
+
+    def decode_chunk(self, x, t, cache, context=None):
+        """The outputs at positions ``t .. t + n - 1`` (``t`` traced) for the tokens ``x``
+        (B, n, in) given the cache of tokens < t; equals ``self(x_full)[:, t:t+n]``, and
+        writes the n tokens' keys and values into the cache. Returns ``(out (B, n,
+        out_features), cache)``. (TarFlow's Jacobi inverse updates a chunk of tokens at a
+        time with it.)"""
+        b, n, _ = x.shape
+        positions = jax.lax.dynamic_slice_in_dim(self.positions[...], t, n, axis=0)
+        h = self._embed(x, positions, context).reshape(b * n, -1)
+        new_cache = []
+        for block, c in zip(self.blocks, cache, strict=True):
+            h, c = block.decode_chunk(h, b, t, c)
+            new_cache.append(c)
+        return dense(self.proj_out, self.norm(h), self.gemm).reshape(b, n, -1), new_cache
