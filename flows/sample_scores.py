@@ -9,7 +9,14 @@ guidance, ``DensityModel.sample``), quantized to the data's levels, and scored a
   class the sample was drawn for;
 * ``sample_bits_per_dim``: their bits/dim under the unguided ``p(x | y)`` of that class, and
   ``sample_guided_bits_per_dim`` under the guided model ``p_w(x | y)`` that drew them
-  (``DensityModel.guided_log_prob``);
+  (``DensityModel.guided_log_prob``), both of the quantized samples dequantized afresh;
+  ``continuous_sample_guided_bits_per_dim``: the samples as drawn (before quantization)
+  under ``p_w``; at temperature 1 they are draws of ``p_w``, so this is a Monte-Carlo
+  estimate of its entropy on the bits/dim scale. The gap between the two says how much of
+  ``p_w``'s mass sits on scales finer than a quantization bin (a guided map with large
+  scales is sharp: a sample moved within its bin can be far less likely);
+  ``sample_out_of_range``: the fraction of the samples' values outside [0, 1) before
+  quantization (clipped to the end levels);
 * ``diversity``: the mean distance between two samples of one class (root mean square over
   the D values, on the unit scale ``v / K``), averaged over the classes, beside
   ``test_diversity``, the same figure of the test split's images, and their ratio;
@@ -21,38 +28,48 @@ buys sample accuracy; this is what it costs in likelihood of the data.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from flows.data.arrays import ImageData
 from flows.evaluation import per_example_bits_per_dim, per_example_conditional
-from flows.likelihood import mean_and_standard_error, quantize
+from flows.likelihood import bits_per_dim, mean_and_standard_error, quantize
 from flows.models.base import sample_and_stats_compiled
 
 
+@functools.partial(nnx.jit, static_argnames=("guidance",))
+def _guided_log_prob(model, x, labels, guidance: float):
+    return model.guided_log_prob(x, context=labels, guidance=guidance)
+
+
 def draw_per_class(model, per_class: int, key, *, temperature, guidance, sampler, num_bins):
-    """``(images (C*N, H, W, C) int32 levels, labels (C*N,), stats)``: ``per_class`` samples
-    of every class (class y from ``fold_in(key, y)``), one compiled call per class; stats:
-    the sampler's per call (``sample_and_stats_compiled``), as lists."""
-    images, labels, stats = [], [], []
+    """``per_class`` samples of every class (class y from ``fold_in(key, y)``), one compiled
+    call per class: ``{'images': (C*N, H, W, C) int32 levels, 'labels': (C*N,), 'stats':
+    the sampler's per call (``sample_and_stats_compiled``, as lists), 'guided_bits_per_dim':
+    (C*N,) of the continuous samples (before quantization) under the guided model that drew
+    them, 'out_of_range': (C*N,) the fraction of each sample's values outside [0, 1)}``."""
+    out = {name: [] for name in ("images", "labels", "stats", "guided_bits_per_dim")}
+    out["out_of_range"] = []
+    num_dims = math.prod(model.image_shape)
     for y in range(model.num_classes):
+        labels = jnp.full((per_class,), y)
         x, s = sample_and_stats_compiled(
-            model,
-            per_class,
-            jax.random.fold_in(key, y),
-            temperature,
-            jnp.full((per_class,), y),
-            guidance,
-            False,
-            sampler,
-        )
-        images.append(np.asarray(quantize(x, num_bins)))
-        labels.append(np.full((per_class,), y, np.int32))
-        stats.append({name: np.asarray(v).tolist() for name, v in s.items()})
-    return np.concatenate(images), np.concatenate(labels), stats
+            model, per_class, jax.random.fold_in(key, y), temperature, labels, guidance,
+            False, sampler,
+        )  # fmt: skip
+        log_p = _guided_log_prob(model, x, labels, guidance)
+        out["guided_bits_per_dim"].append(np.asarray(bits_per_dim(log_p, num_dims, num_bins)))
+        outside = (x < 0) | (x >= 1)
+        out["out_of_range"].append(np.asarray(jnp.mean(outside.reshape(per_class, -1), axis=1)))
+        out["images"].append(np.asarray(quantize(x, num_bins)))
+        out["labels"].append(np.full((per_class,), y, np.int32))
+        out["stats"].append({name: np.asarray(v).tolist() for name, v in s.items()})
+    return {k: v if k == "stats" else np.concatenate(v) for k, v in out.items()}
 
 
 def within_class_distance(images, labels, num_bins: int) -> float:
@@ -125,7 +142,7 @@ def guidance_sweep(
     rows = []
     for w in weights:
         w = float(w)
-        images, labels, stats = draw_per_class(
+        drawn = draw_per_class(
             model,
             per_class,
             sample_key,
@@ -134,6 +151,7 @@ def guidance_sweep(
             sampler=sampler,
             num_bins=num_bins,
         )
+        images, labels, stats = drawn["images"], drawn["labels"], drawn["stats"]
         row = {"guidance": w}
         test_bpd = per_example_bits_per_dim(
             model, test, batch_size=batch_size, key=noise_key, guidance=w
@@ -150,6 +168,8 @@ def guidance_sweep(
                 batch_size=batch_size,
             )
         )
+        row.update(_mean_se(drawn["guided_bits_per_dim"], "continuous_sample_guided_bits_per_dim"))
+        row["sample_out_of_range"] = float(np.mean(drawn["out_of_range"]))
         diversity = within_class_distance(images, labels, num_bins)
         row.update(diversity=diversity, diversity_ratio=diversity / test_diversity)
         if stats and stats[0]:
