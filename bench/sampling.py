@@ -55,9 +55,7 @@ SAMPLERS = ("sequential", "jacobi", "auto")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--image_shape", default="28,28,1", help="H,W,C")
-    p.add_argument(
-        "--field", action="append", default=[], help="a config.model field, key=value"
-    )
+    p.add_argument("--field", action="append", default=[], help="a config.model field, key=value")
     p.add_argument("--workdir", default=None, help="a trained TarFlow run instead")
     p.add_argument("--batch_sizes", default="1,64")
     p.add_argument("--num_classes", type=int, default=0, help="0: unconditional")
@@ -179,12 +177,13 @@ def main(argv=None):
     results = []
     for batch in batches:
         results.append(run_batch(model, batch, args))
-        print(json.dumps({k: results[-1][k] for k in ("batch_size", "sequential_s", "jacobi_s",
-                                                      "auto_s", "auto_methods")}), flush=True)  # fmt: skip
+        fields = ("batch_size", "sequential_s", "jacobi_s", "auto_s", "auto_methods")
+        print(json.dumps({k: results[-1][k] for k in fields}), flush=True)
     h, w, c = image_shape
     case = args.case or (
         f"{h}x{w}x{c}_p{model.patch_size}_w{cfg.get('width')}_{model.num_blocks}x"
-        f"{cfg.get('layers_per_block')}" + (f"_g{args.guidance:g}" if args.guidance else "")
+        f"{cfg.get('layers_per_block')}"
+        + (f"_g{args.guidance:g}" if args.guidance else "")
         + ("_trained" if args.workdir else "")
     )
     record = {

@@ -111,8 +111,7 @@ flags.register_multi_flags_validator(
 flags.register_multi_flags_validator(
     ["score", "label", "class_grid", "denoise"],
     lambda f: not f["score"] or (f["label"] is None and not f["class_grid"] and not f["denoise"]),
-    message="--score draws every class and no grid: it takes no --label, --class_grid or "
-    "--denoise",
+    message="--score draws every class and no grid: it takes no --label, --class_grid or --denoise",
 )
 flags.register_multi_flags_validator(
     ["score", "guidances"],

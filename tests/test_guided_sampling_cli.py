@@ -46,12 +46,33 @@ def test_guided_evaluation_jacobi_sampling_and_scores(run):
     results = cli_checks.run_commands(
         [
             ["experiments.evaluate", w, "--guidance=1"],
-            ["experiments.sample", w, "--num=4", "--guidance=1", "--sampler=jacobi",
-             "--jacobi_chunk=5", "--jacobi_tol=1e-5"],
-            ["experiments.sample", w, "--class_grid", "--temperatures=1", "--per_temperature=1",
-             "--sampler=auto"],
-            ["experiments.sample", w, "--score", "--guidances=0,1", "--per_class=2",
-             "--temperature=1", "--sampler=jacobi", "--jacobi_max_iters=4"],
+            [
+                "experiments.sample",
+                w,
+                "--num=4",
+                "--guidance=1",
+                "--sampler=jacobi",
+                "--jacobi_chunk=5",
+                "--jacobi_tol=1e-5",
+            ],
+            [
+                "experiments.sample",
+                w,
+                "--class_grid",
+                "--temperatures=1",
+                "--per_temperature=1",
+                "--sampler=auto",
+            ],
+            [
+                "experiments.sample",
+                w,
+                "--score",
+                "--guidances=0,1",
+                "--per_class=2",
+                "--temperature=1",
+                "--sampler=jacobi",
+                "--jacobi_max_iters=4",
+            ],
         ]  # fmt: skip
     )
     for result in results:
@@ -99,7 +120,11 @@ def test_bad_values_are_one_line_errors(run):
         (["experiments.sample", w, "--jacobi_tol=-0.1"], "--jacobi_tol=-0.1", ">= 0"),
         (["experiments.sample", w, "--jacobi_max_iters=0"], "--jacobi_max_iters=0"),
         (["experiments.sample", w, "--jacobi_chunk=0"], "--jacobi_chunk=0"),
-        (["experiments.sample", w, "--sampler=newton"], "--sampler=newton", "sequential|jacobi|auto"),
+        (
+            ["experiments.sample", w, "--sampler=newton"],
+            "--sampler=newton",
+            "sequential|jacobi|auto",
+        ),
         (["experiments.sample", w, "--guidances=1"], "--guidances is for --score"),
         (["experiments.sample", w, "--score", "--label=1"], "--score draws every class"),
         (["experiments.sample", w, "--score", "--guidances=1,nan"], "--guidances", "finite"),

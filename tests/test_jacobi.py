@@ -109,8 +109,17 @@ def test_solver_stops_at_the_tolerance_and_at_the_maximum_count(
 def test_decode_chunk_equals_the_full_pass():
     """Chunks of 3 of 7 tokens through the key/value cache give the full causal pass."""
     net = _perturbed(
-        Transformer(3, 4, num_tokens=7, width=8, depth=1, num_heads=2, causal=True,
-                    context_features=2, rngs=nnx.Rngs(1))  # fmt: skip
+        Transformer(
+            3,
+            4,
+            num_tokens=7,
+            width=8,
+            depth=1,
+            num_heads=2,
+            causal=True,
+            context_features=2,
+            rngs=nnx.Rngs(1),
+        )  # fmt: skip
     )
     x = jax.random.normal(jax.random.key(0), (2, 7, 3))
     ctx = jax.random.normal(jax.random.key(1), (2, 2))
@@ -230,8 +239,17 @@ def test_guided_density_at_zero_is_the_conditional_density(tarflow):
     """At w = 0 the guided forward map (both branches computed) is the conditional one, and
     ``guided_log_prob`` is ``log_prob``; at w > 0 the density differs (Jet likewise)."""
     jet = _perturbed(
-        Jet((4, 4, 1), patch_size=2, num_couplings=3, block_depth=1, width=8, num_heads=2,
-            coupling_pattern="channels,spatial", num_classes=3, rngs=nnx.Rngs(0))  # fmt: skip
+        Jet(
+            (4, 4, 1),
+            patch_size=2,
+            num_couplings=3,
+            block_depth=1,
+            width=8,
+            num_heads=2,
+            coupling_pattern="channels,spatial",
+            num_classes=3,
+            rngs=nnx.Rngs(0),
+        )  # fmt: skip
     )
 
     @nnx.jit
@@ -253,5 +271,7 @@ def test_guided_density_at_zero_is_the_conditional_density(tarflow):
         np.testing.assert_allclose(zg, z, atol=1e-5)
         np.testing.assert_allclose(ldg, ld, rtol=1e-5, atol=1e-4)
         np.testing.assert_array_equal(plain_too, plain)
-        assert bool(jnp.all(jnp.isfinite(guided))) and float(jnp.max(jnp.abs(guided - plain))) > 1e-2
+        assert (
+            bool(jnp.all(jnp.isfinite(guided))) and float(jnp.max(jnp.abs(guided - plain))) > 1e-2
+        )
         np.testing.assert_allclose(per_class[jnp.arange(3), labels], guided, rtol=1e-5)

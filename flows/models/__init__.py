@@ -18,8 +18,8 @@ from flows.models.base import (
     sample_compiled,
     standard_normal_log_prob,
 )
-from flows.models.jacobi import SAMPLERS, Sampler, make_sampler
 from flows.models.glow import Glow
+from flows.models.jacobi import SAMPLERS, Sampler, make_sampler
 from flows.models.jet import Jet
 from flows.models.registry import build_model, get_family, model_families, register_model
 from flows.models.tarflow import TarFlow

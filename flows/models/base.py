@@ -31,7 +31,14 @@ Classifier-free guidance: a family whose networks can run without a label (the a
 class weights of ``null_context``, which label dropout, ``model.label_dropout``, trains)
 overrides ``guided_inverse(latents, context=..., guidance=w)``; with guidance w it extrapolates
 its networks' outputs away from the unconditional ones, ``(1 + w) f(. | y) - w f(. | none)``.
-The default raises ``ConfigError``. Gaussian noise augmentation (``model.noise_sigma``,
+The default raises ``ConfigError``. A family whose guided sampler is itself an exact flow
+(TarFlow, Jet) also overrides ``guided_forward_and_log_det`` and
+``guided_inverse_and_log_det``, which give ``guided_log_prob(x, context=y, guidance=w)``,
+the exact ``log p_w(x | y)`` of the guided model (at w = 0, ``log_prob``). A family whose
+inverse is iterative (TarFlow's autoregressive blocks) overrides ``inverse_with_sampler``
+and ``choose_sampler``: ``sample(..., sampler=flows.models.jacobi.Sampler(...))`` inverts it
+as the sampler says (sequential or Jacobi per block) and ``sample_and_stats`` returns what
+the sampler did (Jacobi updates per block). Gaussian noise augmentation (``model.noise_sigma``,
 TarFlow's generation mode): the model was trained on ``x + sigma * N(0, I)``, so it is a
 density of noisy images and ``denoise`` removes the noise from a sample in one step of
 Tweedie's formula, ``x + sigma^2 grad_x log p(x | y)``.

@@ -96,12 +96,16 @@ def make_sampler(
     model (``DensityModel.choose_sampler``), not here."""
     if name not in METHODS:
         raise ConfigError(f"sampler must be one of {list(METHODS)}, got {name!r}")
-    if isinstance(tol, bool) or not isinstance(tol, int | float) or not (
-        math.isfinite(tol) and tol >= 0
+    if (
+        isinstance(tol, bool)
+        or not isinstance(tol, int | float)
+        or not (math.isfinite(tol) and tol >= 0)
     ):
         raise ConfigError(f"jacobi_tol must be a finite number >= 0, got {tol}")
     for field, value in (("jacobi_max_iters", max_iters), ("jacobi_chunk", chunk)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
             raise ConfigError(f"{field} must be a positive integer, got {value}")
     return Sampler(name, float(tol), max_iters, chunk)
 

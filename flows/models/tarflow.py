@@ -22,6 +22,10 @@ StepStack``), so the compiled program does not grow with ``num_blocks``.
 Inverse (sampling): block by block in reverse; inside a block token by token with the
 transformer's key/value cache (``Transformer.decode_step``) in a ``lax.fori_loop`` over the
 tokens, inside the ``lax.scan`` over blocks: one compiled program, no Python loop over tokens.
+``inverse_with_sampler`` can invert any block by Jacobi updates instead (all of its tokens,
+or chunks of them, updated in parallel from the previous iterate until they stop moving:
+``TarFlowBlock.jacobi_decode``, ``flows.models.jacobi``), chosen per block; ``choose_sampler``
+(``'auto'``) measures which is faster for each block on the batch and backend at hand.
 
 Conditioning (``num_classes`` set): the context, one-hot labels or class weights
 (``DensityModel.context_features``; all-zero = "no label", trained by the generic
@@ -31,6 +35,17 @@ mu(none)`` and the same for ``alpha``; both branches run in the same decoding lo
 concatenated with the null-context batch) and both caches are fed the guided tokens. The
 weight is ``w_t = w`` (``guidance_schedule='constant'``) or grows linearly over the tokens,
 ``w_t = w (t + 1) / (T - 1)`` for token t + 1 (``'linear'``, the paper's annealed guidance).
+``TarFlowBlock.guided_mu_alpha`` is the one place the two branches are combined; the
+sequential and Jacobi decoders and the guided forward map all call it.
+
+The guided sampler is itself an exact flow: the guided ``(mu_t, alpha_t)`` still depend on
+``x_{<t}`` only, so each guided block is triangular with log|det| ``-sum alpha``, and its
+forward map runs in one parallel pass (both branches as a batch of 2B):
+
+    log p_w(x | y) = log N(z_w; 0, I) + sum_blocks log|det_w| + D log 2
+
+(``guided_forward_and_log_det``; ``DensityModel.guided_log_prob``), the density of guided
+samples at temperature 1; at w = 0 the conditional density.
 """
 
 from __future__ import annotations
@@ -213,9 +228,7 @@ class TarFlowBlock(Bijector):
             w = jax.lax.dynamic_slice_in_dim(weights, s, chunk) if guided else None
             return (*self.guided_mu_alpha(out, w), cache)
 
-        return solve_autoregressive(
-            predict, z, cache, chunk=chunk, tol=tol, max_iters=max_iters
-        )
+        return solve_autoregressive(predict, z, cache, chunk=chunk, tol=tol, max_iters=max_iters)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "method", "sampler", "guided"))
@@ -224,10 +237,7 @@ def _decode_block(graphdef, state, k, h, context, guidance, *, method, sampler, 
     ``method`` on the tokens ``h`` it receives in sampling: ``(its output, Jacobi updates)``
     (what ``choose_sampler`` times; a pure function, so a call costs no module traversal)."""
     model = nnx.merge(graphdef, state)
-    if guided:
-        contexts, weights = model._guidance_inputs(context, h.shape[0], guidance)
-    else:
-        contexts, weights = model.context_features(context), None
+    contexts, weights = model._decoding_inputs(context, h.shape[0], guidance if guided else 0.0)
     block_graphdef, blocks = nnx.split(model.blocks.steps)
     block = nnx.merge(block_graphdef, jax.tree.map(lambda v: v[k], blocks))
     if method == "jacobi":
@@ -381,6 +391,13 @@ class TarFlow(DensityModel):
         weights = guidance_weights(guidance, self.num_tokens, self.guidance_schedule)
         return (ctx, null), weights
 
+    def _decoding_inputs(self, context, batch: int, guidance):
+        """``(context, weights)`` for the blocks' decoders: ``_guidance_inputs`` when
+        ``is_guided(guidance)``, else the context's features and no weights."""
+        if is_guided(guidance):
+            return self._guidance_inputs(context, batch, guidance)
+        return self.context_features(context), None
+
     def guided_forward_and_log_det(self, x, *, context, guidance):
         """x in [0, 1)^D -> the latents of the guided model and its log|det|: every block's
         forward map with the guided ``(mu, alpha)`` of sampling
@@ -416,10 +433,7 @@ class TarFlow(DensityModel):
         ``{'updates': (num_blocks,) int32, 'converged': (num_blocks,) bool}`` in block order
         (Jacobi updates summed over a block's chunks; 0 and True for a sequential block)."""
         sampler = sampler or Sampler()
-        if is_guided(guidance):
-            contexts, weights = self._guidance_inputs(context, latents.shape[0], guidance)
-        else:
-            contexts, weights = self.context_features(context), None
+        contexts, weights = self._decoding_inputs(context, latents.shape[0], guidance)
         methods = sampler.block_methods(self.num_blocks)
         options = {"tol": sampler.tol, "max_iters": sampler.max_iters, "chunk": sampler.chunk}
 
