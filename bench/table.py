@@ -206,6 +206,33 @@ def memory(results_dir: str = RESULTS):
     return markdown(head, rows), [p for p, _ in records]
 
 
+def tarflow_sampling(results_dir: str = RESULTS):
+    """``bench.sampling`` records: TarFlow's samplers timed alternately on the same latents
+    (best round each), the speedups over sequential, Jacobi's updates of each block and
+    ``auto``'s choice."""
+    records = _records(results_dir, "tarflow_sampling_*.json")
+    head = ["case", "tokens", "weights", "batch", "sequential s", "jacobi s", "auto s"]
+    head += ["speedup jacobi / auto", "Jacobi updates per block", "auto's blocks"]
+    head.append("max \\|x - x_seq\\| (jacobi)")
+    rows = []
+    for _, r in records:
+        for b in r["results"]:
+            rows.append(
+                [
+                    r["case"],
+                    str(r["num_tokens"]),
+                    r["weights"].split(",")[0],
+                    str(b["batch_size"]),
+                    *(f"{b[f'{name}_s']:.4g}" for name in ("sequential", "jacobi", "auto")),
+                    f"{b['speedup_jacobi']:.2f} / {b['speedup_auto']:.2f}",
+                    " ".join(str(n) for n in b["jacobi_updates"]),
+                    " ".join(m[0] for m in b["auto_methods"]),
+                    f"{b['max_abs_diff_jacobi']:.1e}",
+                ]
+            )
+    return markdown(head, rows), [p for p, _ in records]
+
+
 TABLES = {
     "glow_throughput": glow_throughput,
     "peer_throughput": peer_throughput,
@@ -215,6 +242,7 @@ TABLES = {
     "transformer_throughput": transformer_throughput,
     "input_pipeline": input_pipeline,
     "memory": memory,
+    "tarflow_sampling": tarflow_sampling,
 }
 
 

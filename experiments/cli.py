@@ -57,6 +57,8 @@ def numbers_at_least(flag, least: float) -> None:
     """As ``finite_at_least`` for a list flag whose items are numbers (at least one)."""
 
     def ok(values) -> bool:
+        if values is None:  # a flag without a default, not given
+            return True
         try:
             numbers = [float(v) for v in values]
         except ValueError:

@@ -4,7 +4,11 @@
         [--params=ema|raw] [--checkpoint=best|latest] [--dataset=NAME[:SPLIT]]
 
 For label-conditioned runs it reports conditional and marginal bits/dim, and the Bayes-rule
-classifier's accuracy and NLL of p(y|x). Writes ``<workdir>/eval_<split>_k<k>.json`` and,
+classifier's accuracy and NLL of p(y|x). ``--guidance=w`` evaluates the guided model instead,
+the exact density ``p_w(x | y)`` of classifier-free guided samples (a conditional run of a
+family with guidance, trained with label dropout; ``DensityModel.guided_log_prob``): every
+number of the record is then of p_w, written to ``eval_<split>_k<k>_w<w>.json``. Writes
+``<workdir>/eval_<split>_k<k>.json`` and,
 beside it, the per-example values it averages (``.npz``; ``experiments.compare`` pairs on them).
 Its printed line and its record name the checkpoint step (``checkpoint_step``). An earlier
 record there of another step (a run evaluated while it trains, then again) is kept, with its
@@ -54,7 +58,17 @@ _DATASET = flags.DEFINE_string(
     "NAME[:SPLIT] (SPLIT default test): out-of-distribution evaluation against this dataset "
     "(same image shape and levels), e.g. photo_patches or digits_inverted for the digits.",
 )
+_GUIDANCE = flags.DEFINE_float(
+    "guidance", 0.0, "Evaluate the guided model p_w(x|y) of this guidance weight (0: p(x|y))."
+)
 flags.mark_flags_as_required(["workdir"])
+cli.finite_at_least(_GUIDANCE, 0)
+flags.register_multi_flags_validator(
+    ["guidance", "dataset"],
+    lambda f: not f["guidance"] or f["dataset"] is None,
+    message="--guidance and --dataset do not go together (out-of-distribution scores use "
+    "the unguided model)",
+)
 
 _VERSION = re.compile(r"\d+(\.\d+)*")
 
@@ -120,6 +134,8 @@ def _keep_earlier_step(step: int, path: str, *companions: str) -> str:
 
 def run_split(workdir: str) -> None:
     model, config, info = _load(workdir)
+    guidance = _GUIDANCE.value
+    model.check_guidance(guidance)
     data = cli.split_of_run(config, _SPLIT.value)
     t0 = time.time()
     with tqdm(total=data.num_examples, desc=f"eval {data.name}", unit="img") as bar:
@@ -130,9 +146,11 @@ def run_split(workdir: str) -> None:
             key=_key(config),
             num_samples=_NUM_SAMPLES.value,
             progress=bar.update,
+            guidance=guidance,
         )
     _add_provenance(record, info, config, t0)
-    path = os.path.join(workdir, f"eval_{_SPLIT.value}_k{_NUM_SAMPLES.value}.json")
+    tag = f"_w{guidance:g}" if guidance else ""
+    path = os.path.join(workdir, f"eval_{_SPLIT.value}_k{_NUM_SAMPLES.value}{tag}.json")
     kept = _keep_earlier_step(info["checkpoint_step"], path, wd.per_example_file(path))
     wd.write_json(path, record)
     write_per_example(wd.per_example_file(path), per_example)

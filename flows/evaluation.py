@@ -141,18 +141,21 @@ def bound_name(num_samples: int) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def batch_bits_per_dim_fn(graphdef, num_dims, num_bins, num_samples, conditional, mesh):
+def batch_bits_per_dim_fn(
+    graphdef, num_dims, num_bins, num_samples, conditional, mesh, guidance: float = 0.0
+):
     """``fn(state, images, labels, indices, key) -> (bits/dim (B,),)`` of a batch of
     ``read_batches`` (``state``, ``key`` replicated: ``flows.sharding.replicate``), sharded
     over ``mesh``: what ``per_example_bits_per_dim`` runs per batch. One jitted function per
-    model structure and mesh, so repeated evaluations compile once."""
+    model structure and mesh, so repeated evaluations compile once. ``guidance`` w > 0: of
+    the guided model, ``-log2 p_w(x | y) / D`` (``DensityModel.guided_log_prob``)."""
 
     def batch_bpd(state, images, labels, indices, key):
         m = nnx.merge(graphdef, state)
         context = labels if conditional else None
         log_probs = _over_draws(
             m,
-            lambda x: m.log_prob(x, context=context),
+            lambda x: m.guided_log_prob(x, context=context, guidance=guidance),
             images,
             indices,
             key,
@@ -165,10 +168,18 @@ def batch_bits_per_dim_fn(graphdef, num_dims, num_bins, num_samples, conditional
 
 
 def per_example_bits_per_dim(
-    model: nnx.Module, data, *, batch_size: int, key, num_samples: int = 1, progress=None
+    model: nnx.Module,
+    data,
+    *,
+    batch_size: int,
+    key,
+    num_samples: int = 1,
+    progress=None,
+    guidance: float = 0.0,
 ) -> np.ndarray:
     """Bits/dim of every example of ``data`` (a split: ``ImageData`` or ``StreamedSplit``),
-    shape (N,)."""
+    shape (N,): of p(x), or of p(x | y) for the examples' labels when conditional, or of the
+    guided p_w(x | y) with ``guidance`` w > 0."""
     graphdef, state = nnx.split(model)
     mesh = eval_mesh()
     batch_bpd = batch_bits_per_dim_fn(
@@ -178,6 +189,7 @@ def per_example_bits_per_dim(
         num_samples,
         is_conditional(model),
         mesh,
+        float(guidance),
     )
     state, key = sharding.replicate((state, key), mesh)
     out = np.empty((data.num_examples,), np.float64)
@@ -213,15 +225,22 @@ def _bits_per_dim_record(model, data, bpd: np.ndarray, num_samples: int) -> dict
 
 
 @functools.lru_cache(maxsize=16)
-def _batch_conditional_fn(graphdef, num_dims, num_bins, num_samples, mesh):
+def _batch_conditional_fn(graphdef, num_dims, num_bins, num_samples, mesh, guidance=0.0):
     """Per example: conditional bits/dim, marginal bits/dim, whether Bayes' rule picks the
     label, -log p(y|x) of the label, and the label itself (gathered, so that every process
-    has the whole batch's: a process reads only its own rows)."""
+    has the whole batch's: a process reads only its own rows); of the guided model's
+    p_w(x | y) when ``guidance`` w > 0."""
 
     def batch_eval(state, images, labels, indices, key):
         m = nnx.merge(graphdef, state)
         per_draw = _over_draws(
-            m, m.class_log_likelihoods, images, indices, key, num_bins, num_samples
+            m,
+            lambda x: m.class_log_likelihoods(x, guidance=guidance),
+            images,
+            indices,
+            key,
+            num_bins,
+            num_samples,
         )  # (k, B, N)
         class_ll = importance_weighted_log_prob(per_draw)  # (B, N): log p(x|y), k-sample bound
         joint = class_ll + m.log_label_prior[...]
@@ -240,16 +259,17 @@ def _batch_conditional_fn(graphdef, num_dims, num_bins, num_samples, mesh):
 
 
 def per_example_conditional(
-    model, data, *, batch_size: int, key, num_samples: int = 1, progress=None
+    model, data, *, batch_size: int, key, num_samples: int = 1, progress=None, guidance=0.0
 ) -> dict:
     """Per example of ``data``: ``bits_per_dim`` (of p(x|y)), ``marginal_bits_per_dim``,
     ``accuracy`` (1 where Bayes' rule picks the true label), ``label_nll_nats``
     (-log p(y|x)) and ``label`` (the label read), each an array of shape (N,). The labels
-    come with the batches (``data.read``): no pass over the split's labels."""
+    come with the batches (``data.read``): no pass over the split's labels. ``guidance`` w
+    > 0: all of the guided model, p_w(x | y) for every y in place of p(x | y)."""
     graphdef, state = nnx.split(model)
     mesh = eval_mesh()
     fn = _batch_conditional_fn(
-        graphdef, math.prod(data.image_shape), data.num_bins, num_samples, mesh
+        graphdef, math.prod(data.image_shape), data.num_bins, num_samples, mesh, float(guidance)
     )
     state, key = sharding.replicate((state, key), mesh)
     n = data.num_examples
@@ -273,7 +293,7 @@ def evaluate_conditional(model, data, *, batch_size, key, num_samples=1, progres
     return _conditional_record(model, data, per_example, num_samples)
 
 
-def _conditional_record(model, data, per_example: dict, num_samples: int) -> dict:
+def _conditional_record(model, data, per_example: dict, num_samples: int, guidance=0.0) -> dict:
     labels = per_example["label"]
     n = data.num_examples
     record = {}
@@ -291,6 +311,8 @@ def _conditional_record(model, data, per_example: dict, num_samples: int) -> dic
         bound=bound_name(num_samples),
         chance_accuracy=float(np.max(np.bincount(labels)) / n),
     )
+    if guidance:
+        record["guidance"] = float(guidance)
     return record
 
 
@@ -302,7 +324,7 @@ def evaluate(model, data, *, batch_size, key, num_samples=1, progress=None) -> d
 
 
 def evaluate_per_example(
-    model, data, *, batch_size, key, num_samples=1, progress=None
+    model, data, *, batch_size, key, num_samples=1, progress=None, guidance=0.0
 ) -> tuple[dict, dict]:
     """``evaluate``'s record and the per-example values it averages, for the file beside the
     record (``write_per_example``): ``index`` (each example's position in the split, which
@@ -310,15 +332,19 @@ def evaluate_per_example(
     ``bits_per_dim`` for an unconditional model, its ``marginal_bits_per_dim`` for a
     conditional one), ``conditional_bits_per_dim`` (-log2 p(x|y) / D, the record's
     ``bits_per_dim``; conditional models only) and ``noise_key`` (the data of ``key``: two
-    evaluations with the same key, examples and k draw the same noise)."""
+    evaluations with the same key, examples and k draw the same noise). ``guidance`` w > 0
+    (a conditional model with guidance): every number is of the guided model, ``p_w(x | y)``
+    for every y (``DensityModel.guided_log_prob``), and the record says ``guidance``."""
     kwargs = dict(batch_size=batch_size, key=key, num_samples=num_samples, progress=progress)
     values = {
         "index": np.arange(data.num_examples),
         "noise_key": np.asarray(jax.random.key_data(key)),
     }
+    if guidance and not is_conditional(model):
+        raise ValueError("guidance needs a label-conditioned model")
     if is_conditional(model):
-        per_example = per_example_conditional(model, data, **kwargs)
-        record = _conditional_record(model, data, per_example, num_samples)
+        per_example = per_example_conditional(model, data, guidance=guidance, **kwargs)
+        record = _conditional_record(model, data, per_example, num_samples, guidance)
         values["marginal_bits_per_dim"] = per_example["marginal_bits_per_dim"]
         values["conditional_bits_per_dim"] = per_example["bits_per_dim"]
     else:
@@ -350,6 +376,8 @@ def summary_line(record: dict) -> str:
             f"{record['accuracy']:.3f} ± {record['accuracy_se']:.3f} (chance "
             f"{record['chance_accuracy']:.3f}); label NLL {record['label_nll_nats']:.3f} nats"
         )
+        if record.get("guidance"):
+            bpd = f"guided model (w={record['guidance']:g}): {bpd}"
     where = (
         f"{record['split']}, {record['num_examples']} examples, {record['num_bins']} levels, "
         f"{record.get('dequantization', 'uniform')} dequantization, "

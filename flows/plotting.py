@@ -106,6 +106,67 @@ def plot_ood_histogram(
     plt.close(fig)
 
 
+def plot_guidance_sweep(path, rows: list[dict], *, title: str = "") -> None:
+    """What classifier-free guidance costs in bits and buys in class fidelity: for each
+    guidance weight (a row of ``flows.sample_scores.guidance_sweep``, a point labelled w),
+    against the accuracy of the model's own Bayes classifier on the samples: the test
+    split's bits/dim under the guided model (the cost), the samples' bits/dim under the
+    unguided model, and the samples as drawn under the guided model (at temperature 1 its
+    entropy); error bars are one standard error each way. The bits/dim axis is logarithmic
+    when the values span more than a factor of 10."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    acc = [r["sample_accuracy"] for r in rows]
+    acc_se = [r["sample_accuracy_se"] for r in rows]
+    series = (
+        ("test_guided_bits_per_dim", "test split under the guided model p_w(x|y)", "C3", "o-"),
+        ("sample_bits_per_dim", "samples under the unguided model p(x|y)", "C0", "s--"),
+        (
+            "continuous_sample_guided_bits_per_dim",
+            "samples as drawn (unquantized) under p_w",
+            "C2",
+            "^:",
+        ),
+    )
+    values = []
+    for i, (field, label, colour, style) in enumerate(series):
+        bpd = [r[field] for r in rows]
+        values += bpd
+        ax.errorbar(
+            acc,
+            bpd,
+            xerr=acc_se,
+            yerr=[r[f"{field}_se"] for r in rows],
+            fmt=style,
+            color=colour,
+            ms=5,
+            capsize=2,
+            label=label,
+        )
+        for j, (r, x, y) in enumerate(zip(rows, acc, bpd, strict=True)):
+            ax.annotate(
+                f"w={r['guidance']:g}", (x, y), textcoords="offset points",
+                xytext=(6, 6 if (i + j) % 2 else -11), fontsize=7, color=colour,
+            )  # fmt: skip
+    finite = [v for v in values if np.isfinite(v)]
+    if finite and min(finite) > 0 and max(finite) > 10 * min(finite):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.set_xlabel("accuracy of the model's own (unguided) Bayes classifier on the samples")
+    ax.set_ylabel("bits/dim")
+    ax.set_title(title or "classifier-free guidance: bits/dim against sample accuracy")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
 # -- labelled image grids ----------------------------------------------------------------------
 #
 # Every picture of images (the training's sample grids, experiments.sample's grids and

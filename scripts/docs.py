@@ -7,8 +7,9 @@
 A generated table sits between ``<!-- generated: NAME -->`` and ``<!-- end generated -->`` in
 a Markdown file; everything outside those markers is written by hand. Each table is a
 function of the records alone: training runs' records under ``results/runs/<run>/``
-(``eval_test.json`` with its per-example file, ``experiments.evaluate``'s, ``latents`` and
-OOD records, ``config.json`` and ``metrics.jsonl``, copied from the workdir by ``collect``)
+(``eval_test.json`` with its per-example file, ``experiments.evaluate``'s, ``latents``, OOD
+and guidance-sweep records, ``config.json`` and ``metrics.jsonl``, copied from the workdir by
+``collect``)
 and benchmark records under ``results/bench/``. Every record carries its own provenance
 (``flows.provenance``), which each table prints under it, so no commit or machine is typed.
 """
@@ -47,6 +48,8 @@ RECORD_FILES = (
     "eval_*.npz",
     "latents/latents_*.json",
     "class_grid_*.png",
+    "guidance_sweep.json",
+    "guidance_sweep.png",
 )
 
 
@@ -269,6 +272,35 @@ def ood() -> tuple[str, list[str]]:
     return markdown(head, rows), paths
 
 
+def guidance() -> tuple[str, list[str]]:
+    """``experiments.sample --score`` sweeps (``guidance_sweep.json``): per guidance weight,
+    the test split's bits/dim under the guided model, and the samples' accuracy, bits/dim
+    and diversity (``flows.sample_scores``)."""
+    head = ["run", "w", "test bits/dim under p_w", "sample accuracy", "samples under p"]
+    head += ["under p_w", "as drawn, under p_w", "diversity (test = 1)", "values outside [0, 1)"]
+    rows, paths = [], []
+    for path in sorted(glob.glob(os.path.join(RUNS, "*", "guidance_sweep.json"))):
+        paths.append(path)
+        with open(path) as f:
+            r = json.load(f)
+        run = os.path.basename(os.path.dirname(path))
+        for row in r["rows"]:
+            rows.append(
+                [
+                    f"`runs/{run}`",
+                    f"{row['guidance']:g}",
+                    f"**{pm(row, 'test_guided_bits_per_dim')}**",
+                    pm(row, "sample_accuracy"),
+                    pm(row, "sample_bits_per_dim"),
+                    pm(row, "sample_guided_bits_per_dim"),
+                    pm(row, "continuous_sample_guided_bits_per_dim"),
+                    f"{row['diversity_ratio']:.2f}",
+                    f"{100 * row['sample_out_of_range']:.1f}%",
+                ]
+            )
+    return markdown(head, rows), paths
+
+
 def kill_resume() -> tuple[str, list[str]]:
     """``scripts/kill_resume.py --record``: the kills and whether the run ended bitwise equal."""
     path = os.path.join(ROOT, "results", "kill_resume.json")
@@ -343,6 +375,7 @@ TABLES = {
     "dequantization": dequantization,
     "latents": latents,
     "ood": ood,
+    "guidance": guidance,
     "kill_resume": kill_resume,
     **bench_table.TABLES,
 }

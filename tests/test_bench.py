@@ -153,3 +153,24 @@ def test_op_profile_lists_the_operations_of_any_family(tmp_path):
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     assert record["mode"] == "sample" and "tarflow" in record["case"]
     assert record["top"] and all(row["ms"] >= 0 for row in record["top"])
+
+
+@pytest.mark.slow
+def test_sampling_prints_its_record(capsys, tmp_path):
+    """``bench.sampling`` on a tiny TarFlow: the three samplers timed, Jacobi's updates of
+    each block, auto's choice and the Jacobi samples' distance to the sequential ones."""
+    from bench import sampling
+
+    tiny = ["--image_shape=8,8,1", "--field=patch_size=2", "--field=width=8"]
+    tiny += ["--field=num_blocks=2", "--field=layers_per_block=1", "--field=num_heads=2"]
+    sampling.main([*tiny, "--batch_sizes=1,2", "--rounds=1", f"--out={tmp_path}"])
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["num_tokens"] == 16 and record["backend"] == "cpu"
+    assert [b["batch_size"] for b in record["results"]] == [1, 2]
+    for b in record["results"]:
+        assert all(b[f"{name}_s"] > 0 for name in ("sequential", "jacobi", "auto"))
+        assert len(b["jacobi_updates"]) == 2 and all(1 <= n <= 16 for n in b["jacobi_updates"])
+        assert len(b["auto_methods"]) == 2 and b["auto_reason"].startswith("auto on cpu")
+        assert b["max_abs_diff_jacobi"] <= 1e-3
+    (written,) = tmp_path.glob("tarflow_sampling_*.json")
+    assert json.loads(written.read_text())["case"] == record["case"] == "8x8x1_p2_w8_2x1"

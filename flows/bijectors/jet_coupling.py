@@ -36,7 +36,9 @@ Patchify``) whose networks are transformers (ViTs).
 Classifier-free guidance (``inverse_and_log_det(..., guidance=w, null_context=u)``): the
 network runs on the label context c and on the "no label" context u (all-zero class
 weights) in one batch, and the inverse uses ``(1 + w) net(x1, c) - w net(x1, u)`` for both
-the shift b and the raw scale r; the returned log-det is that of the guided map.
+the shift b and the raw scale r; the returned log-det is that of the guided map. Since x1
+passes through unchanged, the guided map is itself a coupling: ``forward_and_log_det(...,
+guidance=w, null_context=u)`` is its forward map, so the guided model has an exact density.
 """
 
 from __future__ import annotations
@@ -203,9 +205,11 @@ class JetCoupling(Bijector):
     def _log_scale(self, raw):
         return jax.nn.log_sigmoid(raw) + math.log(self.scale_factor)
 
-    def forward_and_log_det(self, x, *, context=None):
+    def forward_and_log_det(self, x, *, context=None, guidance=0.0, null_context=None):
+        """The forward map; with ``guidance`` w > 0 that of the guided coupling (the inverse
+        of the guided inverse: the same guided shift and scale, read off x1 = y1)."""
         x1, x2 = self._split(x)
-        shift, raw = self._shift_and_raw(x1, context)
+        shift, raw = self._shift_and_raw(x1, context, guidance, null_context)
         log_s = self._log_scale(raw)
         y2 = (x2 + shift) * jnp.exp(log_s)
         return self._merge(x1, y2), jnp.sum(log_s, axis=(1, 2))
@@ -226,10 +230,12 @@ class CouplingGroup(Bijector):
     def __init__(self, couplings):
         self.couplings = nnx.List(list(couplings))
 
-    def forward_and_log_det(self, x, *, context=None):
+    def forward_and_log_det(self, x, *, context=None, guidance=0.0, null_context=None):
         log_det = jnp.zeros(x.shape[:1], x.dtype)
         for c in self.couplings:
-            x, ld = c.forward_and_log_det(x, context=context)
+            x, ld = c.forward_and_log_det(
+                x, context=context, guidance=guidance, null_context=null_context
+            )
             log_det = log_det + ld
         return x, log_det
 

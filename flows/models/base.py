@@ -31,7 +31,14 @@ Classifier-free guidance: a family whose networks can run without a label (the a
 class weights of ``null_context``, which label dropout, ``model.label_dropout``, trains)
 overrides ``guided_inverse(latents, context=..., guidance=w)``; with guidance w it extrapolates
 its networks' outputs away from the unconditional ones, ``(1 + w) f(. | y) - w f(. | none)``.
-The default raises ``ConfigError``. Gaussian noise augmentation (``model.noise_sigma``,
+The default raises ``ConfigError``. A family whose guided sampler is itself an exact flow
+(TarFlow, Jet) also overrides ``guided_forward_and_log_det`` and
+``guided_inverse_and_log_det``, which give ``guided_log_prob(x, context=y, guidance=w)``,
+the exact ``log p_w(x | y)`` of the guided model (at w = 0, ``log_prob``). A family whose
+inverse is iterative (TarFlow's autoregressive blocks) overrides ``inverse_with_sampler``
+and ``choose_sampler``: ``sample(..., sampler=flows.models.jacobi.Sampler(...))`` inverts it
+as the sampler says (sequential or Jacobi per block) and ``sample_and_stats`` returns what
+the sampler did (Jacobi updates per block). Gaussian noise augmentation (``model.noise_sigma``,
 TarFlow's generation mode): the model was trained on ``x + sigma * N(0, I)``, so it is a
 density of noisy images and ``denoise`` removes the noise from a sample in one step of
 Tweedie's formula, ``x + sigma^2 grad_x log p(x | y)``.
@@ -68,6 +75,12 @@ def standard_normal_log_prob(eps: jax.Array) -> jax.Array:
 def latent_log_prob(latents, log_det: jax.Array) -> jax.Array:
     """``log N(latents; 0, I) + log|det|`` per example, for any pytree of latents."""
     return sum(standard_normal_log_prob(e) for e in jax.tree.leaves(latents)) + log_det
+
+
+def is_guided(guidance) -> bool:
+    """Whether a guidance weight asks for the guided computation: a traced weight, or a
+    number other than 0 (a concrete 0 takes the plain, unguided path)."""
+    return isinstance(guidance, jax.core.Tracer) or bool(guidance)
 
 
 def is_conditional(model) -> bool:
@@ -153,18 +166,84 @@ class DensityModel(nnx.Module):
         context=None,
         guidance: float = 0.0,
         denoise: bool = False,
+        sampler=None,
     ):
         """``num`` images in [0, 1) (continuous; quantize with ``flows.likelihood.quantize``).
 
         ``guidance`` (a Python float, conditional models): classifier-free guidance weight,
         0 for plain conditional samples. ``denoise``: one Tweedie step (``denoise``) for a
-        model trained with Gaussian noise."""
+        model trained with Gaussian noise. ``sampler``: how an autoregressive family inverts
+        its blocks (``flows.models.jacobi.Sampler``; None: its plain inverse)."""
+        return self.sample_and_stats(
+            num,
+            key,
+            temperature=temperature,
+            context=context,
+            guidance=guidance,
+            denoise=denoise,
+            sampler=sampler,
+        )[0]
+
+    def sample_and_stats(
+        self,
+        num: int,
+        key: jax.Array,
+        *,
+        temperature: float = 1.0,
+        context=None,
+        guidance: float = 0.0,
+        denoise: bool = False,
+        sampler=None,
+    ):
+        """``(sample(...), stats)``: stats is ``inverse_with_sampler``'s (``{}`` without a
+        sampler)."""
         latents = self.sample_latents(key, num, temperature)
-        if guidance:
+        stats = {}
+        if sampler is not None:
+            x, _, stats = self.inverse_with_sampler(
+                latents, context=context, guidance=float(guidance), sampler=sampler
+            )
+        elif guidance:
             x = self.guided_inverse(latents, context=context, guidance=float(guidance))
         else:
             x = self.inverse(latents, context=context)
-        return self.denoise(x, context=context) if denoise else x
+        return (self.denoise(x, context=context) if denoise else x), stats
+
+    # -- samplers (families whose inverse is iterative) ---------------------------------
+    def inverse_with_sampler(self, latents, *, context=None, guidance=0.0, sampler=None):
+        """``(x, log|det|, stats)``: the inverse (guided when ``guidance`` is non-zero) as
+        ``sampler`` says (``flows.models.jacobi.Sampler``). A family with an autoregressive
+        inverse (TarFlow) overrides it; this default is the closed-form inverse, with no
+        stats, and refuses a sampler that asks for Jacobi."""
+        self.check_sampler(sampler)
+        if is_guided(guidance):
+            x, log_det = self.guided_inverse_and_log_det(
+                latents, context=context, guidance=guidance
+            )
+        else:
+            x, log_det = self.inverse_and_log_det(latents, context=context)
+        return x, log_det, {}
+
+    def _has_jacobi(self) -> bool:
+        return type(self).inverse_with_sampler is not DensityModel.inverse_with_sampler
+
+    def check_sampler(self, sampler) -> None:
+        """A one-line ``ConfigError`` when ``sampler`` asks for Jacobi updates of a family
+        whose inverse is in closed form (nothing to iterate)."""
+        if sampler is not None and sampler.uses_jacobi() and not self._has_jacobi():
+            raise ConfigError(
+                f"{type(self).__name__}'s inverse is in closed form: the jacobi sampler is "
+                "for autoregressive families (TarFlow); use sampler 'sequential' or 'auto'"
+            )
+
+    def choose_sampler(self, latents, *, context=None, guidance=0.0, sampler):
+        """``'auto'``: ``sampler`` with a method for every block and the reason. Families
+        with an iterative inverse override this (they measure); here there is nothing to
+        choose."""
+        import dataclasses
+
+        reason = f"{type(self).__name__}'s inverse is in closed form: nothing to choose"
+        return dataclasses.replace(sampler, methods="sequential", reason=reason)
 
     # -- guidance and denoising ---------------------------------------------------------
     def null_context(self, batch: int):
@@ -177,6 +256,29 @@ class DensityModel(nnx.Module):
         """The inverse with classifier-free guidance weight ``guidance`` (families that
         support it override this)."""
         raise ConfigError(self._no_guidance())
+
+    def guided_inverse_and_log_det(self, latents, *, context, guidance: float):
+        """``guided_inverse`` with its log|det| (families with guidance override this)."""
+        raise ConfigError(self._no_guidance())
+
+    def guided_forward_and_log_det(self, x, *, context, guidance):
+        """The forward map (data -> latents) of the guided model, the inverse of
+        ``guided_inverse``, with its log|det|: a family whose guided sampler is itself an
+        exact flow (TarFlow: the guided shift and log-scale of a token depend on the tokens
+        before it only; Jet: a guided coupling is a coupling) overrides this."""
+        raise ConfigError(self._no_guidance())
+
+    def guided_log_prob(self, x, *, context, guidance):
+        """``log p_w(x | y)``: the exact density (nats, unit scale) of the guided model with
+        weight ``guidance``, the distribution of ``guided_inverse`` of standard-normal
+        latents (guided samples at temperature 1): ``log N(z; 0, I) + log|det|`` of
+        ``guided_forward_and_log_det``. A concrete 0 is ``log_prob``, the conditional
+        density."""
+        if not is_guided(guidance):
+            return self.log_prob(x, context=context)
+        return latent_log_prob(
+            *self.guided_forward_and_log_det(x, context=context, guidance=guidance)
+        )
 
     def _no_guidance(self) -> str:
         return f"{type(self).__name__} has no classifier-free guidance; sample with guidance=0"
@@ -260,12 +362,15 @@ class DensityModel(nnx.Module):
             raise ValueError(f"expected {self.num_classes} class counts, got {counts.shape}")
         self.log_label_prior[...] = jnp.log(counts / jnp.sum(counts))
 
-    def class_log_likelihoods(self, x):
-        """``log p(x | y)`` for every class: shape (batch, num_classes)."""
+    def class_log_likelihoods(self, x, guidance=0.0):
+        """``log p(x | y)`` for every class: shape (batch, num_classes); with ``guidance`` w
+        the guided model's ``log p_w(x | y)`` (``guided_log_prob``)."""
         if self.num_classes is None:
             raise ValueError("class_log_likelihoods needs a class-conditional model")
         labels = jnp.broadcast_to(jnp.arange(self.num_classes)[:, None], (self.num_classes, len(x)))
-        per_class = jax.lax.map(lambda y: self.log_prob(x, context=y), labels)
+        per_class = jax.lax.map(
+            lambda y: self.guided_log_prob(x, context=y, guidance=guidance), labels
+        )
         return per_class.T
 
     def marginal_log_prob(self, x):
@@ -279,7 +384,6 @@ class DensityModel(nnx.Module):
         return jax.nn.softmax(joint, axis=1)
 
 
-@functools.partial(nnx.jit, static_argnames=("num", "guidance", "denoise"))
 def sample_compiled(
     model: DensityModel,
     num: int,
@@ -288,13 +392,38 @@ def sample_compiled(
     context=None,
     guidance: float = 0.0,
     denoise: bool = False,
+    sampler=None,
 ):
-    """``model.sample(num, key, temperature=..., context=..., guidance=..., denoise=...)`` as
-    one compiled program; the temperature and the labels are traced, so a grid over
-    temperatures and classes compiles once per ``num`` and guidance weight (eager ``sample``
-    compiles each layer's ops separately, on every call). Labels are not range-checked here
-    (traced): out-of-range ones give NaN images."""
+    """``model.sample(num, key, temperature=..., context=..., guidance=..., denoise=...,
+    sampler=...)`` as one compiled program; the temperature and the labels are traced, so a
+    grid over temperatures and classes compiles once per ``num``, guidance weight and
+    sampler (eager ``sample`` compiles each layer's ops separately, on every call). Labels
+    are not range-checked here (traced): out-of-range ones give NaN images."""
+    return sample_and_stats_compiled(
+        model, num, key, temperature, context, guidance, denoise, sampler
+    )[0]
+
+
+@functools.partial(nnx.jit, static_argnames=("num", "guidance", "denoise", "sampler"))
+def sample_and_stats_compiled(
+    model: DensityModel,
+    num: int,
+    key,
+    temperature,
+    context=None,
+    guidance: float = 0.0,
+    denoise: bool = False,
+    sampler=None,
+):
+    """``sample_compiled`` with the sampler's stats (``DensityModel.sample_and_stats``)."""
     model.check_guidance(guidance)
-    return model.sample(
-        num, key, temperature=temperature, context=context, guidance=guidance, denoise=denoise
+    model.check_sampler(sampler)
+    return model.sample_and_stats(
+        num,
+        key,
+        temperature=temperature,
+        context=context,
+        guidance=guidance,
+        denoise=denoise,
+        sampler=sampler,
     )

@@ -47,7 +47,9 @@ Conditioning (``num_classes``): the class weights (one-hot labels, all-zero for 
 which ``model.label_dropout`` trains) go into every coupling network's ``context_features``
 (a learned label embedding added to every token; the paper's cross-attention is not used).
 ``guided_inverse`` implements classifier-free guidance: in every coupling's inverse the
-shift and the raw scale are ``(1 + w) f(x1, y) - w f(x1, none)``.
+shift and the raw scale are ``(1 + w) f(x1, y) - w f(x1, none)``. A guided coupling is still
+a coupling, so the guided model is a flow with an exact density, ``log p_w(x | y)``
+(``guided_forward_and_log_det``, ``DensityModel.guided_log_prob``).
 """
 
 from __future__ import annotations
@@ -261,33 +263,33 @@ class Jet(DensityModel):
         def body(carry, group_state):
             x, log_det = carry
             group = nnx.merge(graphdef, group_state)
-            if inverse:
-                y, ld = group.inverse_and_log_det(
-                    x, context=ctx, guidance=guidance, null_context=null
-                )
-            else:
-                y, ld = group.forward_and_log_det(x, context=ctx)
+            method = group.inverse_and_log_det if inverse else group.forward_and_log_det
+            y, ld = method(x, context=ctx, guidance=guidance, null_context=null)
             return (y, log_det + ld), None
 
         init = (h, jnp.zeros(h.shape[:1], h.dtype))
         (h, log_det), _ = jax.lax.scan(body, init, state, reverse=inverse)
         return h, log_det
 
-    def forward_and_log_det(self, x, *, context=None):
-        """x in [0, 1)^D -> (latents (batch, T, d), log|det|)."""
+    def _forward(self, x, ctx, guidance=0.0, null=None):
         self.check_images(x)
-        ctx = self.context_features(context)
         log_det = jnp.zeros(x.shape[:1], x.dtype)
         for b in (self.scale, self.shift, self.patchify):
             x, ld = b.forward_and_log_det(x)
             log_det = log_det + ld
         if self.groups is not None:
-            x, ld = self._scan(x, ctx, inverse=False)
+            x, ld = self._scan(x, ctx, inverse=False, guidance=guidance, null=null)
             log_det = log_det + ld
         if self.tail is not None:
-            x, ld = self.tail.forward_and_log_det(x, context=ctx)
+            x, ld = self.tail.forward_and_log_det(
+                x, context=ctx, guidance=guidance, null_context=null
+            )
             log_det = log_det + ld
         return x, log_det
+
+    def forward_and_log_det(self, x, *, context=None):
+        """x in [0, 1)^D -> (latents (batch, T, d), log|det|)."""
+        return self._forward(x, self.context_features(context))
 
     def _inverse(self, z, ctx, guidance=0.0, null=None):
         log_det = jnp.zeros(z.shape[:1], z.dtype)
@@ -310,11 +312,23 @@ class Jet(DensityModel):
     def guided_inverse(self, latents, *, context, guidance: float):
         """The inverse with classifier-free guidance weight w: every coupling's shift and raw
         scale are ``(1 + w) f(x1, y) - w f(x1, none)`` (w = 0: the plain inverse)."""
+        return self.guided_inverse_and_log_det(latents, context=context, guidance=guidance)[0]
+
+    def guided_inverse_and_log_det(self, latents, *, context, guidance: float):
+        """``guided_inverse`` with its log|det| (a Python float ``guidance``)."""
         ctx = self.context_features(context)
         if not guidance:
-            return self._inverse(latents, ctx)[0]
-        null = self.null_context(latents.shape[0])
-        return self._inverse(latents, ctx, float(guidance), null)[0]
+            return self._inverse(latents, ctx)
+        return self._inverse(latents, ctx, float(guidance), self.null_context(len(latents)))
+
+    def guided_forward_and_log_det(self, x, *, context, guidance: float):
+        """The guided model's forward map (the inverse of ``guided_inverse``): every guided
+        coupling's forward map, so ``log N(z; 0, I) + log|det|`` is ``log p_w(x | y)``
+        exactly (``DensityModel.guided_log_prob``); a Python float ``guidance``."""
+        ctx = self.context_features(context)
+        if not guidance:
+            return self._forward(x, ctx)
+        return self._forward(x, ctx, float(guidance), self.null_context(len(x)))
 
     def initialize(self, x, *, context=None) -> None:
         """No data-dependent initialisation (every coupling starts as the identity)."""

@@ -181,6 +181,20 @@ class StepStack(Bijector):
         (y, log_det), _ = jax.lax.scan(body, init, state, reverse=reverse)
         return y, log_det
 
+    def map_steps(self, apply, x, context, per_step, reverse: bool):
+        """``apply(step, h, context, per_step_k) -> (h, out)`` through every step, in order
+        (or in reverse), as one ``lax.scan``: ``per_step`` is a pytree whose leaves have one
+        row per step (row k goes to step k), and the result is ``(h, outs)`` with ``outs``
+        stacked on a leading axis in step order (0 .. K-1, whichever way the scan ran).
+        For what a step returns besides its output (TarFlow: Jacobi iterations)."""
+        graphdef, state, x = self._split(x, context)
+
+        def body(h, xs):
+            step_state, row = xs
+            return apply(nnx.merge(graphdef, step_state), h, context, row)
+
+        return jax.lax.scan(body, x, (state, per_step), reverse=reverse)
+
     def forward_and_log_det(self, x, *, context=None):
         if self.backprop == "invertible":
             graphdef, state, x = self._split(x, context)

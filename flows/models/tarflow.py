@@ -22,6 +22,10 @@ StepStack``), so the compiled program does not grow with ``num_blocks``.
 Inverse (sampling): block by block in reverse; inside a block token by token with the
 transformer's key/value cache (``Transformer.decode_step``) in a ``lax.fori_loop`` over the
 tokens, inside the ``lax.scan`` over blocks: one compiled program, no Python loop over tokens.
+``inverse_with_sampler`` can invert any block by Jacobi updates instead (all of its tokens,
+or chunks of them, updated in parallel from the previous iterate until they stop moving:
+``TarFlowBlock.jacobi_decode``, ``flows.models.jacobi``), chosen per block; ``choose_sampler``
+(``'auto'``) measures which is faster for each block on the batch and backend at hand.
 
 Conditioning (``num_classes`` set): the context, one-hot labels or class weights
 (``DensityModel.context_features``; all-zero = "no label", trained by the generic
@@ -36,6 +40,8 @@ concatenated with the null-context batch) and both caches are fed the guided tok
 weight is ``w_t = w`` (``guidance_schedule='constant'``) or grows linearly over the tokens,
 ``w_t = w (t + 1) / (T - 1)`` for token t + 1 (``'linear'``, the paper's annealed guidance);
 ``guidance_attention_temperature`` divides the unconditional branch's attention logits.
+``TarFlowBlock.guided_mu_alpha`` is the one place the two branches are combined; the
+sequential and Jacobi decoders and the guided forward map all call it.
 
 ml-tarflow (``transformer_flow.Model``): the options below compute its function exactly on
 its weights (``flows.convert.from_ml_tarflow`` converts them). What already agrees: the
@@ -58,10 +64,21 @@ ml-tarflow's sampling arguments ``guide_what`` ('ab', 'a', 'b'), ``annealed_guid
 ('linear') and ``guidance_attention_temperature``. Its log-det is the mean over the D
 dimensions (ours the sum) and its images are ``2x - 1``: ``log p_ours(x) = log N(z; 0, I) +
 D * logdet_ref + D log 2``.
+
+The guided sampler is itself an exact flow: the guided ``(mu_t, alpha_t)`` still depend on
+``x_{<t}`` only, so each guided block is triangular with log|det| ``-sum alpha``, and its
+forward map runs in one parallel pass (both branches as a batch of 2B):
+
+    log p_w(x | y) = log N(z_w; 0, I) + sum_blocks log|det_w| + D log 2
+
+(``guided_forward_and_log_det``; ``DensityModel.guided_log_prob``), the density of guided
+samples at temperature 1; at w = 0 the conditional density.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 
 import jax
@@ -70,7 +87,8 @@ from flax import nnx
 
 from flows.bijectors import Bijector, Buffer, Chain, Patchify, Scale, Shift
 from flows.errors import ConfigError
-from flows.models.base import DensityModel
+from flows.models.base import DensityModel, is_guided
+from flows.models.jacobi import Sampler, best_time, choose_methods, solve_autoregressive
 from flows.models.registry import check_positive_ints, register_model
 from flows.models.steps import StepStack, check_backprop
 from flows.nn.backend import resolve_matmul_impl
@@ -124,8 +142,11 @@ class TarFlowBlock(Bijector):
     cache (``Transformer.decode_step``) and gets ``(mu, alpha)`` of token t + 1. The
     transformer's output layer starts at zero, so a fresh block is the identity (then the
     reversal). ``nvp=False``: the transformer predicts ``mu`` only and ``alpha = 0`` (volume
-    preserving, log-det 0). ``network``: ``flows.nn.transformer.Transformer``'s options
-    (``final_norm``, ``norm_epsilon``, ``gelu_approximate``, ``context_bias``).
+    preserving, log-det 0). ``guidance_on`` and ``attention_temperature``: what guidance
+    extrapolates and the unconditional branch's attention temperature (``TarFlow``'s
+    ``guidance_on`` and ``guidance_attention_temperature``). ``network``:
+    ``flows.nn.transformer.Transformer``'s options (``final_norm``, ``norm_epsilon``,
+    ``gelu_approximate``, ``context_bias``).
     """
 
     def __init__(
@@ -140,12 +161,16 @@ class TarFlowBlock(Bijector):
         context_features: int | None = None,
         matmul_impl: str = "lax",
         nvp: bool = True,
+        guidance_on: str = "both",
+        attention_temperature: float = 1.0,
         rngs: nnx.Rngs,
         **network,
     ):
         self.features = features
         self.num_tokens = num_tokens
         self.nvp = bool(nvp)
+        self.guidance_on = guidance_on
+        self.attention_temperature = float(attention_temperature)
         self.net = Transformer(
             features,
             2 * features if self.nvp else features,
@@ -180,40 +205,31 @@ class TarFlowBlock(Bijector):
     def inverse_and_log_det(self, z, *, context=None):
         return self.decode(z[:, ::-1], context)
 
-    def guided_inverse_and_log_det(
-        self, z, *, context, weights, guidance_on="both", attention_temperature=1.0
-    ):
+    def guided_inverse_and_log_det(self, z, *, context, weights):
         """The inverse with classifier-free guidance: ``context = (labels' features, null
-        features)``, ``weights`` (T - 1,) the guidance weight of each predicted token,
-        ``guidance_on`` what it applies to and ``attention_temperature`` the unconditional
-        branch's (``guided_shift_and_log_scale``)."""
-        return self.decode(
-            z[:, ::-1],
-            context,
-            weights=weights,
-            guidance_on=guidance_on,
-            attention_temperature=attention_temperature,
+        features)``, ``weights`` (T - 1,) the guidance weight of each predicted token."""
+        return self.decode(z[:, ::-1], context, weights=weights)
+
+    def _branch_temperatures(self, batch: int, dtype):
+        """The attention temperature of each row of a guided batch of 2B (1 for the
+        labelled branch, ``attention_temperature`` for the null one), or None when 1."""
+        if self.attention_temperature == 1.0:
+            return None
+        return jnp.concatenate(
+            [jnp.ones((batch,), dtype), jnp.full((batch,), self.attention_temperature, dtype)]
         )
 
-    def decode(self, z, context, weights=None, guidance_on="both", attention_temperature=1.0):
+    def decode(self, z, context, weights=None):
         """Token-by-token inverse of the autoregressive map (tokens in this block's order).
 
         ``weights`` None: plain inverse under ``context``. Otherwise ``context`` is a pair
         ``(cond, null)`` and each step runs both branches as one batch of 2B (the null
         branch's attention logits divided by ``attention_temperature``) and combines them
-        with ``guided_shift_and_log_scale``; the log-det is then that of the guided map."""
+        with ``guided_mu_alpha``; the log-det is then that of the guided map."""
         b, t_max, _ = z.shape
         guided = weights is not None
-        temperature = None
-        if guided:
-            cond, null = context
-            ctx = jnp.concatenate([cond, null], axis=0)
-            if attention_temperature != 1.0:
-                temperature = jnp.concatenate(
-                    [jnp.ones((b,), z.dtype), jnp.full((b,), attention_temperature, z.dtype)]
-                )
-        else:
-            ctx = context
+        ctx = jnp.concatenate(context, axis=0) if guided else context
+        temperature = self._branch_temperatures(b, z.dtype) if guided else None
         cache = self.net.init_cache(2 * b if guided else b, z.dtype)
 
         def body(t, carry):
@@ -222,10 +238,8 @@ class TarFlowBlock(Bijector):
             if guided:
                 x_t = jnp.concatenate([x_t, x_t], axis=0)
             out, cache = self.net.decode_step(x_t, t, cache, ctx, temperature)
-            mu, alpha = self._split(out)
-            if guided:
-                w = weights[t].astype(out.dtype)
-                mu, alpha = guided_shift_and_log_scale(mu, alpha, b, w, guidance_on)
+            w = jax.lax.dynamic_slice_in_dim(weights, t, 1) if guided else None
+            mu, alpha = self.guided_mu_alpha(out, w)
             z_next = jax.lax.dynamic_slice_in_dim(z, t + 1, 1, axis=1)
             x_next = z_next * jnp.exp(alpha) + mu
             x = jax.lax.dynamic_update_slice_in_dim(x, x_next, t + 1, axis=1)
@@ -234,6 +248,77 @@ class TarFlowBlock(Bijector):
         init = (z, cache, jnp.zeros((b,), z.dtype))
         x, _, log_det = jax.lax.fori_loop(0, t_max - 1, body, init)
         return x, log_det
+
+    def guided_mu_alpha(self, out, weights=None):
+        """The shift and log-scale ``(mu, alpha)`` of the tokens predicted by the network's
+        outputs ``out`` (..., n, 2d or d): ``_split``. With guidance, ``out`` is (2B, n, .),
+        the labelled branch's rows over the null branch's, ``weights`` (n,) the weight of
+        each predicted token, and ``guided_shift_and_log_scale`` extrapolates
+        ``(1 + w_t) f(. | y) - w_t f(. | none)`` on the targets of ``guidance_on``.
+        The one place guidance acts: the sequential decoder, the Jacobi decoder and the
+        guided forward map (``guided_forward_and_log_det``) all call it."""
+        mu, alpha = self._split(out)
+        if weights is None:
+            return mu, alpha
+        w = weights.astype(out.dtype)[:, None]
+        return guided_shift_and_log_scale(mu, alpha, out.shape[0] // 2, w, self.guidance_on)
+
+    def guided_forward_and_log_det(self, x, *, context, weights):
+        """The forward map of the guided block: ``z_t = (x_t - mu_t) exp(-alpha_t)`` with the
+        guided ``(mu_t, alpha_t)`` of ``guided_mu_alpha`` (they depend on ``x_{<t}`` only,
+        so the map is triangular and ``decode(z, context, weights)`` inverts it), then the
+        reversal; ``context = (labels' features, null features)``, ``weights`` (T - 1,).
+        Both branches run in one parallel pass over the tokens (a batch of 2B)."""
+        cond, null = context
+        temperature = self._branch_temperatures(x.shape[0], x.dtype)
+        out = self.net(jnp.concatenate([x, x]), jnp.concatenate([cond, null]), temperature)
+        mu, alpha = self.guided_mu_alpha(out[:, :-1], weights)  # tokens 1 .. T-1
+        first = jnp.zeros_like(x[:, :1])
+        mu, alpha = jnp.concatenate([first, mu], 1), jnp.concatenate([first, alpha], 1)
+        z = (x - mu) * jnp.exp(-alpha)
+        return z[:, ::-1], -jnp.sum(alpha, axis=(1, 2))
+
+    def jacobi_decode(self, z, context, weights=None, *, tol, max_iters=None, chunk=None):
+        """The inverse by Jacobi updates (``flows.models.jacobi.solve_autoregressive``) in
+        chunks of ``chunk`` tokens (None: all T; at most T), each chunk's network pass
+        reading the tokens before it from a key/value cache (``Transformer.decode_chunk``).
+        ``context`` and ``weights`` as in ``decode``. Returns ``(x, log|det|, updates,
+        converged)``."""
+        b, t_max, _ = z.shape
+        guided = weights is not None
+        ctx = jnp.concatenate(context, axis=0) if guided else context
+        temperature = self._branch_temperatures(b, z.dtype) if guided else None
+        cache = self.net.init_cache(2 * b if guided else b, z.dtype)
+        chunk = t_max if chunk is None else min(chunk, t_max)
+        if guided:  # position t predicts token t + 1; the last position predicts none
+            weights = jnp.concatenate([weights, weights[-1:]])
+
+        def predict(x_chunk, s, cache):
+            if guided:
+                x_chunk = jnp.concatenate([x_chunk, x_chunk], axis=0)
+            out, cache = self.net.decode_chunk(x_chunk, s, cache, ctx, temperature)
+            w = jax.lax.dynamic_slice_in_dim(weights, s, chunk) if guided else None
+            return (*self.guided_mu_alpha(out, w), cache)
+
+        return solve_autoregressive(predict, z, cache, chunk=chunk, tol=tol, max_iters=max_iters)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "method", "sampler", "guided"))
+def _decode_block(graphdef, state, k, h, context, guidance, *, method, sampler, guided):
+    """Block ``k`` (traced) of the model ``nnx.merge(graphdef, state)`` inverted alone by
+    ``method`` on the tokens ``h`` it receives in sampling: ``(its output, Jacobi updates)``
+    (what ``choose_sampler`` times; a pure function, so a call costs no module traversal)."""
+    model = nnx.merge(graphdef, state)
+    contexts, weights = model._decoding_inputs(context, h.shape[0], guidance if guided else 0.0)
+    block_graphdef, blocks = nnx.split(model.blocks.steps)
+    block = nnx.merge(block_graphdef, jax.tree.map(lambda v: v[k], blocks))
+    if method == "jacobi":
+        x, _, updates, _ = block.jacobi_decode(
+            h[:, ::-1], contexts, weights, tol=sampler.tol, max_iters=sampler.max_iters,
+            chunk=sampler.chunk,
+        )  # fmt: skip
+        return x, updates
+    return block.decode(h[:, ::-1], contexts, weights)[0], jnp.int32(0)
 
 
 @register_model("tarflow")
@@ -367,6 +452,8 @@ class TarFlow(DensityModel):
                 context_features=num_classes,
                 matmul_impl=self.matmul_impl,
                 nvp=nvp,
+                guidance_on=guidance_on,
+                attention_temperature=guidance_attention_temperature,
                 final_norm=final_norm,
                 norm_epsilon=float(norm_epsilon),
                 gelu_approximate=gelu_approximate,
@@ -412,25 +499,133 @@ class TarFlow(DensityModel):
     def guided_inverse(self, latents, *, context, guidance: float):
         """The inverse with classifier-free guidance weight ``guidance`` (module docstring):
         every block decodes the labelled and the null-context branch in one loop."""
-        ctx = self.context_features(context)
-        dtype = jnp.result_type(ctx.dtype, latents.dtype)  # the mean embedding in float64 too
-        null = self.context_features(self.null_context(latents.shape[0]).astype(dtype))
-        ctx = ctx.astype(dtype)
-        weights = guidance_weights(guidance, self.num_tokens, self.guidance_schedule, dtype)
+        contexts, weights = self._guidance_inputs(
+            context, latents.shape[0], guidance, latents.dtype
+        )
         tokens = self._to_image_order(self.patchify.forward(latents))
-        options = {
-            "weights": weights,
-            "guidance_on": self.guidance_on,
-            "attention_temperature": self.guidance_attention_temperature,
-        }
         tokens, _ = self.blocks.scan(
-            lambda s, h, c: s.guided_inverse_and_log_det(h, context=c, **options),
+            lambda s, h, c: s.guided_inverse_and_log_det(h, context=c, weights=weights),
             tokens,
-            (ctx, null),
+            contexts,
             True,
         )
         x = self.patchify.inverse(tokens)
         return self.preprocess.inverse(x)
+
+    # -- the guided model as a density, and the samplers --------------------------------
+    def _guidance_inputs(self, context, batch: int, guidance, dtype=None):
+        """What guided blocks take: the contexts ``(labels' features, null features)`` (the
+        null one through ``context_features`` too: the mean class embedding for
+        ``null_label='mean'``) and the weight of each predicted token
+        (``guidance_weights``), in ``dtype`` (None: the context's) so that float64 stays
+        float64; ``guidance`` may be traced."""
+        ctx = self.context_features(context)
+        dtype = jnp.result_type(ctx.dtype, dtype or ctx.dtype)
+        null = self.context_features(self.null_context(batch).astype(dtype))
+        weights = guidance_weights(guidance, self.num_tokens, self.guidance_schedule, dtype)
+        return (ctx.astype(dtype), null), weights
+
+    def _decoding_inputs(self, context, batch: int, guidance, dtype=None):
+        """``(context, weights)`` for the blocks' decoders: ``_guidance_inputs`` when
+        ``is_guided(guidance)``, else the context's features and no weights."""
+        if is_guided(guidance):
+            return self._guidance_inputs(context, batch, guidance, dtype)
+        return self.context_features(context), None
+
+    def guided_forward_and_log_det(self, x, *, context, guidance):
+        """x in [0, 1)^D -> the latents of the guided model and its log|det|: every block's
+        forward map with the guided ``(mu, alpha)`` of sampling
+        (``TarFlowBlock.guided_forward_and_log_det``), the exact inverse of
+        ``guided_inverse``; so ``log N(z; 0, I) + log|det|`` is the density of guided samples
+        at temperature 1 (``DensityModel.guided_log_prob``). At w = 0 it is
+        ``forward_and_log_det``."""
+        self.check_images(x)
+        contexts, weights = self._guidance_inputs(context, x.shape[0], guidance, x.dtype)
+        y, log_det = self.preprocess.forward_and_log_det(x)
+        tokens, ld = self.blocks.scan(
+            lambda s, h, c: s.guided_forward_and_log_det(h, context=c, weights=weights),
+            self.patchify.forward(y),
+            contexts,
+            False,
+        )
+        z = self.patchify.inverse(self._to_image_order(tokens))
+        return z, log_det + ld
+
+    def guided_inverse_and_log_det(self, latents, *, context, guidance):
+        """``guided_inverse`` with its log|det| (the inverse of ``guided_forward_and_log_det``)."""
+        x, log_det, _ = self.inverse_with_sampler(
+            latents, context=context, guidance=guidance, sampler=Sampler()
+        )
+        return x, log_det
+
+    def inverse_with_sampler(self, latents, *, context=None, guidance=0.0, sampler=None):
+        """The inverse (guided when ``guidance`` is traced or non-zero), each block by the
+        method ``sampler`` (a ``flows.models.jacobi.Sampler``; None: sequential) gives it:
+        ``'sequential'`` (``TarFlowBlock.decode``) or ``'jacobi'``
+        (``TarFlowBlock.jacobi_decode``), in the one ``lax.scan`` over the blocks (a
+        ``lax.cond`` per block when they differ). Returns ``(x, log|det|, stats)``, stats
+        ``{'updates': (num_blocks,) int32, 'converged': (num_blocks,) bool}`` in block order
+        (Jacobi updates summed over a block's chunks; 0 and True for a sequential block)."""
+        sampler = sampler or Sampler()
+        contexts, weights = self._decoding_inputs(
+            context, latents.shape[0], guidance, latents.dtype
+        )
+        methods = sampler.block_methods(self.num_blocks)
+        options = {"tol": sampler.tol, "max_iters": sampler.max_iters, "chunk": sampler.chunk}
+
+        def sequential(block, z, c):
+            x, log_det = block.decode(z, c, weights)
+            return x, log_det, jnp.int32(0), jnp.bool_(True)
+
+        def jacobi(block, z, c):
+            return block.jacobi_decode(z, c, weights, **options)
+
+        def apply(block, h, c, use_jacobi):
+            z = h[:, ::-1]  # each block reversed its tokens at its end
+            if len(set(methods)) == 1:
+                x, *out = (jacobi if methods[0] == "jacobi" else sequential)(block, z, c)
+            else:
+                x, *out = jax.lax.cond(
+                    use_jacobi, lambda z: jacobi(block, z, c), lambda z: sequential(block, z, c), z
+                )
+            return x, tuple(out)
+
+        tokens = self._to_image_order(self.patchify.forward(latents))
+        flags = jnp.asarray([m == "jacobi" for m in methods])
+        tokens, (ld, updates, converged) = self.blocks.map_steps(
+            apply, tokens, contexts, flags, reverse=True
+        )
+        x, ld_pre = self.preprocess.inverse_and_log_det(self.patchify.inverse(tokens))
+        return x, jnp.sum(ld, axis=0) + ld_pre, {"updates": updates, "converged": converged}
+
+    def choose_sampler(self, latents, *, context=None, guidance=0.0, sampler):
+        """``'auto'``: ``sampler`` (its Jacobi options) with the faster method for each block
+        on these latents, this batch and this backend, and the reason
+        (``flows.models.jacobi.choose_methods``). Measured (``best_time``, after a compiling
+        call): one block decoded sequentially (every block costs the same), then every
+        block by Jacobi in sampling order, each on the previous block's Jacobi output."""
+        graphdef, state = nnx.split(self)
+        if context is not None:
+            context = self.context_features(context)  # checked here, concrete
+        guided = is_guided(guidance)
+
+        def decode(method, k, h):
+            return _decode_block(
+                graphdef, state, k, h, context, guidance,
+                method=method, sampler=sampler, guided=guided,
+            )  # fmt: skip
+
+        tokens = self._to_image_order(self.patchify.forward(latents))
+        last = self.num_blocks - 1
+        _, sequential_s = best_time(lambda: decode("sequential", last, tokens))
+        jacobi_s, updates = [0.0] * self.num_blocks, [0] * self.num_blocks
+        for k in reversed(range(self.num_blocks)):
+            (tokens, n), jacobi_s[k] = best_time(lambda k=k, h=tokens: decode("jacobi", k, h))
+            updates[k] = int(n)
+        methods, reason = choose_methods(
+            sequential_s, jacobi_s, updates, backend=jax.default_backend(), batch=len(latents)
+        )
+        return dataclasses.replace(sampler, methods=methods, reason=reason)
 
     def initialize(self, x, *, context=None) -> None:
         """No data-dependent initialisation (zero-initialised outputs start at the identity)."""

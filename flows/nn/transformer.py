@@ -25,7 +25,8 @@ its products run at the backend's default precision, in float32.
 Causal transformers can also run one token at a time with a key/value cache
 (``init_cache`` and ``decode_step``), which is how TarFlow inverts a block: step t reads the
 keys and values of tokens < t from the cache instead of recomputing them. ``decode_step``
-takes a traced position, so a ``lax.fori_loop`` / ``lax.scan`` over tokens compiles once.
+takes a traced position, so a ``lax.fori_loop`` / ``lax.scan`` over tokens compiles once;
+``decode_chunk`` does the same for n consecutive tokens at once (causal among themselves).
 """
 
 from __future__ import annotations
@@ -142,21 +143,25 @@ class Attention(nnx.Module):
         qkv = dense(self.qkv, h, self.gemm).reshape(batch, -1, 3, self.num_heads, self.head_dim)
         return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
-    def _attend(self, q, k, v, mask):
-        """Rows (B*Tq, width) of the attention output of q (B, Tq, H, hd) over k, v."""
+    def _attend(self, q, k, v, mask, temperature=None):
+        """Rows (B*Tq, width) of the attention output of q (B, Tq, H, hd) over k, v;
+        ``temperature``: None, or a scalar or (B,) array dividing each example's logits."""
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.head_dim)
+        if temperature is not None:
+            logits = logits / jnp.reshape(jnp.asarray(temperature, logits.dtype), (-1, 1, 1, 1))
         if mask is not None:
             logits = jnp.where(mask, logits, _NEG)
         weights = jax.nn.softmax(logits, axis=-1)
         o = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         return dense(self.out, o.reshape(-1, self.num_heads * self.head_dim), self.gemm)
 
-    def __call__(self, h, batch: int, *, causal: bool):
-        """``h``: (B*T, width), the tokens of each example in consecutive rows."""
+    def __call__(self, h, batch: int, *, causal: bool, temperature=None):
+        """``h``: (B*T, width), the tokens of each example in consecutive rows;
+        ``temperature`` as ``_attend``'s."""
         q, k, v = self._heads(h, batch)
         t = q.shape[1]
         mask = jnp.tril(jnp.ones((t, t), bool)) if causal else None
-        return self._attend(q, k, v, mask)
+        return self._attend(q, k, v, mask, temperature)
 
     def decode(self, h_t, t, cache, temperature=None):
         """One token per example, ``h_t`` (B, width), at position ``t``; ``cache = (keys,
@@ -175,6 +180,21 @@ class Attention(nnx.Module):
         logits = jnp.where((jnp.arange(keys.shape[2]) <= t)[None, None, None, :], logits, _NEG)
         o = jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(logits, axis=-1), values)
         return self.out(o.reshape(b, -1)), (keys, values)
+
+    def decode_chunk(self, h, batch: int, t, cache, temperature=None):
+        """``n`` consecutive tokens per example at positions ``t .. t + n - 1`` (``t``
+        traced), rows ``h`` (B*n, width): their keys and values are written into the cache
+        (``decode``'s layout), and each attends causally to the cache's positions up to its
+        own. Returns (rows (B*n, width), cache). With n = 1 it is ``decode``; the attention
+        itself is ``_attend``'s, as in the full pass."""
+        q, k, v = self._heads(h, batch)  # (B, n, H, hd)
+        n = q.shape[1]
+        keys = jax.lax.dynamic_update_slice_in_dim(cache[0], k.transpose(0, 2, 1, 3), t, axis=2)
+        values = jax.lax.dynamic_update_slice_in_dim(cache[1], v.transpose(0, 2, 1, 3), t, axis=2)
+        mask = jnp.arange(keys.shape[2])[None, :] <= t + jnp.arange(n)[:, None]  # (n, T)
+        k_all, v_all = keys.transpose(0, 2, 1, 3), values.transpose(0, 2, 1, 3)
+        out = self._attend(q, k_all, v_all, mask, temperature)
+        return out, (keys, values)
 
 
 class Block(nnx.Module):
@@ -211,14 +231,20 @@ class Block(nnx.Module):
         )
         return dense(self.fc2, hidden, self.gemm)
 
-    def __call__(self, h, batch: int, *, causal: bool):
-        h = h + self.attn(self.norm1(h), batch, causal=causal)
+    def __call__(self, h, batch: int, *, causal: bool, temperature=None):
+        h = h + self.attn(self.norm1(h), batch, causal=causal, temperature=temperature)
         return h + self._mlp(h)
 
     def decode(self, h_t, t, cache, temperature=None):
         a, cache = self.attn.decode(self.norm1(h_t), t, cache, temperature)
         h_t = h_t + a
         return h_t + self._mlp(h_t), cache
+
+    def decode_chunk(self, h, batch: int, t, cache, temperature=None):
+        """``decode`` for ``n`` consecutive tokens per example, rows ``h`` (B*n, width)."""
+        a, cache = self.attn.decode_chunk(self.norm1(h), batch, t, cache, temperature)
+        h = h + a
+        return h + self._mlp(h), cache
 
 
 class Transformer(nnx.Module):
@@ -318,14 +344,17 @@ class Transformer(nnx.Module):
             h = h + self.context_proj(context)[:, None, :]
         return h
 
-    def __call__(self, x, context=None):
+    def __call__(self, x, context=None, attention_temperature=None):
+        """The outputs (B, T, out_features) for the tokens ``x`` (B, T, in);
+        ``attention_temperature``: None, or a scalar or (B,) array dividing each example's
+        attention logits (TarFlow's guided forward map: the null branch's)."""
         if x.shape[1] != self.num_tokens:
             raise ValueError(f"expected {self.num_tokens} tokens, got {x.shape[1]}")
         b, t, _ = x.shape
         # Rows (B*T, width): every dense layer is one 2-D product (and so is its gradient).
         h = self._embed(x, self.positions[...], context).reshape(b * t, -1)
         for block in self.blocks:
-            h = block(h, b, causal=self.causal)
+            h = block(h, b, causal=self.causal, temperature=attention_temperature)
         return dense(self.proj_out, self._final_norm(h), self.gemm).reshape(b, t, -1)
 
     def _final_norm(self, h):
@@ -353,3 +382,18 @@ class Transformer(nnx.Module):
             h, c = block.decode(h, t, c, attention_temperature)
             new_cache.append(c)
         return self.proj_out(self._final_norm(h))[:, None], new_cache
+
+    def decode_chunk(self, x, t, cache, context=None, attention_temperature=None):
+        """The outputs at positions ``t .. t + n - 1`` (``t`` traced) for the tokens ``x``
+        (B, n, in) given the cache of tokens < t; equals ``self(x_full)[:, t:t+n]``, and
+        writes the n tokens' keys and values into the cache. Returns ``(out (B, n,
+        out_features), cache)``. (TarFlow's Jacobi inverse updates a chunk of tokens at a
+        time with it.) ``attention_temperature``: as ``decode_step``'s."""
+        b, n, _ = x.shape
+        positions = jax.lax.dynamic_slice_in_dim(self.positions[...], t, n, axis=0)
+        h = self._embed(x, positions, context).reshape(b * n, -1)
+        new_cache = []
+        for block, c in zip(self.blocks, cache, strict=True):
+            h, c = block.decode_chunk(h, b, t, c, attention_temperature)
+            new_cache.append(c)
+        return dense(self.proj_out, self._final_norm(h), self.gemm).reshape(b, n, -1), new_cache

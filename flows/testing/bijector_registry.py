@@ -25,9 +25,36 @@ from flows.bijectors.jet_coupling import JetCoupling, channel_projection, spatia
 from flows.bijectors.spline import RationalQuadraticSpline, spline_coupling
 from flows.bijectors.vector import mlp_coupling
 from flows.models.glow import Glow, GlowLevel
+from flows.models.jacobi import Sampler
 from flows.models.jet import Jet
 from flows.models.steps import StepStack, glow_step
 from flows.models.tarflow import TarFlow, TarFlowBlock
+
+
+class GuidedModel(B.Bijector):
+    """A model's guided map at weight ``guidance`` as a bijector, images -> latents: forward
+    ``model.guided_forward_and_log_det`` (whose log-det gives ``guided_log_prob``), inverse
+    the guided sampler, ``model.inverse_with_sampler`` with ``sampler`` (None: the family's
+    plain guided inverse), so the generic tests check the guided density's log-det against
+    the autodiff Jacobian and that the sampler inverts it."""
+
+    def __init__(self, model, guidance: float, sampler: Sampler | None = None):
+        self.model = model
+        self.guidance = float(guidance)
+        self.sampler = sampler
+
+    def forward_and_log_det(self, x, *, context=None):
+        return self.model.guided_forward_and_log_det(x, context=context, guidance=self.guidance)
+
+    def inverse_and_log_det(self, z, *, context=None):
+        x, log_det, _ = self.model.inverse_with_sampler(
+            z, context=context, guidance=self.guidance, sampler=self.sampler
+        )
+        return x, log_det
+
+    def initialize(self, x, *, context=None):
+        self.model.initialize(x, context=context)
+        return self.forward(x, context=context)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +92,17 @@ _JET_MODEL = {
     "num_heads": 2,
     "coupling_pattern": "channels,spatial",
     "spatial_splits": "checkerboard,hstripes",
+}
+
+
+# A conditional TarFlow with an odd number of blocks.
+_TARFLOW_COND = {
+    "patch_size": 2,
+    "width": 8,
+    "num_blocks": 3,
+    "layers_per_block": 1,
+    "num_heads": 2,
+    "num_classes": 3,
 }
 
 
@@ -222,15 +260,24 @@ REGISTRY: list[Entry] = [
     ),
     Entry(
         "tarflow_model_cond",  # odd number of blocks: the latents are put back in image order
-        lambda r: TarFlow(
-            (4, 4, 1),
-            patch_size=2,
-            width=8,
-            num_blocks=3,
-            layers_per_block=1,
-            num_heads=2,
-            num_classes=3,
-            rngs=r,
+        lambda r: TarFlow((4, 4, 1), **_TARFLOW_COND, rngs=r),
+        (4, 4, 1),
+        context_features=3,
+        domain="unit",
+    ),
+    Entry(  # the guided model p_w(x | y): guided forward map, guided sequential inverse
+        "tarflow_model_cond_guided",
+        lambda r: GuidedModel(TarFlow((4, 4, 1), **_TARFLOW_COND, rngs=r), 1.5),
+        (4, 4, 1),
+        context_features=3,
+        domain="unit",
+    ),
+    Entry(  # ... inverted by Jacobi updates in chunks of 3 of the 4 tokens (the last overlaps)
+        "tarflow_model_cond_guided_jacobi",
+        lambda r: GuidedModel(
+            TarFlow((4, 4, 1), **_TARFLOW_COND, rngs=r),
+            1.5,
+            Sampler(("jacobi", "sequential", "jacobi"), tol=0.0, chunk=3),
         ),
         (4, 4, 1),
         context_features=3,
@@ -321,6 +368,13 @@ REGISTRY: list[Entry] = [
             rngs=r,
         ),
         (4, 4, 1),
+        domain="unit",
+    ),
+    Entry(  # the guided model: guided couplings forward and back
+        "jet_model_cond_guided",
+        lambda r: GuidedModel(Jet((4, 4, 1), **_JET_MODEL, num_classes=3, rngs=r), 1.5),
+        (4, 4, 1),
+        context_features=3,
         domain="unit",
     ),
 ]
