@@ -89,6 +89,9 @@ class Peer:
     settings: dict  # architecture, by our field names (= the harness's flag names)
     takes_reference: bool = True  # the harness imports a checkout (--reference)
     conditional: bool = False  # both sides can be label-conditioned
+    # Our fields that make our model the reference's architecture (flows.convert's
+    # options; the harness has no flag for them): same parameters, same function.
+    same_model: dict = dataclasses.field(default_factory=dict)
 
     def ours_args(self, values: dict) -> list[str]:
         """Settings or fields as ``bench.throughput`` arguments: ``--field=key=value``, or
@@ -115,6 +118,13 @@ PEERS = {
         "28,28,1",
         {"patch_size": 4, "width": 128, "num_blocks": 4, "layers_per_block": 4, "num_heads": 2},
         conditional=True,
+        same_model={
+            "null_label": "mean",
+            "context_bias": False,
+            "final_norm": False,
+            "norm_epsilon": 1e-5,
+            "gelu_approximate": False,
+        },
     ),
     "big-vision-jet": Peer(
         "bench.jet_peer",
@@ -129,6 +139,7 @@ PEERS = {
             "num_heads": 4,
             "coupling_pattern": "channels,channels,channels,channels,spatial",
         },
+        same_model={"spatial_cut": True, "qkv_init": "separate"},
     ),
 }
 
@@ -178,7 +189,7 @@ def plan(args) -> tuple[str, dict[str, list[str]], dict]:
     common = [f"--image_shape={image_shape}", f"--batch_size={args.batch_size}"]
     common += args.timing.split()
     ours = [sys.executable, "-m", "bench.throughput", f"--model={peer.model}", *common]
-    ours += peer.ours_args({**settings, **ours_only})
+    ours += peer.ours_args({**settings, **peer.same_model, **ours_only})
     python = args.peer_python or peer.python
     python = os.path.abspath(python) if os.sep in python else python
     theirs = [python, "-m", peer.harness, *common]
