@@ -40,9 +40,12 @@ def test_tarflow_pairing_runs_both_sides_at_the_mnist_setting():
         assert _flag(cmd, "image_shape") == ["28,28,1"] and _flag(cmd, "batch_size") == ["64"]
         assert _flag(cmd, "iters") == ["8"]  # the same timing on both sides
     fields = dict(f.split("=", 1) for f in _flag(ours, "field"))
-    assert fields == {k: str(v) for k, v in settings.items()}
+    same_model = paired.PEERS["ml-tarflow"].same_model  # ml-tarflow's architecture on our side
+    assert same_model["final_norm"] is False and same_model["null_label"] == "mean"
+    assert fields == {k: str(v) for k, v in {**settings, **same_model}.items()}
     for key, value in settings.items():  # the harness takes our field names as its flags
         assert _flag(theirs, key) == [str(value)]
+    assert not any(_flag(theirs, key) for key in same_model)
     assert _flag(theirs, "threads") == [str(os.cpu_count())]
 
 
@@ -73,6 +76,7 @@ def test_jet_pairing_and_the_peer_python():
     assert theirs[0] == os.path.abspath("venv/bin/python")  # the peer runs from the root
     assert theirs[1:3] == ["-m", "bench.jet_peer"]
     assert _flag(theirs, "coupling_pattern") == ["channels,channels,channels,channels,spatial"]
+    assert {"spatial_cut=True", "qkv_init=separate"} <= set(_flag(cmds["jax"], "field"))
     _, cmds, _ = _plan("--peer=big-vision-jet")
     assert cmds["peer"][0] == paired.BIG_VISION_PYTHON
 
