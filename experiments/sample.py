@@ -234,6 +234,11 @@ def main(argv):
     model.check_guidance(_GUIDANCE.value)
     if _DENOISE.value and not model.noise_sigma > 0:
         raise ConfigError("--denoise needs a run trained with model.noise_sigma > 0")
+    if model.image_shape[-1] not in (1, 3):
+        raise ConfigError(
+            f"the run's images have {model.image_shape[-1]} channels: sample draws grey (1) "
+            f"or RGB (3) images; use --score, or model.sample in Python"
+        )
     calls, sampler = [], None
 
     def draw(num, k, t, labels, **where):

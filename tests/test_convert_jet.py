@@ -328,3 +328,31 @@ def test_separate_qkv_init_draws_three_kernels():
     np.testing.assert_array_equal(kernel, jnp.concatenate(parts, axis=1))
     # Xavier of one (8, 8) part: bound sqrt(6 / 16), not the fused sqrt(6 / 32).
     assert float(jnp.abs(kernel).max()) > math.sqrt(6 / 32)
+
+
+@pytest.mark.slow
+def test_the_command_line_converts_a_big_vision_checkpoint(tmp_path):
+    """``experiments.convert --source=big-vision-jet`` writes a workdir of the fixture's
+    model (its origin record names the file's sha256); ``experiments.sample`` on it, whose
+    images have 2 channels it cannot draw, says so in one line."""
+    from tests.cli_checks import assert_one_line_error, run_commands
+
+    checkpoint = os.path.join(FIXTURES, "big_vision_jet_small.npz")
+    workdir = tmp_path / "w"
+    convert, sample = run_commands(
+        [
+            [
+                "experiments.convert",
+                "--source=big-vision-jet",
+                f"--checkpoint={checkpoint}",
+                "--image_shape=8,8,2",
+                f"--workdir={workdir}",
+            ],
+            ["experiments.sample", f"--workdir={workdir}"],
+        ]
+    )
+    assert convert.returncode == 0, convert.stderr
+    record = json.loads((workdir / "converted_from.json").read_text())
+    assert record["source"] == "big-vision-jet" and len(record["sha256"]) == 64
+    assert record["model"]["spatial_cut"] is True
+    assert_one_line_error(sample, "2 channels")
