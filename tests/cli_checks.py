@@ -1,5 +1,5 @@
 """Checks shared by the end-to-end tests: a user error's one line, a damaged checkpoint, and
-many command lines run from one interpreter (``run_commands``)."""
+command lines run from one interpreter (``CommandRunner``, ``run_commands``)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,23 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Imports the libraries once, then runs each command ``python -m MODULE ARGS...`` in a fork
-# of itself (``runpy`` as ``__main__``, the module's flags defined afresh), its stdout and
-# stderr in files, its exit status as ``python -m`` would give it.
+# Imports the libraries once, then runs each command it reads from stdin (a JSON line: the
+# command ``[module, *args]`` and a path prefix) as ``python -m MODULE ARGS...`` in a fork of
+# itself (``runpy`` as ``__main__``, the module's flags defined afresh; stdin /dev/null, stdout
+# and stderr in files at the prefix; killed by SIGALRM after its timeout), and writes its exit
+# status, as ``python -m`` would give it, as a line to the file descriptor in argv[1].
 _DRIVER = """
-import json, os, runpy, sys, traceback
+import json, os, runpy, signal, sys, traceback
 import experiments.cli, flows.train.loop, flows.train.restore, flows.data, flows.reporting.compare
-commands, out = json.loads(sys.argv[1]), sys.argv[2]
-for i, args in enumerate(commands):
+replies = os.fdopen(int(sys.argv[1]), "w", buffering=1)
+for request in sys.stdin:
+    args, prefix, timeout = json.loads(request)
     pid = os.fork()
     if pid == 0:
+        signal.alarm(timeout)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         for fd, name in ((1, "stdout"), (2, "stderr")):
-            os.dup2(os.open(f"{out}/{i}.{name}", os.O_WRONLY | os.O_CREAT), fd)
+            os.dup2(os.open(f"{prefix}.{name}", os.O_WRONLY | os.O_CREAT), fd)
         sys.argv = list(args)
         try:
             runpy.run_module(args[0], run_name="__main__", alter_sys=True)
@@ -38,34 +43,74 @@ for i, args in enumerate(commands):
         sys.stderr.flush()
         os._exit(code)
     _, status = os.waitpid(pid, 0)
-    with open(f"{out}/{i}.rc", "w") as f:
-        f.write(str(os.waitstatus_to_exitcode(status)))
+    print(os.waitstatus_to_exitcode(status), file=replies)
 """
+
+
+class CommandRunner:
+    """``runner([module, *args])`` runs the command as ``python -m module args`` would, from the
+    repository root, and returns a ``subprocess.CompletedProcess`` (``returncode``, ``stdout``,
+    ``stderr``): each command in a fork of one interpreter that imported the libraries once
+    (started by the first command; ``close`` ends it), which saves each command the seconds of
+    its imports. ``env``: variables added to the environment of all of them."""
+
+    def __init__(self, env: dict | None = None):
+        self.env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **(env or {}))
+        self._driver = None
+        self._count = 0
+
+    def __call__(self, args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+        if self._driver is None:
+            self._files = tempfile.TemporaryDirectory()
+            read, write = os.pipe()
+            self._driver = subprocess.Popen(
+                [sys.executable, "-c", _DRIVER, str(write)],
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.PIPE,
+                text=True,
+                pass_fds=(write,),
+            )
+            os.close(write)
+            self._replies = os.fdopen(read)
+        args = [str(a) for a in args]
+        prefix = os.path.join(self._files.name, str(self._count))
+        self._count += 1
+        self._driver.stdin.write(json.dumps([args, prefix, timeout]) + "\n")
+        self._driver.stdin.flush()
+        reply = self._replies.readline()
+        if not reply:
+            raise RuntimeError(f"the command driver ended (status {self._driver.wait()})")
+
+        def read(name):
+            with open(f"{prefix}.{name}") as f:
+                return f.read()
+
+        return subprocess.CompletedProcess(
+            ["python", "-m", *args], int(reply), read("stdout"), read("stderr")
+        )
+
+    def close(self) -> None:
+        if self._driver is not None:
+            self._driver.stdin.close()
+            self._driver.wait()
+            self._replies.close()
+            self._files.cleanup()
+            self._driver = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def run_commands(commands: list[list[str]], env: dict | None = None):
     """Runs each ``[module, *args]`` as ``python -m module args`` would, all from one
-    interpreter that imported the libraries once (a fork per command); returns one
+    interpreter that imported the libraries once (``CommandRunner``); returns one
     ``subprocess.CompletedProcess`` each (``returncode``, ``stdout``, ``stderr``)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **(env or {}))
-    with tempfile.TemporaryDirectory() as out:
-        subprocess.run(
-            [sys.executable, "-c", _DRIVER, json.dumps(commands), out],
-            cwd=ROOT,
-            env=env,
-            check=True,
-        )
-
-        def read(i, name):
-            with open(os.path.join(out, f"{i}.{name}")) as f:
-                return f.read()
-
-        return [
-            subprocess.CompletedProcess(
-                ["python", "-m", *args], int(read(i, "rc")), read(i, "stdout"), read(i, "stderr")
-            )
-            for i, args in enumerate(commands)
-        ]
+    with CommandRunner(env) as run:
+        return [run(args) for args in commands]
 
 
 def assert_one_line_error(result, *expected) -> str:

@@ -53,36 +53,46 @@ def _train(workdir, *overrides, config=SMOKE):
     ]
 
 
+@pytest.fixture(scope="module")
+def cli():
+    """``cli([module, *args])``: the command run as ``python -m module args`` would run it
+    (``cli_checks.CommandRunner``: each a fork of one interpreter that imported the libraries
+    once), a ``subprocess.CompletedProcess``."""
+    with cli_checks.CommandRunner() as runner:
+        yield runner
+
+
 def run_cli(args, env=None):
+    """``python -m *args`` in a process of its own, with ``env`` added to its environment."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True
     )
 
 
-def fails_in_one_line(args, *expected):
+def fails_in_one_line(cli, args, *expected):
     """Runs the command; exit status 2 after one ``error:`` line naming ``expected``."""
-    return cli_checks.assert_one_line_error(run_cli(args), *expected)
+    return cli_checks.assert_one_line_error(cli(args), *expected)
 
 
 @pytest.mark.slow
-def test_misspelt_config_key(tmp_path):
-    fails_in_one_line(_train(tmp_path, "--config.model.num_stepz=3"), "num_stepz")
+def test_misspelt_config_key(tmp_path, cli):
+    fails_in_one_line(cli, _train(tmp_path, "--config.model.num_stepz=3"), "num_stepz")
 
 
 @pytest.mark.slow
-def test_bad_value_type(tmp_path):
-    line = fails_in_one_line(_train(tmp_path, "--config.train.batch_size=abc"), "batch_size")
+def test_bad_value_type(tmp_path, cli):
+    line = fails_in_one_line(cli, _train(tmp_path, "--config.train.batch_size=abc"), "batch_size")
     assert "'abc'" in line
 
 
 @pytest.mark.slow
-def test_unknown_dataset(tmp_path):
-    fails_in_one_line(_train(tmp_path, "--config.data.name=nosuchdata"), "nosuchdata")
+def test_unknown_dataset(tmp_path, cli):
+    fails_in_one_line(cli, _train(tmp_path, "--config.data.name=nosuchdata"), "nosuchdata")
 
 
 @pytest.mark.slow
-def test_unprepared_catalog_dataset(tmp_path):
+def test_unprepared_catalog_dataset(tmp_path, cli):
     data_dir = tmp_path / "tfds"
     args = _train(
         tmp_path / "run",
@@ -90,28 +100,29 @@ def test_unprepared_catalog_dataset(tmp_path):
         f"--config.data.data_dir={data_dir}",
         "--config.data.download=False",
     )
-    fails_in_one_line(args, "'mnist'", "not prepared", str(data_dir))
+    fails_in_one_line(cli, args, "'mnist'", "not prepared", str(data_dir))
     assert not os.path.exists(tmp_path / "run")  # the workdir it made is removed again
 
 
 @pytest.mark.slow
-def test_image_shape_the_model_cannot_take(tmp_path):
+def test_image_shape_the_model_cannot_take(tmp_path, cli):
     # 8x8 digits cannot be squeezed four times (8 -> 4 -> 2 -> 1 -> ?).
-    fails_in_one_line(_train(tmp_path, "--config.model.num_levels=4"), "8x8", "pad_to")
+    fails_in_one_line(cli, _train(tmp_path, "--config.model.num_levels=4"), "8x8", "pad_to")
 
 
 @pytest.mark.slow
-def test_every_checkpoint_corrupt(cond_run, tmp_path):
+def test_every_checkpoint_corrupt(cond_run, tmp_path, cli):
     workdir = _copy(cond_run, tmp_path)
     cli_checks.corrupt_files(os.path.join(workdir, "checkpoints"))
-    fails_in_one_line(_train(workdir), "no readable checkpoint", "unreadable")
+    fails_in_one_line(cli, _train(workdir), "no readable checkpoint", "unreadable")
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]  # kept
 
 
 @pytest.mark.slow
-def test_changed_config_on_resume(cond_run, tmp_path):
+def test_changed_config_on_resume(cond_run, tmp_path, cli):
     workdir = _copy(cond_run, tmp_path)
     line = fails_in_one_line(
+        cli,
         _train(workdir, "--config.optim.lr=0.5", "--config.train.num_train_steps=40"),
         "optim.lr 0.001 -> 0.5",
         "train.num_train_steps 20 -> 40",
@@ -121,9 +132,10 @@ def test_changed_config_on_resume(cond_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_model_shape_change_on_resume(cond_run, tmp_path):
+def test_model_shape_change_on_resume(cond_run, tmp_path, cli):
     workdir = _copy(cond_run, tmp_path)
     fails_in_one_line(
+        cli,
         _train(workdir, "--config.model.hidden_channels=32"),
         "changes the model's shapes",
         "model.hidden_channels 16 -> 32",
@@ -137,34 +149,38 @@ def test_model_shape_change_on_resume(cond_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_out_of_range_label(cond_run):
+def test_out_of_range_label(cond_run, cli):
     fails_in_one_line(
-        ["experiments.sample", f"--workdir={cond_run}", "--label=10"], "--label", "0..9", "10"
+        cli,
+        ["experiments.sample", f"--workdir={cond_run}", "--label=10"],
+        "--label",
+        "0..9",
+        "10",
     )
     assert not os.path.exists(os.path.join(cond_run, "samples_T0.7_label10.png"))
 
 
 @pytest.mark.slow
-def test_non_finite_batches(tmp_path):
+def test_non_finite_batches(tmp_path, cli):
     args = _train(
         tmp_path,
         "--config.optim.lr=1e30",
         "--config.optim.max_consecutive_nonfinite=3",
         config="configs/glow_digits.py:smoke",
     )
-    fails_in_one_line(args, "TrainingError", "non-finite steps in a row")
+    fails_in_one_line(cli, args, "TrainingError", "non-finite steps in a row")
 
 
 @pytest.mark.slow
-def test_workdir_that_cannot_be_written(tmp_path):
+def test_workdir_that_cannot_be_written(tmp_path, cli):
     # Under a regular file (root ignores permission bits, so chmod would prove nothing).
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    fails_in_one_line(_train(blocker / "run"), "cannot write to --workdir", "a_file")
+    fails_in_one_line(cli, _train(blocker / "run"), "cannot write to --workdir", "a_file")
 
 
 @pytest.mark.slow
-def test_workdir_another_run_trains_in(cond_run, tmp_path):
+def test_workdir_another_run_trains_in(cond_run, tmp_path, cli):
     """A second training on a workdir whose lock is held (here by this process, as a first
     run's would be) is refused before it touches anything: the first run's partial writes
     stay, nothing is written; the lock a finished run held is free again."""
@@ -175,7 +191,7 @@ def test_workdir_another_run_trains_in(cond_run, tmp_path):
     lock = wd.RunLock(workdir)  # the copy's lock; the train_and_evaluate of cond_run is done
     try:
         fails_in_one_line(
-            _train(workdir), "in use by another training run", f"pid {os.getpid()} on "
+            cli, _train(workdir), "in use by another training run", f"pid {os.getpid()} on "
         )
     finally:
         lock.release()
@@ -187,8 +203,8 @@ def test_workdir_another_run_trains_in(cond_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
-    out = run_cli(_train(tmp_path, "--config.model.num_levels=4", "--debug"))
+def test_debug_shows_the_traceback_of_a_user_error(tmp_path, cli):
+    out = cli(_train(tmp_path, "--config.model.num_levels=4", "--debug"))
     assert out.returncode != 0
     assert "Traceback" in out.stderr and "ConfigError" in out.stderr
 
@@ -216,15 +232,14 @@ def _snapshot(directory) -> dict:
     return found
 
 
-def _all_fail_in_one_line(cases):
-    """``cases``: ``(command, *expected)``; all run from one interpreter (a fork each)."""
-    results = cli_checks.run_commands([command for command, *_ in cases])
-    for (_, *expected), result in zip(cases, results, strict=True):
-        cli_checks.assert_one_line_error(result, *expected)
+def _all_fail_in_one_line(cli, cases):
+    """``cases``: ``(command, *expected)``."""
+    for command, *expected in cases:
+        cli_checks.assert_one_line_error(cli(command), *expected)
 
 
 @pytest.mark.slow
-def test_config_files_that_cannot_be_used(tmp_path):
+def test_config_files_that_cannot_be_used(tmp_path, cli):
     """A missing config file, a directory, one that does not parse, one without get_config,
     an unknown variant: one line naming the file, for train and toy_tables; no workdir."""
     syntax, no_get = tmp_path / "syntax.py", tmp_path / "no_get_config.py"
@@ -242,12 +257,12 @@ def test_config_files_that_cannot_be_used(tmp_path):
     for file, *expected in files:
         cases.append((_train(workdir, config=file), *expected))
         cases.append((["experiments.toy_tables", f"--config={file}"], *expected))
-    _all_fail_in_one_line(cases)
+    _all_fail_in_one_line(cli, cases)
     assert not os.path.exists(workdir)
 
 
 @pytest.mark.slow
-def test_numeric_config_fields_are_checked_before_the_workdir(tmp_path):
+def test_numeric_config_fields_are_checked_before_the_workdir(tmp_path, cli):
     workdir = tmp_path / "run"
     overrides = [
         ("train.batch_size=0", "train.batch_size must be an integer >= 1, got 0"),
@@ -264,7 +279,7 @@ def test_numeric_config_fields_are_checked_before_the_workdir(tmp_path):
     cases = [(_train(workdir, f"--config.{o}"), message) for o, message in overrides]
     toy = ["experiments.toy_tables", "--config=configs/toy_gender_age.py:smoke"]
     cases.append(([*toy, "--config.optim.lr=inf"], "optim.lr must be a finite number > 0"))
-    _all_fail_in_one_line(cases)
+    _all_fail_in_one_line(cli, cases)
     assert not os.path.exists(workdir)
 
 
@@ -298,7 +313,7 @@ def test_every_checked_config_field_refuses_a_bad_value():
 
 
 @pytest.mark.slow
-def test_bad_flags_of_the_tools(cond_run, tmp_path):
+def test_bad_flags_of_the_tools(cond_run, tmp_path, cli):
     """Flags out of range, and flags that do not go together: one line each, before the
     workdir is read; nothing in it changes. Guidance on a Glow says Glow has none."""
     before = _snapshot(cond_run)
@@ -321,15 +336,14 @@ def test_bad_flags_of_the_tools(cond_run, tmp_path):
         (["experiments.latents", run, "--steps=0"], "--steps must be at least 2, got 0"),
         (["experiments.latents", run, "--seed=-1"], "--seed=-1"),
     ]
-    results = cli_checks.run_commands([command for command, *_ in cases])
-    for (_, *expected), result in zip(cases, results, strict=True):
-        line = cli_checks.assert_one_line_error(result, *expected)
+    for command, *expected in cases:
+        line = cli_checks.assert_one_line_error(cli(command), *expected)
         assert "label_dropout" not in line
     assert _snapshot(cond_run) == before
 
 
 @pytest.mark.slow
-def test_workdirs_that_are_not_runs(tmp_path):
+def test_workdirs_that_are_not_runs(tmp_path, cli):
     empty, damaged, no_info = tmp_path / "empty", tmp_path / "damaged", tmp_path / "no_info"
     for directory in (empty, damaged, no_info):
         directory.mkdir()
@@ -349,26 +363,25 @@ def test_workdirs_that_are_not_runs(tmp_path):
         (["experiments.compare", str(empty)], "not a training workdir"),
         (["experiments.compare", str(damaged)], "not valid JSON"),
     ]
-    _all_fail_in_one_line(cases)
+    _all_fail_in_one_line(cli, cases)
     assert sorted(os.listdir(tmp_path)) == ["damaged", "empty", "no_info"]
     assert os.listdir(empty) == [] and os.listdir(damaged) == ["config.json"]
 
 
 @pytest.mark.slow
-def test_evaluate_names_its_step_and_keeps_a_record_of_another(cond_run, tmp_path):
+def test_evaluate_names_its_step_and_keeps_a_record_of_another(cond_run, tmp_path, cli):
     """An evaluation says which checkpoint step it used; evaluating again at another step
     (here: the run's latest checkpoint gone, as if it trained on) keeps the earlier record
     under a name with its step, and compare still reads the record by its name."""
     workdir = _copy(cond_run, tmp_path)
     evaluate = ["experiments.evaluate", f"--workdir={workdir}", "--checkpoint=latest"]
-    (first,) = cli_checks.run_commands([evaluate])
+    first = cli(evaluate)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "step 20" in first.stdout and os.path.join("checkpoints", "20") in first.stdout
     shutil.rmtree(os.path.join(workdir, "checkpoints", "20"))
     compare = ["experiments.compare", workdir, "--eval=eval_test_k1.json"]
-    second, compared = cli_checks.run_commands(
-        [evaluate, [*compare, f"--out={tmp_path / 'compare'}"]]
-    )
+    second = cli(evaluate)
+    compared = cli([*compare, f"--out={tmp_path / 'compare'}"])
     assert second.returncode == 0, second.stderr[-3000:]
     assert "step 10" in second.stdout and "kept as eval_test_k1_step20.json" in second.stdout
     assert wd.read_json(os.path.join(workdir, "eval_test_k1.json"))["checkpoint_step"] == 10
@@ -378,12 +391,12 @@ def test_evaluate_names_its_step_and_keeps_a_record_of_another(cond_run, tmp_pat
 
 
 @pytest.mark.slow
-def test_help_of_every_command():
+def test_help_of_every_command(cli):
     """``--help`` and ``-h`` exit 0 with the usage; usage lines have no runs of spaces;
     train's and toy_tables' help name the config files that run them, with variants."""
     tools = ["train", "evaluate", "sample", "latents", "compare", "toy_tables", "convert"]
     commands = [[f"experiments.{t}", flag] for t in tools for flag in ("--help", "-h")]
-    results = dict(zip(map(tuple, commands), cli_checks.run_commands(commands), strict=True))
+    results = {tuple(command): cli(command) for command in commands}
     for (module, _), result in results.items():
         assert result.returncode == 0, (module, result.stderr[-2000:])
         usage = result.stdout.split("\nflags:\n")[0]

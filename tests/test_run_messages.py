@@ -24,6 +24,9 @@ from configs import glow_digits_cond
 from flows import plotting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# flows.train.loop's durations: "42 s", "3 min 5 s", "2 h 7 min" (a loaded machine takes
+# minutes).
+DURATION = r"(?:\d+ s|\d+ min \d+ s|\d+ h \d+ min)"
 TFDS_NOISE = ("Downloading and preparing", "downloaded and prepared", "Generating", "Shuffling")
 
 
@@ -95,7 +98,7 @@ def test_last_line_names_what_was_written_and_the_wall_time(smoke):
         r"during training\), learning_curves\.png, eval_test\.json and eval_test\.npz \(test "
         r"record, per example values\), "
         r"metrics\.jsonl, checkpoints/ \(steps 10, 20\), best/ \(step (\d+)\), TensorBoard "
-        r"events; wall time \d+ s \(\d+ s of training steps\)"
+        rf"events; wall time {DURATION} \({DURATION} of training steps\)"
     )
     match = re.fullmatch(pattern, last)
     assert match, last

@@ -4,8 +4,9 @@ Two digits runs are trained once each, in this process (module fixtures): a labe
 one with Glow's auxiliary classifier (``glow_digits_cond.py:smoke`` with
 ``model.weight_y=0.01``) and an unconditional one (``glow_digits.py:smoke``). Then
 ``python -m experiments.evaluate``, ``experiments.sample`` and ``experiments.compare`` run on
-them as a user runs them (subprocesses, cwd = repository root), and every config file's
-``:smoke`` variant trains through ``train_and_evaluate`` (catalog datasets on mocked data).
+them as a user runs them (subprocesses, cwd = repository root: forks of one interpreter that
+imported the libraries, tests/cli_checks.py), and every config file's ``:smoke`` variant
+trains through ``train_and_evaluate`` (catalog datasets on mocked data).
 The toy-table configs are run by tests/test_toy_tables.py.
 """
 
@@ -18,8 +19,6 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -31,7 +30,7 @@ from flows import plotting
 from flows.data.testing import mock_data
 from flows.evaluation import read_per_example
 from flows.train.loop import train_and_evaluate
-from tests.cli_checks import assert_one_line_error
+from tests.cli_checks import CommandRunner, assert_one_line_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS_SHAPE = (8, 8, 1)
@@ -41,25 +40,19 @@ CATALOG_DATASETS = ("mnist", "cifar10")  # served by mock_data here (no download
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory):
     """``cli(module, *args)``: ``python -m experiments.<module> *args`` from the repository
-    root. The subprocesses share one JAX compilation cache (scripts/test.sh gives the whole
-    suite one; standing alone, this file makes its own): several of them compile the same
-    evaluation and sampling programs of the same two runs."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
-    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-
-    def run(module, *args):
-        return subprocess.run(
-            [sys.executable, "-m", f"experiments.{module}", *map(str, args)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-
-    return run
+    root, as a user runs it (``cli_checks.CommandRunner``: each command a fork of one
+    interpreter that imported the libraries once). The commands share one JAX compilation
+    cache (scripts/test.sh gives the whole suite one; standing alone, this file makes its
+    own): several of them compile the same evaluation and sampling programs of the same two
+    runs."""
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
+    for name, value in (
+        ("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache"))),
+        ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5"),
+    ):
+        env[name] = os.environ.get(name, value)
+    with CommandRunner(env) as runner:
+        yield lambda module, *args: runner([f"experiments.{module}", *args])
 
 
 def _ok(result):
