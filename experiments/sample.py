@@ -6,9 +6,9 @@
         --temperatures=0.5,0.7,0.85,1.0
     python -m experiments.sample --workdir=runs/tarflow_digits_cond --class_grid --guidance=2
     python -m experiments.sample --workdir=runs/tarflow_digits_gen --denoise
-    python -m experiments.sample --workdir=runs/tarflow_digits_cond --sampler=jacobi \
+    python -m experiments.sample --workdir=runs/tarflow_digits_cond --sampler=jacobi \\
         --jacobi_tol=1e-4 [--jacobi_max_iters=8 --jacobi_chunk=4]
-    python -m experiments.sample --workdir=runs/tarflow_digits_cond --score \
+    python -m experiments.sample --workdir=runs/tarflow_digits_cond --score \\
         --guidances=0,0.5,1,2,4 --per_class=100 --temperature=1
 
 ``--label=y`` samples class y; ``--class_grid`` draws one row per class and a column group

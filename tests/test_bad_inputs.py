@@ -394,7 +394,7 @@ def test_evaluate_names_its_step_and_keeps_a_record_of_another(cond_run, tmp_pat
 def test_help_of_every_command(cli):
     """``--help`` and ``-h`` exit 0 with the usage; usage lines have no runs of spaces;
     train's and toy_tables' help name the config files that run them, with variants."""
-    tools = ["train", "evaluate", "sample", "latents", "compare", "toy_tables", "convert"]
+    tools = ["train", "evaluate", "sample", "latents", "compare", "toy_tables", "convert", "export"]
     commands = [[f"experiments.{t}", flag] for t in tools for flag in ("--help", "-h")]
     results = {tuple(command): cli(command) for command in commands}
     for (module, _), result in results.items():
@@ -411,7 +411,7 @@ def test_help_of_every_command(cli):
             assert (f"configs/{name} " in text) == runs_it, (module, name)
     train_help = results[("experiments.train", "--help")].stdout
     assert "configs/glow_digits_cond.py (variants: smoke, top, aux)" in train_help
-    assert "configs/tarflow_digits.py (variants: smoke, cond, gen, linear)" in train_help
+    assert "configs/tarflow_digits.py (variants: small, smoke, cond, gen, linear)" in train_help
 
 
 @pytest.mark.slow
