@@ -132,11 +132,11 @@ def main(argv=None):
     import numpy as np
     import optax
 
-    from bench.throughput import build, make_steps, parse_args
+    from bench.throughput import build, make_steps, model_config, parse_args
 
     args = parse_args([*rest, "--no-hugepages"])
     shape = tuple(int(s) for s in args.image_shape.split(","))
-    model, data, key = build(args, shape)
+    model, data, key = build(args, shape, model_config(args))
     tx = optax.adam(args.lr)
     params, train_step, eval_step, sample_step = make_steps(
         model, tx, int(np.prod(shape)), args.batch_size
