@@ -48,7 +48,8 @@ large blocks; ``--no-hugepages`` to measure without). ``bench.paired`` runs the 
 with the same setting, and the record keeps it.
 
 Kernels and dtypes: ``--conv_impl`` and ``--compute_dtype`` are Glow's fields of the same
-names; ``auto`` (the default for ``--conv_impl``) is resolved by ``flows.nn.backend`` when the
+names (the other families take ``--field compute_dtype=...``); ``auto`` (the default for
+``--conv_impl``) is resolved by ``flows.nn.backend`` when the
 model is built, and the record's ``config`` holds the resolved choice, what was asked
 (``*_requested``) and the one-line reason (``*_reason``). ``--conv_impl=lax`` runs the
 networks on ``lax.conv_general_dilated`` with autodiff instead of the custom-VJP GEMMs
@@ -471,6 +472,12 @@ def main(argv=None):
         fields = "_".join(f"{k}{v}" for k, v in sorted(model_cfg.items()) if k != "name")
         case = args.case or f"{args.model}_{height}x{width}x{channels}_{fields}_b{bs}"
         config = {"image_shape": list(image_shape), "batch_size": bs}
+        if hasattr(model, "compute_dtype_reason"):  # the family has the field (resolved)
+            config.update(
+                compute_dtype=model.compute_dtype,
+                compute_dtype_requested=model_cfg.get("compute_dtype", "float32"),
+                compute_dtype_reason=model.compute_dtype_reason,
+            )
     if labels is not None:
         config.update(num_classes=NUM_CLASSES, guidance=args.guidance or None)
     record.update(

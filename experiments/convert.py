@@ -108,7 +108,11 @@ def run_config(model_config: dict, dataset: str):
 
 def main(argv):
     cli.no_extra_arguments(argv)
-    from flows.convert.workdir import checkpoint_origin, num_parameters, write_workdir  # after flag checks
+    from flows.convert.workdir import (  # after flag checks
+        checkpoint_origin,
+        num_parameters,
+        write_workdir,
+    )
 
     shape = parse_image_shape(_IMAGE_SHAPE.value)
     fields = parse_model_args(_MODEL_ARGS.value)

@@ -40,6 +40,7 @@ def test_tarflow_pairing_runs_both_sides_at_the_mnist_setting():
         assert _flag(cmd, "image_shape") == ["28,28,1"] and _flag(cmd, "batch_size") == ["64"]
         assert _flag(cmd, "iters") == ["8"]  # the same timing on both sides
     fields = dict(f.split("=", 1) for f in _flag(ours, "field"))
+    assert fields.pop("compute_dtype") == "float32"  # --compute_dtype's default, ours alone
     same_model = paired.PEERS["ml-tarflow"].same_model  # ml-tarflow's architecture on our side
     assert same_model["final_norm"] is False and same_model["null_label"] == "mean"
     assert fields == {k: str(v) for k, v in {**settings, **same_model}.items()}

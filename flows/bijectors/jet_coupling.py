@@ -31,7 +31,9 @@ Patchify``) whose networks are transformers (ViTs).
   The projection products (``x P`` and its transpose) mix the flow's dimensions outside the
   network, so they run at ``Precision.HIGHEST`` on every backend (GPU TF32 and TPU bf16
   passes would otherwise round the map whose log-det is counted); the network's products
-  use the backend default (a coupling stays exactly triangular whatever its net computes).
+  use the backend default, or bf16 operands summed in float32 with ``compute_dtype=
+  'bfloat16'`` (a coupling stays exactly triangular whatever its net computes, and the
+  inverse runs the same net on the same x1).
 
 Classifier-free guidance (``inverse_and_log_det(..., guidance=w, null_context=u)``): the
 network runs on the label context c and on the "no label" context u (all-zero class
@@ -110,6 +112,9 @@ class JetCoupling(Bijector):
       spatial_cut: a spatial coupling's network sees x1's tokens cut in two (module
         docstring); needs an even d. Ignored by channel couplings.
       qkv_init: the Transformer's (``'fused'`` or ``'separate'``).
+      compute_dtype: the Transformer's matrix-product dtype, ``'float32'`` or
+        ``'bfloat16'``.
+      matmul_impl: the Transformer's row products, ``'lax'`` or ``'gemm'``.
     """
 
     def __init__(
@@ -127,6 +132,8 @@ class JetCoupling(Bijector):
         context_features: int | None = None,
         spatial_cut: bool = False,
         qkv_init: str = "fused",
+        compute_dtype: str = "float32",
+        matmul_impl: str = "lax",
         rngs: nnx.Rngs,
     ):
         if kind not in COUPLING_KINDS:
@@ -164,6 +171,8 @@ class JetCoupling(Bijector):
             position_std=1 / math.sqrt(width),
             block_kernel_init=nnx.initializers.xavier_uniform(),
             qkv_init=qkv_init,
+            compute_dtype=compute_dtype,
+            matmul_impl=matmul_impl,
             rngs=rngs,
         )
 

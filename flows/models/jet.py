@@ -74,6 +74,7 @@ from flows.errors import ConfigError
 from flows.models.base import DensityModel
 from flows.models.registry import check_positive_ints, register_model
 from flows.models.steps import carry_dtype
+from flows.nn.backend import resolve_compute_dtype, resolve_matmul_impl
 from flows.nn.transformer import QKV_INITS
 
 
@@ -117,6 +118,17 @@ class Jet(DensityModel):
         fans of one (a larger init).
       input_scale: a in the first map x -> a x - 1; 2 (Jet's) maps [0, 1) onto [-1, 1);
         512/255 reproduces big_vision's inputs and bits/dim on 8-bit data (module docstring).
+      matmul_impl: the coupling networks' row products, ``'lax'`` (default: plain
+        products and autodiff, ``jax.jvp`` works), ``'gemm'`` (a hand-written VJP, faster
+        on XLA:CPU) or ``'auto'`` (``flows.nn.backend.resolve_matmul_impl``).
+        ``self.matmul_impl`` / ``self.matmul_impl_reason`` hold the resolved choice.
+      compute_dtype: matrix-product dtype of the coupling networks, ``'float32'``,
+        ``'bfloat16'`` (the ViTs' dense layers and attention products take bf16 operands,
+        summed in f32; layer norms, softmax, the fixed projections (``Precision.HIGHEST``),
+        the affine maps and every log-det stay float32, so log p(x) is exact for the map
+        computed) or ``'auto'``: bfloat16 only where it is faster, float32 otherwise
+        (``flows.nn.backend.resolve_compute_dtype``). ``self.compute_dtype`` /
+        ``self.compute_dtype_reason`` hold the resolved choice and why.
     """
 
     def __init__(
@@ -138,9 +150,15 @@ class Jet(DensityModel):
         spatial_cut: bool = False,
         qkv_init: str = "fused",
         input_scale: float = 2.0,
+        matmul_impl: str = "lax",
+        compute_dtype: str = "float32",
         rngs: nnx.Rngs,
     ):
         super().__init__(image_shape, num_classes)
+        self.matmul_impl, self.matmul_impl_reason = resolve_matmul_impl(matmul_impl)
+        self.compute_dtype, self.compute_dtype_reason = resolve_compute_dtype(
+            compute_dtype, autodiff=self.matmul_impl == "lax"
+        )
         h, w, c = self.image_shape
         check_positive_ints(
             patch_size=patch_size,
@@ -218,6 +236,8 @@ class Jet(DensityModel):
                 context_features=num_classes,
                 spatial_cut=spatial_cut,
                 qkv_init=qkv_init,
+                compute_dtype=self.compute_dtype,
+                matmul_impl=self.matmul_impl,
                 rngs=r,
             )
 

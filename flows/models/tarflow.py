@@ -91,7 +91,7 @@ from flows.models.base import DensityModel, is_guided
 from flows.models.jacobi import Sampler, best_time, choose_methods, solve_autoregressive
 from flows.models.registry import check_positive_ints, register_model
 from flows.models.steps import StepStack, check_backprop
-from flows.nn.backend import resolve_matmul_impl
+from flows.nn.backend import resolve_compute_dtype, resolve_matmul_impl
 from flows.nn.transformer import Transformer
 
 GUIDANCE_SCHEDULES = ("constant", "linear")
@@ -146,7 +146,7 @@ class TarFlowBlock(Bijector):
     extrapolates and the unconditional branch's attention temperature (``TarFlow``'s
     ``guidance_on`` and ``guidance_attention_temperature``). ``network``:
     ``flows.nn.transformer.Transformer``'s options (``final_norm``, ``norm_epsilon``,
-    ``gelu_approximate``, ``context_bias``).
+    ``gelu_approximate``, ``context_bias``, ``compute_dtype``).
     """
 
     def __init__(
@@ -356,6 +356,13 @@ class TarFlow(DensityModel):
       matmul_impl: the transformers' row products, ``'auto'`` (default), ``'gemm'`` or
         ``'lax'`` (``flows.nn.backend.resolve_matmul_impl``; ``'lax'`` for ``jax.jvp``).
         ``self.matmul_impl`` / ``self.matmul_impl_reason`` hold the resolved choice.
+      compute_dtype: matrix-product dtype of the transformers, ``'float32'``, ``'bfloat16'``
+        (the dense layers' and attention products' operands rounded to bf16, summed in f32;
+        layer norms, softmax, the affine maps, every log-det and the prior stay float32, so
+        log p(x) is exact for the map computed, and sampling runs the same network) or
+        ``'auto'``: bfloat16 only where it is faster, float32 otherwise
+        (``flows.nn.backend.resolve_compute_dtype``). ``self.compute_dtype`` /
+        ``self.compute_dtype_reason`` hold the resolved choice and why.
     """
 
     def __init__(
@@ -381,10 +388,14 @@ class TarFlow(DensityModel):
         sampling_variance: bool = False,
         backprop: str = "save_dots",
         matmul_impl: str = "auto",
+        compute_dtype: str = "float32",
         rngs: nnx.Rngs,
     ):
         super().__init__(image_shape, num_classes)
         self.matmul_impl, self.matmul_impl_reason = resolve_matmul_impl(matmul_impl)
+        self.compute_dtype, self.compute_dtype_reason = resolve_compute_dtype(
+            compute_dtype, autodiff=self.matmul_impl == "lax"
+        )
         h, w, c = self.image_shape
         check_positive_ints(
             patch_size=patch_size,
@@ -451,6 +462,7 @@ class TarFlow(DensityModel):
                 mlp_ratio=mlp_ratio,
                 context_features=num_classes,
                 matmul_impl=self.matmul_impl,
+                compute_dtype=self.compute_dtype,
                 nvp=nvp,
                 guidance_on=guidance_on,
                 attention_temperature=guidance_attention_temperature,

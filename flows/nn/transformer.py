@@ -20,7 +20,12 @@ projection a table of per-class rows (no bias), and ``decode_step(..., attention
 tau)`` divides the attention logits of each example by its ``tau``.
 
 The network need not be exact: a coupling stays exactly triangular whatever it computes, so
-its products run at the backend's default precision, in float32.
+its products run at the backend's default precision. ``compute_dtype='bfloat16'`` rounds the
+operands of every matrix product (the dense layers and the two attention products) to bf16
+and sums them in the parameters' dtype (float32); everything else (the residual stream,
+layer norms, GELU, softmax, the key/value cache) stays float32. The network computed is then
+another function, the same one in every direction (``decode_step`` included), so a flow built
+on it stays exactly invertible and its log-det exact for the map computed.
 
 Causal transformers can also run one token at a time with a key/value cache
 (``init_cache`` and ``decode_step``), which is how TarFlow inverts a block: step t reads the
@@ -31,19 +36,39 @@ takes a traced position, so a ``lax.fori_loop`` / ``lax.scan`` over tokens compi
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flows.nn.backend import check_compute_dtype
 from flows.nn.conditioners import hidden_kernel_init
+from flows.nn.conv import lax_dense
 
 _NEG = -1e30  # attention logit of a masked position (finite: no NaN from -inf - -inf)
 
 
-@jax.custom_vjp
-def _rows_matmul(x, kernel, bias):
+def operand_dtype(compute_dtype: str):
+    """The operand dtype of the products for a ``compute_dtype`` name: None for float32
+    (plain products), else ``jnp.bfloat16``."""
+    name = check_compute_dtype(compute_dtype)
+    return None if name == "float32" else jnp.dtype(name)
+
+
+def _einsum(spec: str, a, b, compute_dtype):
+    """``jnp.einsum(spec, a, b)``; with a ``compute_dtype`` both operands rounded to it and
+    the products summed in their own (wider) dtype."""
+    if compute_dtype is None:
+        return jnp.einsum(spec, a, b)
+    out = jnp.result_type(a, b)
+    a, b = a.astype(compute_dtype), b.astype(compute_dtype)
+    return jnp.einsum(spec, a, b, preferred_element_type=out)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _rows_matmul(x, kernel, bias, compute_dtype=None):
     """``x @ kernel + bias`` for rows ``x`` (N, in): an ``nnx.Linear``'s forward, with a
     hand-written VJP whose weight gradient XLA:CPU runs on its fast GEMM kernel.
 
@@ -55,12 +80,27 @@ def _rows_matmul(x, kernel, bias):
     transpose back into the product) and multiplies in the fast layout. Same products and
     sums; only the summation order, and so the float rounding, may differ. Being a custom
     VJP, it has no forward-mode rule: differentiate the transformer with reverse mode
-    (``jax.grad``, ``jax.jacrev``), as training and the tests do."""
-    return x @ kernel + bias
+    (``jax.grad``, ``jax.jacrev``), as training and the tests do.
+
+    ``compute_dtype`` (None or bfloat16): the operands of the forward product and of the
+    input gradient's are rounded to it and summed in the kernel's dtype; the residual is x
+    as the product saw it (half the bytes in bf16), and the weight gradient is summed from
+    it, widened exactly, and the full-precision output gradient (as ``flows.nn.conv``'s:
+    weight gradients are where rounding would accumulate)."""
+    return _affine(x, kernel, bias, compute_dtype)
 
 
-def _rows_matmul_fwd(x, kernel, bias):
-    return x @ kernel + bias, (x, kernel, bias)
+def _affine(x, kernel, bias, compute_dtype):
+    if compute_dtype is None:
+        return x @ kernel + bias
+    return lax_dense(x, kernel, compute_dtype) + bias
+
+
+def _rows_matmul_fwd(x, kernel, bias, compute_dtype):
+    # A zero-size array carries x's own dtype to the backward pass.
+    xc = x if compute_dtype is None else x.astype(compute_dtype)
+    out = _affine(xc, kernel, bias, compute_dtype)
+    return out, (xc, kernel, bias, jnp.zeros((0,), x.dtype))
 
 
 def _weight_grad(x, g):
@@ -71,25 +111,35 @@ def _weight_grad(x, g):
     return jax.lax.optimization_barrier(jax.lax.optimization_barrier(g.T) @ x).T
 
 
-def _rows_matmul_bwd(res, g):
-    x, kernel, bias = res
-    dx, dk, db = g @ kernel.T, _weight_grad(x, g), jnp.sum(g, axis=0)
-    return dx.astype(x.dtype), dk.astype(kernel.dtype), db.astype(bias.dtype)
+def _rows_matmul_bwd(compute_dtype, res, g):
+    x, kernel, bias, x_dtype_tag = res
+    if compute_dtype is None:
+        dx = g @ kernel.T
+    else:  # as flows.nn.conv's VJP: the input gradient from rounded operands, the weight
+        # gradient from the (exactly widened) residual and the full-precision g
+        dx = lax_dense(g, kernel.T, compute_dtype)
+        x = x.astype(g.dtype)
+    dk, db = _weight_grad(x, g), jnp.sum(g, axis=0)
+    return dx.astype(x_dtype_tag.dtype), dk.astype(kernel.dtype), db.astype(bias.dtype)
 
 
 _rows_matmul.defvjp(_rows_matmul_fwd, _rows_matmul_bwd)
 
 
-def dense(layer: nnx.Linear, x, gemm: bool = True):
+def dense(layer: nnx.Linear, x, gemm: bool = True, compute_dtype=None):
     """``layer(x)`` for rows ``x`` (N, in); with ``gemm`` through ``_rows_matmul`` (same
     parameters, same forward; the backward pass's weight gradient on the fast kernel), else
     ``layer(x)`` itself. A transformer built with ``matmul_impl='gemm'`` sends every row
     product through it: on TarFlow's MNIST benchmark setting (p4 w128 4x4, batch 64, 2-core
     Zen 3, shared) that made the training step 1.03-1.07x faster (mean 1.05x) over 4 paired
-    fresh-process runs of ``bench.throughput``."""
-    if not gemm:
+    fresh-process runs of ``bench.throughput``. ``compute_dtype`` (None or bfloat16): the
+    product's operands rounded to it, summed in the kernel's dtype, the bias added after."""
+    if gemm:
+        return _rows_matmul(x, layer.kernel[...], layer.bias[...], compute_dtype)
+    if compute_dtype is None:
         return layer(x)
-    return _rows_matmul(x, layer.kernel[...], layer.bias[...])
+    y = lax_dense(x, layer.kernel[...], compute_dtype)
+    return y if layer.bias is None else y + layer.bias[...]
 
 
 QKV_INITS = ("fused", "separate")
@@ -115,7 +165,10 @@ class Attention(nnx.Module):
 
     ``qkv_init``: ``'fused'`` draws the (width, 3 width) q/k/v kernel with ``kernel_init`` as
     one matrix; ``'separate'`` draws q, k and v as three (width, width) kernels
-    (``side_by_side_init``), which is what a fan-dependent init of three layers gives."""
+    (``side_by_side_init``), which is what a fan-dependent init of three layers gives.
+    ``operand_dtype``: None (float32 products) or the products' operand dtype (bfloat16, the
+    ``compute_dtype`` of ``dense``): the projections and both attention products (the
+    softmax stays in float32)."""
 
     def __init__(
         self,
@@ -125,6 +178,7 @@ class Attention(nnx.Module):
         kernel_init=hidden_kernel_init,
         qkv_init: str = "fused",
         gemm: bool = False,
+        operand_dtype=None,
         rngs: nnx.Rngs,
     ):
         if width % num_heads:
@@ -132,6 +186,7 @@ class Attention(nnx.Module):
         if qkv_init not in QKV_INITS:
             raise ValueError(f"qkv_init must be one of {QKV_INITS}, got {qkv_init!r}")
         self.gemm = bool(gemm)
+        self.operand_dtype = operand_dtype
         self.num_heads = num_heads
         self.head_dim = width // num_heads
         qkv_kernel_init = kernel_init if qkv_init == "fused" else side_by_side_init(kernel_init, 3)
@@ -140,20 +195,22 @@ class Attention(nnx.Module):
 
     def _heads(self, h, batch: int):
         """(B*T, width) rows -> q, k, v each (B, T, heads, head_dim)."""
-        qkv = dense(self.qkv, h, self.gemm).reshape(batch, -1, 3, self.num_heads, self.head_dim)
+        qkv = dense(self.qkv, h, self.gemm, self.operand_dtype)
+        qkv = qkv.reshape(batch, -1, 3, self.num_heads, self.head_dim)
         return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
     def _attend(self, q, k, v, mask, temperature=None):
         """Rows (B*Tq, width) of the attention output of q (B, Tq, H, hd) over k, v;
         ``temperature``: None, or a scalar or (B,) array dividing each example's logits."""
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.head_dim)
+        cd = self.operand_dtype
+        logits = _einsum("bqhd,bkhd->bhqk", q, k, cd) / math.sqrt(self.head_dim)
         if temperature is not None:
             logits = logits / jnp.reshape(jnp.asarray(temperature, logits.dtype), (-1, 1, 1, 1))
         if mask is not None:
             logits = jnp.where(mask, logits, _NEG)
         weights = jax.nn.softmax(logits, axis=-1)
-        o = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-        return dense(self.out, o.reshape(-1, self.num_heads * self.head_dim), self.gemm)
+        o = _einsum("bhqk,bkhd->bqhd", weights, v, cd)
+        return dense(self.out, o.reshape(-1, self.num_heads * self.head_dim), self.gemm, cd)
 
     def __call__(self, h, batch: int, *, causal: bool, temperature=None):
         """``h``: (B*T, width), the tokens of each example in consecutive rows;
@@ -168,18 +225,21 @@ class Attention(nnx.Module):
         values)`` each (B, heads, T, head_dim) (the layout the per-token products read
         without transposing the cache), of which positions < t are filled. ``temperature``:
         None, or a scalar or (B,) array dividing each example's attention logits. Returns
-        (out (B, width), cache)."""
-        b = h_t.shape[0]
-        qkv = self.qkv(h_t).reshape(b, 3, self.num_heads, 1, self.head_dim)
+        (out (B, width), cache). The cache keeps float32 keys and values (the dtype it was
+        made in) whatever ``operand_dtype``: they are rounded when the product reads them, to
+        the values the full pass's product sees, and a float32 cache is what the other
+        decoders of the same cache write into."""
+        b, cd = h_t.shape[0], self.operand_dtype
+        qkv = dense(self.qkv, h_t, False, cd).reshape(b, 3, self.num_heads, 1, self.head_dim)
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # (B, H, 1, hd)
         keys = jax.lax.dynamic_update_slice_in_dim(cache[0], k, t, axis=2)
         values = jax.lax.dynamic_update_slice_in_dim(cache[1], v, t, axis=2)
-        logits = jnp.einsum("bhqd,bhkd->bhqk", q, keys) / math.sqrt(self.head_dim)
+        logits = _einsum("bhqd,bhkd->bhqk", q, keys, cd) / math.sqrt(self.head_dim)
         if temperature is not None:
             logits = logits / jnp.reshape(jnp.asarray(temperature, logits.dtype), (-1, 1, 1, 1))
         logits = jnp.where((jnp.arange(keys.shape[2]) <= t)[None, None, None, :], logits, _NEG)
-        o = jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(logits, axis=-1), values)
-        return self.out(o.reshape(b, -1)), (keys, values)
+        o = _einsum("bhqk,bhkd->bhqd", jax.nn.softmax(logits, axis=-1), values, cd)
+        return dense(self.out, o.reshape(b, -1), False, cd), (keys, values)
 
     def decode_chunk(self, h, batch: int, t, cache, temperature=None):
         """``n`` consecutive tokens per example at positions ``t .. t + n - 1`` (``t``
@@ -199,7 +259,8 @@ class Attention(nnx.Module):
 
 class Block(nnx.Module):
     """``h + Attn(LN(h))`` then ``h + MLP(LN(h))`` (LN epsilon ``norm_epsilon``; the MLP's
-    GELU the tanh approximation unless ``gelu_approximate=False``)."""
+    GELU the tanh approximation unless ``gelu_approximate=False``; ``operand_dtype``: the
+    products' operand dtype or None, as ``Attention``'s)."""
 
     def __init__(
         self,
@@ -210,15 +271,23 @@ class Block(nnx.Module):
         kernel_init=hidden_kernel_init,
         qkv_init: str = "fused",
         gemm: bool = False,
+        operand_dtype=None,
         norm_epsilon: float = 1e-6,
         gelu_approximate: bool = True,
         rngs: nnx.Rngs,
     ):
         self.gemm = bool(gemm)
+        self.operand_dtype = operand_dtype
         self.gelu_approximate = bool(gelu_approximate)
         self.norm1 = nnx.LayerNorm(width, epsilon=norm_epsilon, rngs=rngs)
         self.attn = Attention(
-            width, num_heads, kernel_init=kernel_init, qkv_init=qkv_init, gemm=gemm, rngs=rngs
+            width,
+            num_heads,
+            kernel_init=kernel_init,
+            qkv_init=qkv_init,
+            gemm=gemm,
+            operand_dtype=operand_dtype,
+            rngs=rngs,
         )
         self.norm2 = nnx.LayerNorm(width, epsilon=norm_epsilon, rngs=rngs)
         hidden = mlp_ratio * width
@@ -227,9 +296,10 @@ class Block(nnx.Module):
 
     def _mlp(self, h):
         hidden = jax.nn.gelu(
-            dense(self.fc1, self.norm2(h), self.gemm), approximate=self.gelu_approximate
+            dense(self.fc1, self.norm2(h), self.gemm, self.operand_dtype),
+            approximate=self.gelu_approximate,
         )
-        return dense(self.fc2, hidden, self.gemm)
+        return dense(self.fc2, hidden, self.gemm, self.operand_dtype)
 
     def __call__(self, h, batch: int, *, causal: bool, temperature=None):
         h = h + self.attn(self.norm1(h), batch, causal=causal, temperature=temperature)
@@ -268,6 +338,10 @@ class Transformer(nnx.Module):
       matmul_impl: ``'lax'`` (plain products, autodiff: forward mode works) or ``'gemm'``
         (every row product through ``dense``'s hand-written VJP, faster on XLA:CPU; reverse
         mode only). ``flows.nn.backend.resolve_matmul_impl`` turns ``'auto'`` into one.
+      compute_dtype: ``'float32'`` or ``'bfloat16'``: the operand dtype of every matrix
+        product (module docstring); ``flows.nn.backend.resolve_compute_dtype`` turns
+        ``'auto'`` into one. ``self.compute_dtype`` holds the name, ``self.operand_dtype``
+        None or bfloat16 (``operand_dtype``).
     """
 
     def __init__(
@@ -290,6 +364,7 @@ class Transformer(nnx.Module):
         gelu_approximate: bool = True,
         context_bias: bool = True,
         matmul_impl: str = "lax",
+        compute_dtype: str = "float32",
         rngs: nnx.Rngs,
     ):
         if depth < 1:
@@ -297,6 +372,8 @@ class Transformer(nnx.Module):
         if matmul_impl not in ("lax", "gemm"):
             raise ValueError(f"matmul_impl must be 'lax' or 'gemm', got {matmul_impl!r}")
         self.gemm = matmul_impl == "gemm"
+        self.compute_dtype = check_compute_dtype(compute_dtype)
+        self.operand_dtype = operand_dtype(self.compute_dtype)
         self.causal = bool(causal)
         self.num_tokens = int(num_tokens)
         self.num_heads = int(num_heads)
@@ -324,6 +401,7 @@ class Transformer(nnx.Module):
                     kernel_init=block_kernel_init,
                     qkv_init=qkv_init,
                     gemm=self.gemm,
+                    operand_dtype=self.operand_dtype,
                     norm_epsilon=norm_epsilon,
                     gelu_approximate=gelu_approximate,
                     rngs=rngs,
@@ -337,11 +415,12 @@ class Transformer(nnx.Module):
 
     def _embed(self, x, positions, context):
         b, t, _ = x.shape
-        h = dense(self.proj_in, x.reshape(b * t, -1), self.gemm).reshape(b, t, -1) + positions
+        rows = dense(self.proj_in, x.reshape(b * t, -1), self.gemm, self.operand_dtype)
+        h = rows.reshape(b, t, -1) + positions
         if self.context_proj is not None:
             if context is None:
                 raise ValueError("this transformer is conditional: pass context")
-            h = h + self.context_proj(context)[:, None, :]
+            h = h + dense(self.context_proj, context, False, self.operand_dtype)[:, None, :]
         return h
 
     def __call__(self, x, context=None, attention_temperature=None):
@@ -355,7 +434,8 @@ class Transformer(nnx.Module):
         h = self._embed(x, self.positions[...], context).reshape(b * t, -1)
         for block in self.blocks:
             h = block(h, b, causal=self.causal, temperature=attention_temperature)
-        return dense(self.proj_out, self._final_norm(h), self.gemm).reshape(b, t, -1)
+        out = dense(self.proj_out, self._final_norm(h), self.gemm, self.operand_dtype)
+        return out.reshape(b, t, -1)
 
     def _final_norm(self, h):
         return h if self.norm is None else self.norm(h)
@@ -381,7 +461,8 @@ class Transformer(nnx.Module):
         for block, c in zip(self.blocks, cache, strict=True):
             h, c = block.decode(h, t, c, attention_temperature)
             new_cache.append(c)
-        return self.proj_out(self._final_norm(h))[:, None], new_cache
+        out = dense(self.proj_out, self._final_norm(h), False, self.operand_dtype)
+        return out[:, None], new_cache
 
     def decode_chunk(self, x, t, cache, context=None, attention_temperature=None):
         """The outputs at positions ``t .. t + n - 1`` (``t`` traced) for the tokens ``x``
@@ -396,4 +477,5 @@ class Transformer(nnx.Module):
         for block, c in zip(self.blocks, cache, strict=True):
             h, c = block.decode_chunk(h, b, t, c, attention_temperature)
             new_cache.append(c)
-        return dense(self.proj_out, self._final_norm(h), self.gemm).reshape(b, n, -1), new_cache
+        out = dense(self.proj_out, self._final_norm(h), self.gemm, self.operand_dtype)
+        return out.reshape(b, n, -1), new_cache

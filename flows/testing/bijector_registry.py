@@ -64,6 +64,13 @@ class Entry:
     event_shape: tuple[int, ...]
     context_features: int | tuple[int, ...] | None = None  # a tuple: a feature map's shape
     domain: str = "real"  # 'real': x ~ N(0, 1); 'unit': x ~ U(0, 1)
+    # Tolerance (relative and absolute) of the float64 log-det against the autodiff
+    # Jacobian. BF16_JACOBIAN_RTOL for networks with bf16 products: autodiff rounds each
+    # Jacobian row's cotangent to bf16 where it enters a product (a nonlinear function of the
+    # row's seed), so the rows are not exactly those of one matrix; with that rounding
+    # differentiated as the identity instead, the same entries agree to 1e-14. The round trip
+    # in float64 (at 1e-9) stays exact, and the float32 entries test the log-det code at 1e-7.
+    jacobian_rtol: float = 1e-7
 
 
 def _level(context=None, is_top=False, coupling="affine", permutation="conv1x1_lu", **spline):
@@ -84,6 +91,8 @@ def _level(context=None, is_top=False, coupling="affine", permutation="conv1x1_l
 
 # Jet's coupling networks and a tiny whole Jet.
 _JET_NET = {"width": 8, "depth": 1, "num_heads": 2}
+BF16_JACOBIAN_RTOL = 2e-3  # measured: 1e-4 to 4e-4 on the bf16 entries below
+
 _JET_MODEL = {
     "patch_size": 2,
     "num_couplings": 3,
@@ -309,6 +318,26 @@ REGISTRY: list[Entry] = [
         context_features=3,
         domain="unit",
     ),
+    Entry(  # bf16 operands in the transformers' products (float32, float64 here, sums), the
+        # hand-written VJP of the row products: forward and token-by-token inverse alike
+        "tarflow_model_bf16_gemm_cond",
+        lambda r: TarFlow(
+            (4, 4, 1),
+            patch_size=2,
+            width=8,
+            num_blocks=3,
+            layers_per_block=1,
+            num_heads=2,
+            num_classes=3,
+            matmul_impl="gemm",
+            compute_dtype="bfloat16",
+            rngs=r,
+        ),
+        (4, 4, 1),
+        context_features=3,
+        domain="unit",
+        jacobian_rtol=BF16_JACOBIAN_RTOL,
+    ),
     # ---- Jet ----
     Entry("patchify", lambda r: B.Patchify((4, 6, 2), 2), (4, 6, 2)),
     Entry(
@@ -376,6 +405,13 @@ REGISTRY: list[Entry] = [
         (4, 4, 1),
         context_features=3,
         domain="unit",
+    ),
+    Entry(  # bf16 operands in the coupling networks' products; the projections stay exact
+        "jet_model_bf16",
+        lambda r: Jet((4, 4, 1), **_JET_MODEL, compute_dtype="bfloat16", rngs=r),
+        (4, 4, 1),
+        domain="unit",
+        jacobian_rtol=BF16_JACOBIAN_RTOL,
     ),
 ]
 
