@@ -125,9 +125,14 @@ def test_throughput_times_a_conditional_model_and_guided_sampling(capsys):
         assert record[f"{key}_images_per_s"] > 0
     assert record["config"]["num_classes"] == 10 and record["config"]["guidance"] == 1.5
     assert record["config"]["model_description"].endswith(" cond")
-    throughput.main([*tiny, "--model=tarflow", *extra[:-1], "--guidance=1.5"])
+    assert record["config"]["compute_dtype"] == "float32"  # the field's default, resolved
+    bf16 = "--field=compute_dtype=bfloat16"
+    throughput.main([*tiny, "--model=tarflow", *extra[:-1], bf16, "--guidance=1.5"])
     unconditional = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "sample_guided_images_per_s" not in unconditional  # guidance needs labels
+    config = unconditional["config"]
+    assert (config["compute_dtype"], config["compute_dtype_requested"]) == ("bfloat16",) * 2
+    assert config["compute_dtype_reason"] == "bfloat16: as configured"
 
 
 @pytest.mark.slow

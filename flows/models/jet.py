@@ -119,8 +119,9 @@ class Jet(DensityModel):
       input_scale: a in the first map x -> a x - 1; 2 (Jet's) maps [0, 1) onto [-1, 1);
         512/255 reproduces big_vision's inputs and bits/dim on 8-bit data (module docstring).
       matmul_impl: the coupling networks' row products, ``'lax'`` (default: plain
-        products and autodiff, ``jax.jvp`` works), ``'gemm'`` (a hand-written VJP, faster
-        on XLA:CPU) or ``'auto'`` (``flows.nn.backend.resolve_matmul_impl``).
+        products and autodiff, ``jax.jvp`` works), ``'gemm'`` (the hand-written VJP of
+        TarFlow's CPU default, reverse mode only) or ``'auto'``
+        (``flows.nn.backend.resolve_matmul_impl``).
         ``self.matmul_impl`` / ``self.matmul_impl_reason`` hold the resolved choice.
       compute_dtype: matrix-product dtype of the coupling networks, ``'float32'``,
         ``'bfloat16'`` (the ViTs' dense layers and attention products take bf16 operands,
@@ -156,9 +157,7 @@ class Jet(DensityModel):
     ):
         super().__init__(image_shape, num_classes)
         self.matmul_impl, self.matmul_impl_reason = resolve_matmul_impl(matmul_impl)
-        self.compute_dtype, self.compute_dtype_reason = resolve_compute_dtype(
-            compute_dtype, autodiff=self.matmul_impl == "lax"
-        )
+        self.compute_dtype, self.compute_dtype_reason = resolve_compute_dtype(compute_dtype)
         h, w, c = self.image_shape
         check_positive_ints(
             patch_size=patch_size,

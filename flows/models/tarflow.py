@@ -393,9 +393,7 @@ class TarFlow(DensityModel):
     ):
         super().__init__(image_shape, num_classes)
         self.matmul_impl, self.matmul_impl_reason = resolve_matmul_impl(matmul_impl)
-        self.compute_dtype, self.compute_dtype_reason = resolve_compute_dtype(
-            compute_dtype, autodiff=self.matmul_impl == "lax"
-        )
+        self.compute_dtype, self.compute_dtype_reason = resolve_compute_dtype(compute_dtype)
         h, w, c = self.image_shape
         check_positive_ints(
             patch_size=patch_size,

@@ -17,12 +17,7 @@ record next to their numbers.
   only where bf16 products are faster than float32: on GPU and TPU, and on a CPU that
   reports native bf16 dot instructions (Linux ``/proc/cpuinfo`` flags ``avx512_bf16`` or
   ``amx_bf16``); ``'float32'`` otherwise. Without those instructions XLA:CPU converts bf16
-  operands to float32 around a float32 kernel: bf16 is then slower, never faster. A
-  transformer whose row products are differentiated by autodiff (``matmul_impl='lax'``)
-  stays float32 on CPU even with them: autodiff transposes a bf16-operand product into
-  float32 products between conversions, and Jet's training step (its ``'lax'`` default)
-  measured no faster in bf16 than in float32 on a 2-core AVX512-BF16 CPU, while the
-  hand-written VJP (``'gemm'``, what TarFlow's ``'auto'`` is on CPU) gained.
+  operands to float32 around a float32 kernel: bf16 is then slower, never faster.
 """
 
 from __future__ import annotations
@@ -116,17 +111,11 @@ def cpu_bf16_flags(cpuinfo_path: str | None = None) -> list[str]:
 
 
 def resolve_compute_dtype(
-    compute_dtype: str = "auto",
-    *,
-    backend: str | None = None,
-    cpuinfo_path: str | None = None,
-    autodiff: bool = False,
+    compute_dtype: str = "auto", *, backend: str | None = None, cpuinfo_path: str | None = None
 ) -> tuple[str, str]:
     """``(dtype, reason)``: ``dtype`` is ``'float32'`` or ``'bfloat16'``. ``'auto'`` is
     bfloat16 on GPU/TPU and on CPUs with native bf16 dots (``cpu_bf16_flags``), float32
-    otherwise (never a slower path). ``autodiff``: the model's transformer products are
-    differentiated by autodiff (``matmul_impl='lax'``), which keeps a CPU at float32 (the
-    module docstring). ``backend`` defaults to ``jax.default_backend()``."""
+    otherwise (never a slower path). ``backend`` defaults to ``jax.default_backend()``."""
     if compute_dtype != "auto":
         name = check_compute_dtype(compute_dtype)
         return name, f"{name}: as configured"
@@ -135,11 +124,6 @@ def resolve_compute_dtype(
         return "bfloat16", f"bfloat16: {backend} backend (native bf16 matrix units)"
     cpuinfo_path = CPUINFO if cpuinfo_path is None else cpuinfo_path
     flags = cpu_bf16_flags(cpuinfo_path)
-    if flags and autodiff:
-        return "float32", (
-            f"float32: CPU with native bf16 dot ({'/'.join(flags)}), but autodiff of bf16 "
-            "products (matmul_impl='lax') trains no faster there; matmul_impl='gemm' for bf16"
-        )
     if flags:
         return "bfloat16", f"bfloat16: CPU with native bf16 dot ({'/'.join(flags)})"
     return "float32", (
