@@ -22,6 +22,7 @@ from flows.evaluation import (
 )
 from flows.likelihood import bits_per_dim, dequantize_with_noise, importance_weighted_log_prob
 from flows.models.glow import Glow
+from flows.testing.bijector_registry import perturb_params
 
 NUM_CLASSES = 3
 SHAPE = (4, 4, 1)
@@ -38,13 +39,7 @@ def _initialize(model, x, labels):
 def perturb(model, scale, seed):
     """Adds N(0, scale^2) noise to every parameter (numpy noise: jax.random would compile a
     sampler per parameter shape, seconds on a busy CPU)."""
-    rng = np.random.default_rng(seed)
-    params = nnx.state(model, nnx.Param)
-    noisy = jax.tree.map(
-        lambda v: jnp.asarray(np.asarray(v) + scale * rng.standard_normal(v.shape), v.dtype),
-        params,
-    )
-    nnx.update(model, noisy)
+    perturb_params(model, np.random.default_rng(seed), scale)
 
 
 @nnx.jit

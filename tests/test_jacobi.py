@@ -20,21 +20,14 @@ from flows.errors import ConfigError
 from flows.models import Glow, Jet, TarFlow, make_sampler, sample_and_stats_compiled
 from flows.models.jacobi import Sampler, choose_methods, solve_autoregressive
 from flows.nn.transformer import Transformer
+from flows.testing.bijector_registry import perturb_params
 
 SHAPE = (8, 8, 1)  # patch 2: 16 tokens of 4 values
 
 
 def _perturbed(module, seed=0, scale=0.1):
     """Every float parameter plus noise: the zero-initialised outputs become non-zero."""
-    rng = np.random.default_rng(seed)
-
-    def perturb(v):
-        if jnp.issubdtype(v.dtype, jnp.floating):
-            return jnp.asarray(np.asarray(v) + scale * rng.standard_normal(v.shape), v.dtype)
-        return v
-
-    nnx.update(module, jax.tree.map(perturb, nnx.state(module, nnx.Param)))
-    return module
+    return perturb_params(module, np.random.default_rng(seed), scale)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from flows.models.tarflow import (
     guidance_weights,
     guided_shift_and_log_scale,
 )
+from flows.testing.bijector_registry import perturb_params
 from flows.train.loop import train_and_evaluate
 from flows.train.restore import load_run
 
@@ -34,15 +35,7 @@ SHAPE = (4, 4, 1)
 
 def _perturbed(module, seed=0, scale=0.2):
     """Every float parameter plus noise: the zero-initialised outputs become non-zero."""
-    rng = np.random.default_rng(seed)
-
-    def perturb(v):
-        if jnp.issubdtype(v.dtype, jnp.floating):
-            return jnp.asarray(np.asarray(v) + scale * rng.standard_normal(v.shape), v.dtype)
-        return v
-
-    nnx.update(module, jax.tree.map(perturb, nnx.state(module, nnx.Param)))
-    return module
+    return perturb_params(module, np.random.default_rng(seed), scale)
 
 
 def _model(num_classes=3, schedule="constant", num_blocks=3):

@@ -439,23 +439,31 @@ def inputs(entry: Entry, dtype, seed: int = 0, batch: int = BATCH):
     return x, ctx
 
 
+def perturb_params(module, rng: np.random.Generator, scale: float = 0.1, dtype=None):
+    """Adds ``scale`` times standard-normal noise from ``rng`` to every float parameter of
+    ``module`` (in place; returned), cast to ``dtype`` (None: each parameter's own), so the
+    zero-initialised output layers act. numpy noise: no per-shape XLA compilation."""
+
+    def perturb(v):
+        if jnp.issubdtype(v.dtype, jnp.floating):
+            noisy = np.asarray(v) + scale * rng.standard_normal(v.shape)
+            return jnp.asarray(noisy, v.dtype if dtype is None else dtype)
+        return v
+
+    nnx.update(module, jax.tree.map(perturb, nnx.state(module, nnx.Param)))
+    return module
+
+
 def build(entry: Entry, dtype=jnp.float32, seed: int = 0):
     """``(layer, x, context)``: a layer with every float parameter perturbed and
     data-dependent init done, and the inputs (``inputs``) it was initialised on."""
     layer = entry.make(nnx.Rngs(seed))
     x, ctx = inputs(entry, dtype, seed)
-    rng = np.random.default_rng(seed + 1)  # numpy noise: no per-shape XLA compilation
-
-    def perturb(v):
-        if jnp.issubdtype(v.dtype, jnp.floating):
-            return jnp.asarray(np.asarray(v) + 0.1 * rng.standard_normal(v.shape), dtype)
-        return v
-
-    params = nnx.state(layer, nnx.Param)
-    nnx.update(layer, jax.tree.map(perturb, params))
+    rng = np.random.default_rng(seed + 1)
+    perturb_params(layer, rng, dtype=dtype)
     layer.initialize(x, context=ctx)
     # Perturb again after init so ActNorm is not exactly standardising (a harder test).
-    nnx.update(layer, jax.tree.map(perturb, nnx.state(layer, nnx.Param)))
+    perturb_params(layer, rng, dtype=dtype)
     return layer, x, ctx
 
 
