@@ -233,7 +233,39 @@ def tarflow_sampling(results_dir: str = RESULTS):
     return markdown(head, rows), [p for p, _ in records]
 
 
+def afhq_convert(results_dir: str = RESULTS):
+    """``bench.afhq_convert`` records: ml-tarflow's model at a size built by its own code
+    with random weights, converted; cost, size and agreement."""
+    records = _records(results_dir, "afhq_convert_*.json")
+    head = ["image", "patch / width / blocks x layers", "parameters: ours / reference"]
+    head += ["state dict MB", "read s", "convert s", "max \\|log p - log p_ref\\| / D (nats)"]
+    head += ["sample s (compile s)", "guided sample s (compile s)", "peak RSS MB"]
+
+    def timing(r, name):
+        if f"{name}_s" not in r:
+            return "-"
+        return f"{r[f'{name}_s']:,.0f} ({r.get(f'{name}_compile_s', 0):.0f})"
+
+    rows = [
+        [
+            f"{r['image_size']}x{r['image_size']}x{r['channels']}",
+            f"{r['patch_size']} / {r['width']} / {r['num_blocks']} x {r['layers_per_block']}",
+            f"{_fmt(r['parameters'])} / {_fmt(r.get('reference_parameters'))}",
+            f"{r['state_dict_mb']:,.0f}",
+            f"{r['read_s']:.1f}",
+            f"{r['convert_s']:.1f}",
+            f"{r['log_p_max_abs_diff_per_dim']:.1e}",
+            timing(r, "sample"),
+            timing(r, "sample_guided"),
+            _fmt(r.get("peak_rss_mb")),
+        ]
+        for _, r in records
+    ]
+    return markdown(head, rows), [p for p, _ in records]
+
+
 TABLES = {
+    "afhq_convert": afhq_convert,
     "glow_throughput": glow_throughput,
     "peer_throughput": peer_throughput,
     "glow_paired": glow_paired,

@@ -37,7 +37,14 @@ from flows.reporting.compare import paired_difference, read_run_summary  # noqa:
 RUNS = os.path.join(ROOT, "results", "runs")
 BENCH = os.path.join(ROOT, "results", "bench")
 MODELS = os.path.join(ROOT, "models")
-PAGES = ("README.md", "docs/results.md", "docs/speed.md", "docs/trust.md", "docs/models.md")
+PAGES = (
+    "README.md",
+    "docs/results.md",
+    "docs/speed.md",
+    "docs/trust.md",
+    "docs/models.md",
+    "bench/README.md",
+)
 BEGIN = re.compile(r"<!-- generated: (\w+) -->\n")
 END = "<!-- end generated -->"
 # What ``collect`` copies from a workdir (a few kB each; a class grid tens of kB).

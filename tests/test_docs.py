@@ -66,11 +66,13 @@ def test_python_examples_run_as_written(page):
 
 
 def test_no_commit_cpu_or_issue_in_prose():
-    pattern = re.compile(r"EPYC|Xeon|issue [0-9]+|\bat [0-9a-f]{7}\b")
+    # The pattern is spelled in pieces so that the same grep over the source tree finds
+    # nothing in this file either.
+    pattern = re.compile("EP" "YC|Xe" "on|issue [0-9]+|" r"\bat [0-9a-f]{7}\b")
     found = []
     for top in ("flows", "configs", "experiments", "bench", "scripts", "tests"):
         for path in (ROOT / top).rglob("*"):
-            if path.suffix in (".py", ".md", ".sh", ".txt") and path != Path(__file__):
+            if path.suffix in (".py", ".md", ".sh", ".txt"):
                 for n, line in enumerate(path.read_text().splitlines(), 1):
                     if pattern.search(line):
                         found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
