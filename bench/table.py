@@ -99,6 +99,13 @@ def _paired_sides(r: dict) -> tuple[dict, dict]:
     return peer_best, {side: (ratio, r["best"][side]) for side, ratio in ratios.items()}
 
 
+def _largest(record: dict, side: str, field: str):
+    """The largest ``field`` over a paired record's runs of ``side`` (None if unrecorded):
+    the peak memory or compile time to quote is the worst run's."""
+    values = [run[field] for run in record.get("runs", {}).get(side, []) if run.get(field)]
+    return max(values, default=None)
+
+
 def paired(peer: str, label: str, results_dir: str = RESULTS):
     """Ratios from ``bench.paired --peer=<peer>``: both sides run alternately under the same
     load; one row per variant of our side. A parameter-count column appears once records
@@ -121,6 +128,7 @@ def paired(peer: str, label: str, results_dir: str = RESULTS):
     ]
     head += [f"ours: {names} img/s", f"{label}: {names} img/s"]
     head += ["params: ours / " + label] if with_params else []
+    head += [f"peak RSS MB: ours / {label}", "compile s (ours)"]
     rows, notes = [], []
     for _, r in records:
         peer_best, sides = _paired_sides(r)
@@ -128,11 +136,19 @@ def paired(peer: str, label: str, results_dir: str = RESULTS):
         counts = r.get("n_params", {})
         for side, (ratio, best) in sides.items():
             dtype = "float32" if side == "jax" else side.removeprefix("jax_").replace("_", " + ")
+            config = r.get("configs", {}).get(side, {})
+            if config.get("compute_dtype_requested") == "auto":  # what it resolved to
+                dtype = dtype.replace("auto", f"auto: {config['compute_dtype']}")
             ratios = [f"**{ratio[k]:.2f}x**" if ratio.get(k) else "-" for k, _ in metrics]
             ours = " / ".join(_fmt(best.get(k)) for k, _ in metrics)
             row = [r["case"], str(r["threads"]), dtype, *ratios, ours, theirs]
             if with_params:
                 row.append(f"{_fmt(counts.get(side))} / {_fmt(counts.get('peer'))}")
+            row += [
+                f"{_fmt(_largest(r, side, 'peak_rss_mb'))} / "
+                f"{_fmt(_largest(r, 'peer', 'peak_rss_mb'))}",
+                _fmt(_largest(r, side, "compile_s"), 1),
+            ]
             rows.append(row)
         if r.get("architecture_note"):
             notes.append(f"{r['case']}: {r['architecture_note']}.")
