@@ -169,10 +169,10 @@ def solve_autoregressive(predict, z, state, *, chunk: int, tol: float, max_iters
 
 def best_time(fn, *, repeats: int = 3, budget_s: float = 1.0):
     """``(fn(), seconds)``: the least wall time of up to ``repeats`` calls of ``fn`` (which
-    returns JAX arrays) after one untimed call (it compiles), fewer once the timed calls
-    have taken ``budget_s`` (a slow call is timed once); the result is the last call's."""
-    out = jax.block_until_ready(fn())
-    best, spent = math.inf, 0.0
+    returns JAX arrays; a program compiled ahead of time, so no call is spent compiling),
+    fewer once the calls have taken ``budget_s`` (a slow call is made once); the result is
+    the last call's."""
+    best, spent, out = math.inf, 0.0, None
     for _ in range(repeats):
         start = time.perf_counter()
         out = jax.block_until_ready(fn())

@@ -611,26 +611,32 @@ class TarFlow(DensityModel):
     def choose_sampler(self, latents, *, context=None, guidance=0.0, sampler):
         """``'auto'``: ``sampler`` (its Jacobi options) with the faster method for each block
         on these latents, this batch and this backend, and the reason
-        (``flows.models.jacobi.choose_methods``). Measured (``best_time``, after a compiling
-        call): one block decoded sequentially (every block costs the same), then every
-        block by Jacobi in sampling order, each on the previous block's Jacobi output."""
+        (``flows.models.jacobi.choose_methods``). Measured (``best_time``; both programs
+        compiled ahead of time, the block index traced, so no call is spent compiling):
+        one block decoded sequentially (every block costs the same), then every block by
+        Jacobi in sampling order, each on the previous block's Jacobi output."""
         graphdef, state = nnx.split(self)
         if context is not None:
             context = self.context_features(context)  # checked here, concrete
         guided = is_guided(guidance)
 
-        def decode(method, k, h):
-            return _decode_block(
-                graphdef, state, k, h, context, guidance,
-                method=method, sampler=sampler, guided=guided,
-            )  # fmt: skip
-
         tokens = self._to_image_order(self.patchify.forward(latents))
-        last = self.num_blocks - 1
-        _, sequential_s = best_time(lambda: decode("sequential", last, tokens))
+        last = jnp.int32(self.num_blocks - 1)
+
+        def compiled(method):  # ahead of time: no untimed call; the block index is traced
+            return _decode_block.lower(
+                graphdef, state, last, tokens, context, guidance,
+                method=method, sampler=sampler, guided=guided,
+            ).compile()  # fmt: skip
+
+        sequential, jacobi = compiled("sequential"), compiled("jacobi")
+        _, sequential_s = best_time(lambda: sequential(state, last, tokens, context, guidance))
         jacobi_s, updates = [0.0] * self.num_blocks, [0] * self.num_blocks
         for k in reversed(range(self.num_blocks)):
-            (tokens, n), jacobi_s[k] = best_time(lambda k=k, h=tokens: decode("jacobi", k, h))
+            index = jnp.int32(k)
+            (tokens, n), jacobi_s[k] = best_time(
+                lambda i=index, h=tokens: jacobi(state, i, h, context, guidance)
+            )
             updates[k] = int(n)
         methods, reason = choose_methods(
             sequential_s, jacobi_s, updates, backend=jax.default_backend(), batch=len(latents)

@@ -194,29 +194,33 @@ class Attention(nnx.Module):
         self.out = nnx.Linear(width, width, kernel_init=kernel_init, rngs=rngs)
 
     def _heads(self, h, batch: int):
-        """(B*T, width) rows -> q, k, v each (B, T, heads, head_dim)."""
+        """(B*T, width) rows -> q, k, v each (B, heads, T, head_dim): head-major, so both
+        attention products are batched over (B, heads) with contiguous operands (on XLA:CPU
+        a float32 product fed by a strided view of the token-major projection runs on a
+        slower kernel), and the key/value cache is written without a transpose."""
         qkv = dense(self.qkv, h, self.gemm, self.operand_dtype)
-        qkv = qkv.reshape(batch, -1, 3, self.num_heads, self.head_dim)
-        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        qkv = qkv.reshape(batch, -1, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]
 
     def _attend(self, q, k, v, mask, temperature=None):
-        """Rows (B*Tq, width) of the attention output of q (B, Tq, H, hd) over k, v;
-        ``temperature``: None, or a scalar or (B,) array dividing each example's logits."""
+        """Rows (B*Tq, width) of the attention output of q (B, H, Tq, hd) over k, v (B, H,
+        Tk, hd); ``mask`` (Tq, Tk) or None; ``temperature``: None, or a scalar or (B,) array
+        dividing each example's logits."""
         cd = self.operand_dtype
-        logits = _einsum("bqhd,bkhd->bhqk", q, k, cd) / math.sqrt(self.head_dim)
+        logits = _einsum("bhqd,bhkd->bhqk", q, k, cd) / math.sqrt(self.head_dim)
         if temperature is not None:
             logits = logits / jnp.reshape(jnp.asarray(temperature, logits.dtype), (-1, 1, 1, 1))
         if mask is not None:
             logits = jnp.where(mask, logits, _NEG)
         weights = jax.nn.softmax(logits, axis=-1)
-        o = _einsum("bhqk,bkhd->bqhd", weights, v, cd)
+        o = _einsum("bhqk,bhkd->bhqd", weights, v, cd).transpose(0, 2, 1, 3)
         return dense(self.out, o.reshape(-1, self.num_heads * self.head_dim), self.gemm, cd)
 
     def __call__(self, h, batch: int, *, causal: bool, temperature=None):
         """``h``: (B*T, width), the tokens of each example in consecutive rows;
         ``temperature`` as ``_attend``'s."""
         q, k, v = self._heads(h, batch)
-        t = q.shape[1]
+        t = q.shape[2]
         mask = jnp.tril(jnp.ones((t, t), bool)) if causal else None
         return self._attend(q, k, v, mask, temperature)
 
@@ -247,13 +251,12 @@ class Attention(nnx.Module):
         (``decode``'s layout), and each attends causally to the cache's positions up to its
         own. Returns (rows (B*n, width), cache). With n = 1 it is ``decode``; the attention
         itself is ``_attend``'s, as in the full pass."""
-        q, k, v = self._heads(h, batch)  # (B, n, H, hd)
-        n = q.shape[1]
-        keys = jax.lax.dynamic_update_slice_in_dim(cache[0], k.transpose(0, 2, 1, 3), t, axis=2)
-        values = jax.lax.dynamic_update_slice_in_dim(cache[1], v.transpose(0, 2, 1, 3), t, axis=2)
+        q, k, v = self._heads(h, batch)  # (B, H, n, hd): the cache's layout
+        n = q.shape[2]
+        keys = jax.lax.dynamic_update_slice_in_dim(cache[0], k, t, axis=2)
+        values = jax.lax.dynamic_update_slice_in_dim(cache[1], v, t, axis=2)
         mask = jnp.arange(keys.shape[2])[None, :] <= t + jnp.arange(n)[:, None]  # (n, T)
-        k_all, v_all = keys.transpose(0, 2, 1, 3), values.transpose(0, 2, 1, 3)
-        out = self._attend(q, k_all, v_all, mask, temperature)
+        out = self._attend(q, keys, values, mask, temperature)
         return out, (keys, values)
 
 
