@@ -1,7 +1,8 @@
 """Convert a reference implementation's checkpoint into a workdir the other tools read.
 
     python -m experiments.convert --source=ml-tarflow \\
-        --checkpoint=afhq_model_8_768_8_8_0.07.pth --image_shape=256,256,3 --workdir=runs/afhq
+        --checkpoint=afhq_model_8_768_8_8_0.07.pth --image_shape=256,256,3 --workdir=runs/afhq \\
+        --dataset=afhq/256
     python -m experiments.sample --workdir=runs/afhq --class_grid --guidance=1 \\
         --temperatures=1.0 --per_temperature=2
     python -m experiments.evaluate --workdir=W (with the data of --dataset prepared)
@@ -13,7 +14,7 @@ Jet); ``--checkpoint`` is its file (``.pth`` needs PyTorch, ``pip install ".[con
 ``--model_arg key=value`` (repeated) sets a ``config.model`` field the weights do not fix
 (e.g. ``num_heads``, ``guidance_schedule=linear``, ``noise_sigma``). ``--dataset`` is the
 data ``experiments.evaluate`` will read (a config dataset name such as ``imagenet64``, or a
-TFDS name) and ``--num_bins`` its levels per value (256: 8-bit images). The workdir is
+TFDS name; ``afhq/256``: AFHQ read from its extracted folder, ``flows.data.afhq``) and ``--num_bins`` its levels per value (256: 8-bit images). The workdir is
 ``flows.convert.workdir``'s: config, the parameters as the step-0 checkpoint, and
 ``converted_from.json`` naming the source file and its sha256.
 """

@@ -105,6 +105,16 @@ def test_unprepared_catalog_dataset(tmp_path, cli):
 
 
 @pytest.mark.slow
+def test_a_folder_dataset_without_its_folder(tmp_path, cli):
+    data_dir = tmp_path / "tfds"
+    args = _train(
+        tmp_path / "run", "--config.data.name=afhq/64", f"--config.data.data_dir={data_dir}"
+    )
+    fails_in_one_line(cli, args, "'afhq/64'", "its files are not there", f"{data_dir}/downloads")
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.slow
 def test_image_shape_the_model_cannot_take(tmp_path, cli):
     # 8x8 digits cannot be squeezed four times (8 -> 4 -> 2 -> 1 -> ?).
     fails_in_one_line(cli, _train(tmp_path, "--config.model.num_levels=4"), "8x8", "pad_to")

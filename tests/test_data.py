@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import flows.data as fd
-from flows.data import batching, digits_ood, loading, pipeline
+from flows.data import afhq, batching, digits_ood, loading, pipeline
 from flows.data import digits as digits_lib
 from flows.data import testing as data_testing
 from flows.errors import ConfigError
@@ -362,6 +362,45 @@ def test_unprepared_catalog_dataset_without_download(tmp_path, no_network):
     with pytest.raises(fd.DatasetError, match="download=False") as info:
         fd.load_split("mnist", "test", data_dir=str(tmp_path), download=False)
     assert str(tmp_path) in _one_line(info.value)
+
+
+def _afhq_folder(root, sizes):
+    """A stand-in for AFHQ's extracted folder under ``root``'s manual dir: for each split
+    folder and class, one image per (width, height) in ``sizes`` (random RGB)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder in ("train", "val"):
+        for name in afhq.CLASSES:
+            directory = root / "downloads" / "manual" / "afhq" / folder / name
+            directory.mkdir(parents=True)
+            for i, (w, h) in enumerate(sizes):
+                pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(directory / f"{i}.png")
+
+
+def test_afhq_reads_its_folder_resized_and_cropped_like_torchvision(tmp_path, no_network):
+    """``afhq/64`` from a folder of PNGs (a wide and a tall image per class): the test split
+    is val/, labels in the sorted class order, images the shorter side resized to 64 and
+    centre-cropped (a 96x80 image: columns 6..69 of its 76x64 resize)."""
+    from PIL import Image
+
+    _afhq_folder(tmp_path, [(96, 80), (64, 100)])
+    data = fd.load_split("afhq/64", "test", data_dir=str(tmp_path))
+    assert data.images.shape == (6, 64, 64, 3) and data.num_bins == 256
+    assert data.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    wide = tmp_path / "downloads" / "manual" / "afhq" / "val" / "cat" / "0.png"
+    resized = np.asarray(Image.open(wide).resize((76, 64), Image.BILINEAR))
+    np.testing.assert_array_equal(data.images[0], resized[:, 6:70])
+    assert fd.load_split("afhq/64", "train", data_dir=str(tmp_path)).images.shape[0] == 6
+
+
+def test_afhq_without_its_folder_is_one_line_error_saying_where_it_goes(tmp_path, no_network):
+    with pytest.raises(fd.DatasetError) as info:
+        fd.load_split("afhq/64", "test", data_dir=str(tmp_path))
+    message = _one_line(info.value)
+    assert "its files are not there" in message
+    assert f"{tmp_path}/downloads/manual/afhq/" in message and "tfds build" not in message
 
 
 def test_unknown_split_is_one_line_error(digits_dir):

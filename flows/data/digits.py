@@ -62,7 +62,8 @@ def load_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of a (H, W) uint8 image, encoded with PIL (TFDS would need TensorFlow)."""
+    """PNG bytes of a (H, W) or (H, W, 3) uint8 image, encoded with PIL (TFDS would need
+    TensorFlow)."""
     from PIL import Image
 
     buffer = io.BytesIO()

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from flows.data import afhq as _afhq  # noqa: F401  (registers `afhq`, read from its folder)
 from flows.data import digits as _digits  # noqa: F401  (registers the `digits` builder)
 from flows.data import digits_ood as _digits_ood  # noqa: F401  (and its OOD companions)
 from flows.data import tfds_compat
@@ -112,6 +113,9 @@ def _get_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
 
 
 def _fix_hint(name: str, data_dir: str, builder: tfds.core.DatasetBuilder) -> str:
+    manual = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+    if manual:  # a dataset TFDS cannot download (afhq): where its files go
+        return "fix: " + manual.replace("<data_dir>", data_dir)
     needs = "internet" if tfds_compat.tensorflow_available() else "internet and TensorFlow"
     return (
         f"fix: on a machine with {needs} run `tfds build {name} --data_dir={data_dir} "
@@ -127,6 +131,12 @@ def _cause(exc: BaseException) -> str:
         e = e.__cause__ or e.__context__
     if any(isinstance(c, ModuleNotFoundError) and "tensorflow" in str(c) for c in chain):
         return "preparing it needs TensorFlow, which is not installed"
+    if any(  # a dataset read from a folder (afhq): the folder is missing or incomplete
+        isinstance(c, FileNotFoundError)
+        or (isinstance(c, AssertionError) and str(c).startswith("Manual directory"))
+        for c in chain
+    ):
+        return "its files are not there"
     if any(isinstance(c, OSError) for c in chain):  # requests errors are OSErrors
         return f"download failed, no network? {_first_line(exc, limit=160)}"
     return f"preparation failed: {_first_line(exc, limit=160)}"
