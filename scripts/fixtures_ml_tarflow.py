@@ -30,7 +30,8 @@ torch.
 
 With ``--checkpoint_out=FILE.npz`` it writes instead one random model of the sizes given
 (``--image_size``, ``--channels``, ``--patch_size``, ``--width``, ``--blocks``, ``--layers``,
-``--classes``; heads of 64 channels, as ``Model`` makes them): its state dict
+``--classes``; heads of 64 channels, as ``Model`` makes them; ``--output_scale`` the output
+layers' weight scale, the fixtures' 0.3 by default): its state dict
 (``state/<name>``), ``--num_images`` inputs ``x`` with labels ``y`` and the reference's
 float32 ``log_p``, and prints a JSON line (parameters, seconds, peak memory);
 ``bench/afhq_convert.py`` runs it at ml-tarflow's AFHQ size.
@@ -117,7 +118,8 @@ def build(transformer_flow, torch, case: dict, seed: int):
                 base = 1.0 if name.endswith("weight") else 0.0
                 param.copy_(base + 0.1 * torch.randn_like(param))
             elif "proj_out" in name:
-                scale = 0.3 / math.sqrt(case["width"]) if name.endswith("weight") else 0.05
+                std = case.get("output_scale", 0.3) / math.sqrt(case["width"])
+                scale = std if name.endswith("weight") else 0.05
                 param.copy_(scale * torch.randn_like(param))
         model.var.copy_(0.5 + torch.rand_like(model.var))
     return model.eval()
@@ -180,6 +182,7 @@ def write_random_checkpoint(transformer_flow, torch, args) -> dict:
         layers=args.layers,
         nvp=True,
         classes=args.classes,
+        output_scale=args.output_scale,
     )
     t0 = time.perf_counter()
     model = build(transformer_flow, torch, case, seed=0)
@@ -215,6 +218,12 @@ def main(argv=None) -> int:
         parser.add_argument(f"--{name}", type=int, default=default)
     for name, default in (("width", 768), ("blocks", 8), ("layers", 8), ("classes", 3)):
         parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument(
+        "--output_scale",
+        type=float,
+        default=0.3,
+        help="--checkpoint_out: the output layers' weights are N(0, (s / sqrt(width))^2)",
+    )
     parser.add_argument("--num_images", type=int, default=2)
     args = parser.parse_args(argv)
     sys.path.insert(0, os.path.abspath(args.reference))
