@@ -229,6 +229,7 @@ def tarflow_sampling(results_dir: str = RESULTS):
     records = _records(results_dir, "tarflow_sampling_*.json")
     head = ["case", "tokens", "weights", "batch", "sequential s", "jacobi s", "auto s"]
     head += ["speedup jacobi / auto", "Jacobi updates per block", "auto's blocks"]
+    head.append("auto's measuring s")
     head.append("max \\|x - x_seq\\| (jacobi)")
     rows = []
     for _, r in records:
@@ -243,6 +244,7 @@ def tarflow_sampling(results_dir: str = RESULTS):
                     f"{b['speedup_jacobi']:.2f} / {b['speedup_auto']:.2f}",
                     " ".join(str(n) for n in b["jacobi_updates"]),
                     " ".join(m[0] for m in b["auto_methods"]),
+                    f"{b['auto_choose_s']:.3g}",
                     f"{b['max_abs_diff_jacobi']:.1e}",
                 ]
             )
