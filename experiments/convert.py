@@ -14,9 +14,11 @@ Jet); ``--checkpoint`` is its file (``.pth`` needs PyTorch, ``pip install ".[con
 ``--model_arg key=value`` (repeated) sets a ``config.model`` field the weights do not fix
 (e.g. ``num_heads``, ``guidance_schedule=linear``, ``noise_sigma``). ``--dataset`` is the
 data ``experiments.evaluate`` will read (a config dataset name such as ``imagenet64``, or a
-TFDS name; ``afhq/256``: AFHQ read from its extracted folder, ``flows.data.afhq``) and ``--num_bins`` its levels per value (256: 8-bit images). The workdir is
-``flows.convert.workdir``'s: config, the parameters as the step-0 checkpoint, and
-``converted_from.json`` naming the source file and its sha256.
+TFDS name; ``afhq/256``: AFHQ read from its extracted folder, ``flows.data.afhq``) and
+``--num_bins`` its levels per value (256: 8-bit images). The workdir is
+``flows.convert.workdir``'s: config (its evaluation batch sized to the images), the
+parameters as the step-0 checkpoint, and ``converted_from.json`` naming the source file and
+its sha256.
 """
 
 import ast
@@ -93,15 +95,24 @@ def loader(source: str):
     return getattr(module, function)
 
 
-def run_config(model_config: dict, dataset: str):
+# Values (images x dimensions x classes: a conditional model's evaluation runs every class)
+# in one evaluation batch of a converted model. The default eval batch of 500 fits 8x8
+# digits; ml-tarflow's AFHQ model needs about 0.8 GB per image and class, so it gets 3.
+EVAL_BATCH_VALUES = 2**21
+
+
+def run_config(model_config: dict, dataset: str, image_shape, num_classes: int | None):
     """The full config of a converted run: every field's default, the family's shared
     settings (optimizer), the converted ``config.model`` and the dataset; no EMA (the
-    parameters are the checkpoint's)."""
+    parameters are the checkpoint's); an evaluation batch sized to the images
+    (``EVAL_BATCH_VALUES``)."""
     c = base_config(model_config["name"])
     c.update(FAMILIES.get(model_config["name"], {}))
     c.model.update(model_config)
     c.data.update(DATASETS.get(dataset, {"name": dataset}))
     c.train.ema_decay = 0.0
+    values = image_shape[0] * image_shape[1] * image_shape[2] * (num_classes or 1)
+    c.eval.batch_size = max(1, min(c.eval.batch_size, EVAL_BATCH_VALUES // values))
     c = finalize(c)
     config_checks.check_config(c)
     return c
@@ -118,7 +129,7 @@ def main(argv):
     shape = parse_image_shape(_IMAGE_SHAPE.value)
     fields = parse_model_args(_MODEL_ARGS.value)
     model, model_config = loader(_SOURCE.value)(_CHECKPOINT.value, shape, **fields)
-    config = run_config(model_config, _DATASET.value)
+    config = run_config(model_config, _DATASET.value, shape, model.num_classes)
     record = write_workdir(
         _WORKDIR.value,
         model,

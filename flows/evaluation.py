@@ -66,11 +66,13 @@ def padded_batches(tree, num_examples: int, batch_size: int):
 
 def read_batches(data, batch_size: int, mesh: Mesh):
     """``(a, b, images, labels, indices)`` per batch of ``batch_size`` examples of the split
-    ``data`` (rounded up to a multiple of ``mesh``'s device count), in order: the last one
+    ``data`` (at most the split's size, rounded up to a multiple of ``mesh``'s device
+    count), in order: the last one
     padded with copies of its last example, so the step compiles once; ``indices`` are the
     examples' positions in the split (the padding's run on past the end). The arrays are
     global arrays sharded over the mesh (``flows.sharding.shard_rows``), each process
     reading and supplying only its own rows."""
+    batch_size = min(batch_size, data.num_examples)  # no batch padded past the split
     batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
     rows = sharding.process_slice(batch_size)
     for a, b, examples in padded_indices(data.num_examples, batch_size):
