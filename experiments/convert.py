@@ -97,7 +97,8 @@ def loader(source: str):
 
 # Values (images x dimensions x classes: a conditional model's evaluation runs every class)
 # in one evaluation batch of a converted model. The default eval batch of 500 fits 8x8
-# digits; ml-tarflow's AFHQ model needs about 0.8 GB per image and class, so it gets 3.
+# digits; for ml-tarflow's AFHQ model (256x256x3, 3 classes) it asked for a 32 GB buffer;
+# this budget gives that model 3.
 EVAL_BATCH_VALUES = 2**21
 
 
