@@ -43,7 +43,6 @@ PAGES = (
     "docs/speed.md",
     "docs/trust.md",
     "docs/models.md",
-    "bench/README.md",
 )
 BEGIN = re.compile(r"<!-- generated: (\w+) -->\n")
 END = "<!-- end generated -->"
